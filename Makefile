@@ -1,0 +1,36 @@
+# polycap: `make demo` runs the offline demo, `make test` runs the whole test suite.
+# Both set up .venv first (Python 3.11, pip; about 3 minutes the first time).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PACKS := $(wildcard languages/*/pyproject.toml)
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml $(PACKS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e '.[eval,test,dist]' $(foreach p,$(PACKS),-e $(dir $(p)))
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/polycap demo --lang ja
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) polycap-demo .pytest_cache

@@ -1,0 +1,3 @@
+from polycap.cli import main
+
+main()

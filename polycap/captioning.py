@@ -1,0 +1,70 @@
+"""Caption image files with a trained checkpoint: resolve it, encode the images, decode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from polycap.errors import BadInput
+
+
+@dataclass
+class CaptionedImages:
+    """Captions per readable image, and the images that could not be read."""
+
+    paths: list[Path]
+    captions: list[list[str]]
+    skipped: list[tuple[Path, str]]
+
+
+def resolve_model_dir(path: Path) -> Path:
+    """A checkpoint folder, or a run folder (its ``final`` model, else its newest checkpoint)."""
+    from polycap.training import latest_checkpoint
+
+    if (path / "polycap.json").is_file():
+        return path
+    if (path / "final" / "polycap.json").is_file():
+        return path / "final"
+    newest = latest_checkpoint(path)
+    if newest is not None:
+        return newest
+    if not path.exists():
+        raise BadInput(f"{path}: no such checkpoint")
+    raise BadInput(f"{path}: not a polycap checkpoint or run folder (no polycap.json)")
+
+
+def load_captioner(path: Path, device: str = "cpu", expected_language: str | None = None) -> Any:
+    """Load a checkpoint (or a run folder's model) and check its language when asked."""
+    from polycap.model import Captioner
+
+    model = Captioner.load(resolve_model_dir(path), device=device)
+    language = model.config["language"]
+    if expected_language and language != expected_language:
+        raise BadInput(f"{path} was trained for language {language!r}, not {expected_language!r}")
+    return model
+
+
+def encoder_for(model: Any, device: str = "cpu") -> Any:
+    """The image encoder a checkpoint was trained on, loaded as recorded."""
+    from polycap.encoding import load_encoder
+
+    info = model.config["encoder"]
+    backend = info.get("backend", "open_clip")
+    spec = info["name"] if backend == "open_clip" else f"{backend}:{info['name']}"
+    return load_encoder(spec, pretrained=info.get("pretrained"), device=device)
+
+
+def caption_images(model: Any, paths: list[Path], generation: Any, batch_size: int = 64,
+                   device: str = "cpu", progress: bool = True,
+                   cache_dir: Path | None = None) -> CaptionedImages:
+    """Encode ``paths`` with the model's encoder (cached) and caption them in batches."""
+    from polycap.encoding import encode_images
+    from polycap.generation import caption_features
+
+    encoder = encoder_for(model, device=device)
+    encoded = encode_images(encoder, paths, batch_size=batch_size, cache_dir=cache_dir,
+                            progress=progress)
+    captions = caption_features(model, encoded.features.to(device), generation,
+                                batch_size=batch_size, progress=progress)
+    return CaptionedImages(encoded.paths, captions, encoded.skipped)

@@ -1,0 +1,36 @@
+"""The ``polycap`` command line: one module per command group, plugins add their own."""
+
+from __future__ import annotations
+
+import typer
+
+from polycap.cli import caption, demo, encode, plugins, train
+from polycap.errors import PolycapError
+
+app = typer.Typer(
+    name="polycap",
+    help="Multilingual image captioning: CLIP prefix + a causal LM per language, as plugins.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+app.command("train")(train.train_command)
+app.command("encode")(encode.encode_command)
+app.command("caption")(caption.caption_command)
+app.command("demo")(demo.demo_command)
+app.add_typer(plugins.app, name="plugins")
+
+
+def main() -> None:
+    """Entry point: user errors become one line and exit code 2, never a traceback."""
+    from polycap.cli.output import fail
+    from polycap.plugins import get_host
+
+    try:
+        get_host().register_commands(app)
+        app()
+    except PolycapError as error:
+        fail(str(error), error.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)

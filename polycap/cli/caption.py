@@ -1,0 +1,59 @@
+"""``polycap caption``: caption images with a trained model, in batches with a KV cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from polycap.cli.output import console, err_console, print_json, print_table
+
+
+def caption_command(
+    inputs: list[Path] = typer.Argument(..., help="Images and/or folders of images."),
+    model: Path = typer.Option(..., "--model", "-m", help="Checkpoint folder or run folder."),
+    beams: int = typer.Option(1, min=1, help="Beam width (1 = greedy unless sampling)."),
+    sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy/beam."),
+    top_k: int = typer.Option(0, min=0, help="Sampling: keep the k most likely tokens (0 = all)."),
+    top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="Sampling: nucleus probability mass."),
+    temperature: float = typer.Option(1.0, min=0.01, help="Sampling temperature."),
+    num_captions: int = typer.Option(1, min=1, help="Distinct captions per image."),
+    max_length: int = typer.Option(30, min=1, help="Most tokens per caption."),
+    seed: int | None = typer.Option(None, help="Seed for sampling."),
+    batch_size: int = typer.Option(64, min=1),
+    device: str = typer.Option("auto", help="cpu, cuda … (auto: GPU if any)."),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Caption images: [bold]polycap caption photos/ --model runs/ja[/]."""
+    from polycap.captioning import caption_images, load_captioner
+    from polycap.generation import GenerationConfig
+    from polycap.images import expand_image_paths
+    from polycap.training import resolve_device
+
+    if (top_k or top_p < 1.0 or temperature != 1.0) and not sample:
+        sample = True
+    paths = expand_image_paths(inputs)
+    torch_device = str(resolve_device(device))
+    captioner = load_captioner(model, device=torch_device)
+    generation = GenerationConfig(
+        max_length=max_length, beams=beams, top_k=top_k, top_p=top_p, temperature=temperature,
+        sample=sample, num_captions=num_captions, seed=seed,
+    )
+    result = caption_images(captioner, paths, generation, batch_size=batch_size,
+                            device=torch_device, progress=not json_output)
+    if json_output:
+        print_json({
+            "model": str(model), "language": captioner.config["language"],
+            "captions": [{"image": str(p), "captions": c} for p, c in zip(result.paths, result.captions)],
+            "skipped": [{"image": str(p), "reason": r} for p, r in result.skipped],
+        })
+    else:
+        rows = [(p.name, "\n".join(c)) for p, c in zip(result.paths, result.captions)]
+        print_table(f"Captions ({captioner.config['language']})", ["image", "caption"], rows)
+    if result.skipped:
+        err_console.print(f"[yellow]Skipped {len(result.skipped)} unreadable image(s)[/]: "
+                          + ", ".join(str(p) for p, _ in result.skipped[:5]))
+    if not result.paths:
+        raise typer.Exit(2)
+    if not json_output:
+        console.print(f"{len(result.paths)} image(s) captioned.")

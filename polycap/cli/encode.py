@@ -1,0 +1,47 @@
+"""``polycap encode``: CLIP features for images, cached on disk so training encodes nothing twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from polycap.cli.output import print_json, print_table
+
+
+def encode_command(
+    inputs: list[Path] = typer.Argument(None, help="Images and/or folders of images."),
+    data: Path | None = typer.Option(None, "--data", "-d", help="Or: the images of a caption file."),
+    images: Path | None = typer.Option(None, "--images", help="Image folder for --data."),
+    encoder: str = typer.Option("ViT-B-32", help="open_clip model name (or backend:model)."),
+    pretrained: str = typer.Option("openai", help="Pretrained tag, local weights file, or 'none'."),
+    batch_size: int = typer.Option(64, min=1),
+    cache_dir: Path | None = typer.Option(None, help="Feature cache (default ~/.cache/polycap)."),
+    device: str = typer.Option("auto", help="cpu, cuda … (auto: GPU if any)."),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Encode images once into the feature cache: [bold]polycap encode --data captions.json[/]."""
+    from polycap.data import load_captions
+    from polycap.encoding import encode_images, load_encoder
+    from polycap.errors import BadInput
+    from polycap.images import expand_image_paths
+    from polycap.training import resolve_device
+
+    paths = expand_image_paths(inputs) if inputs else []
+    if data is not None:
+        paths += load_captions(data, images_dir=images).images()
+    if not paths:
+        raise BadInput("nothing to encode: give images, folders or --data")
+    image_encoder = load_encoder(encoder, pretrained=None if pretrained.lower() == "none" else pretrained,
+                                 device=str(resolve_device(device)))
+    result = encode_images(image_encoder, paths, batch_size=batch_size, cache_dir=cache_dir,
+                           progress=not json_output)
+    summary = {"encoder": image_encoder.cache_key, "images": len(paths), "encoded": len(result.paths),
+               "skipped": [{"image": str(p), "reason": r} for p, r in result.skipped],
+               "dim": image_encoder.embed_dim}
+    if json_output:
+        print_json(summary)
+        return
+    print_table("Encoding", ["encoder", "images", "features", "skipped", "dim"],
+                [(image_encoder.cache_key, len(paths), len(result.paths), len(result.skipped),
+                  image_encoder.embed_dim)])

@@ -1,0 +1,35 @@
+"""Shared CLI output: one console, JSON printing, tables."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def print_json(data: Any) -> None:
+    """JSON on stdout, nothing else (so it pipes into jq)."""
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A rich table on stdout."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(cell) for cell in row))
+    console.print(table)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One red line on stderr, then exit with ``code``."""
+    err_console.print(f"[bold red]Error:[/] {message}", highlight=False, markup=True)
+    raise SystemExit(code)

@@ -1,0 +1,116 @@
+"""LanguagePack: the contract a language plugin fulfils.
+
+A pack names its decoder, loads tokenizer and decoder with the libraries' own calls (by hub
+id or local directory), normalises text, decides how a caption ends, and segments text for
+evaluation. Packs subclass :class:`LanguagePack` and override what differs.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from polycap.errors import BadInput
+
+_SPACES = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class DemoLexicon:
+    """Words for the synthetic demo: how to say "N <colour> <shape>" in this language.
+
+    ``describe(colour, shape, count, rng)`` returns one caption; colour keys are
+    ``red green blue yellow`` and shape keys ``circle square triangle``.
+    ``colour_terms`` / ``shape_terms`` map each key to a string whose presence in a
+    normalised caption means that colour / shape was named (a stem where words inflect).
+    """
+
+    describe: Callable[[str, str, int, random.Random], str]
+    colour_terms: dict[str, str]
+    shape_terms: dict[str, str]
+
+
+@dataclass
+class LanguagePack:
+    """A language: decoder, tokenizer, normalisation, end-of-caption rule, evaluation segmenter."""
+
+    code: str
+    name: str
+    default_lm: str
+    segmenter: str = "whitespace"
+    tokenizer_kind: str = "bpe"  # which tiny tokenizer family stands in for the real one offline
+    demo: DemoLexicon | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    # -- loading -------------------------------------------------------------------------
+    def load_tokenizer(self, name_or_path: str) -> Any:
+        """The decoder's tokenizer, by hub id or local directory."""
+        from transformers import AutoTokenizer
+
+        return _load_or_explain(AutoTokenizer.from_pretrained, name_or_path, "tokenizer")
+
+    def load_decoder(self, name_or_path: str, dtype: Any = None) -> Any:
+        """The causal LM, by hub id or local directory."""
+        from transformers import AutoModelForCausalLM
+
+        return _load_or_explain(
+            AutoModelForCausalLM.from_pretrained, name_or_path, "decoder", dtype=dtype
+        )
+
+    # -- text ----------------------------------------------------------------------------
+    def normalize(self, text: str) -> str:
+        """Unicode NFC, trimmed, runs of white space folded to one space."""
+        return _SPACES.sub(" ", unicodedata.normalize("NFC", text)).strip()
+
+    def eval_tokenize(self, text: str) -> list[str]:
+        """Words for BLEU/CIDEr etc.; the segmenter is named in ``self.segmenter``."""
+        return self.normalize(text).split()
+
+    # -- captions as token ids -----------------------------------------------------------
+    def end_token_id(self, tokenizer: Any) -> int:
+        """The token that ends a caption: appended in training, stops generation."""
+        for token_id in (tokenizer.eos_token_id, tokenizer.sep_token_id):
+            if token_id is not None:
+                return int(token_id)
+        raise BadInput(f"tokenizer {tokenizer.name_or_path!r} has no end-of-text token")
+
+    def pad_token_id(self, tokenizer: Any) -> int:
+        """Padding id for batches (masked out of attention and loss)."""
+        if tokenizer.pad_token_id is not None:
+            return int(tokenizer.pad_token_id)
+        return self.end_token_id(tokenizer)
+
+    def encode_caption(self, tokenizer: Any, text: str) -> list[int]:
+        """Normalised caption → token ids, ending with the end-of-caption token."""
+        ids = tokenizer(self.normalize(text), add_special_tokens=False)["input_ids"]
+        return [*ids, self.end_token_id(tokenizer)]
+
+    def decode_caption(self, tokenizer: Any, ids: Sequence[int]) -> str:
+        """Token ids → caption text, cut at the end token, special tokens removed."""
+        end = self.end_token_id(tokenizer)
+        ids = list(ids)
+        if end in ids:
+            ids = ids[: ids.index(end)]
+        return self.normalize(tokenizer.decode(ids, skip_special_tokens=True))
+
+    # -- offline stand-ins -----------------------------------------------------------------
+    def build_tiny_tokenizer(self, texts: Sequence[str], directory: Path) -> Path:
+        """Train a small tokenizer of this pack's class on ``texts`` and save it to
+        ``directory`` so that :meth:`load_tokenizer` loads it back (tests, demo)."""
+        from polycap import tiny
+
+        return tiny.build_tokenizer(self.tokenizer_kind, [self.normalize(t) for t in texts], directory)
+
+
+def _load_or_explain(loader: Callable[..., Any], name_or_path: str, what: str, **kwargs: Any) -> Any:
+    """Call a from_pretrained loader; turn 'not found / offline / not a model' into one line."""
+    try:
+        return loader(name_or_path, **kwargs)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise BadInput(f"cannot load {what} {name_or_path!r}: {first_line}") from error
