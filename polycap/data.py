@@ -1,0 +1,228 @@
+"""Caption datasets: records, loading through registered formats, splitting by image.
+
+Formats (``captions-json``, ``coco``, ``csv``, ``tsv``, ``jsonl`` built in) are objects
+registered through the ``register_datasets`` hook; see :class:`CaptionFormat`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from polycap.errors import BadInput
+
+SNIFF_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class CaptionRecord:
+    """One caption of one image; ``image`` is an absolute path."""
+
+    image: Path
+    caption: str
+    image_id: str
+
+
+@runtime_checkable
+class CaptionFormat(Protocol):
+    """A caption-file format, registered with ``register(name, CaptionFormat)``.
+
+    ``suffixes`` are lower-case file suffixes (".json") the format claims; ``sniff`` looks at
+    the start of a file and says whether it is this format (used when suffixes are shared or
+    unknown); ``read`` returns records with absolute image paths (existence is checked by
+    :func:`load_captions`) and raises ``BadInput`` naming the file and line/key on bad input.
+    """
+
+    name: str
+    suffixes: tuple[str, ...]
+
+    def sniff(self, path: Path) -> bool: ...
+
+    def read(self, path: Path, images_dir: Path | None) -> list[CaptionRecord]: ...
+
+
+@dataclass
+class CaptionSet:
+    """Caption records read from ``source``; ``missing`` lists images that did not exist."""
+
+    records: list[CaptionRecord]
+    source: Path | None = None
+    missing: list[Path] = field(default_factory=list)
+
+    def images(self) -> list[Path]:
+        """Unique image paths, in first-seen order."""
+        return list(self.by_image())
+
+    def by_image(self) -> dict[Path, list[str]]:
+        """Image path -> its captions, images in first-seen order."""
+        grouped: dict[Path, list[str]] = {}
+        for record in self.records:
+            grouped.setdefault(record.image, []).append(record.caption)
+        return grouped
+
+    def captions(self) -> list[str]:
+        """All captions, in record order."""
+        return [record.caption for record in self.records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[CaptionRecord]:
+        return iter(self.records)
+
+
+# -- loading -----------------------------------------------------------------------------
+
+
+def load_captions(
+    path: str | Path, images_dir: str | Path | None = None, format: str | None = None
+) -> CaptionSet:
+    """Read a caption file; images that do not exist are skipped, counted and warned about.
+
+    ``format`` is a registered format name; without it the format is chosen by suffix and,
+    where several formats share a suffix, by sniffing the file's start.
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not a caption file" if path.is_dir() else "no such caption file"
+        raise BadInput(f"{path}: {what}")
+    directory = Path(images_dir) if images_dir is not None else None
+    if directory is not None and not directory.is_dir():
+        raise BadInput(f"{directory}: images folder does not exist")
+    reader = _choose_format(path, format)
+    records = reader.read(path, directory)
+    if not records:
+        raise BadInput(f"{path}: no captions found")
+    return _drop_missing_images(path, records)
+
+
+def _choose_format(path: Path, name: str | None) -> CaptionFormat:
+    from polycap.plugins import get_registries
+
+    registry = get_registries().datasets
+    if name is not None:
+        return registry.get(name)
+    formats = [item for _, item in registry.items()]
+    suffix = path.suffix.lower()
+    by_suffix = [fmt for fmt in formats if suffix in fmt.suffixes]
+    if len(by_suffix) == 1:
+        return by_suffix[0]
+    others = [fmt for fmt in formats if fmt not in by_suffix]
+    for fmt in by_suffix + others:
+        try:
+            if fmt.sniff(path):
+                return fmt
+        except OSError as error:
+            raise BadInput(f"{path}: cannot read ({error.strerror or error})") from None
+    if by_suffix:
+        return by_suffix[0]  # its reader explains what is wrong with the file
+    raise BadInput(
+        f"{path}: unknown caption file format (suffix {suffix or 'none'!r}); "
+        f"pass a format: {', '.join(registry.names())}"
+    )
+
+
+def _drop_missing_images(path: Path, records: list[CaptionRecord]) -> CaptionSet:
+    exists: dict[Path, bool] = {}
+    for record in records:
+        if record.image not in exists:
+            exists[record.image] = record.image.is_file()
+    missing = [image for image, ok in exists.items() if not ok]
+    if missing and len(missing) == len(exists):
+        raise BadInput(
+            f"{path}: none of the {len(exists)} images it lists exist "
+            f"(first: {missing[0]}); is the images folder right?"
+        )
+    if missing:
+        from polycap.plugins import warn
+
+        warn(
+            f"{len(missing)} of {len(exists)} images listed in {path} are missing; "
+            f"skipped (first: {missing[0]})"
+        )
+        records = [record for record in records if exists[record.image]]
+    return CaptionSet(records, path, missing)
+
+
+# -- helpers for format readers ------------------------------------------------------------
+
+
+def resolve_image(name: str, base: Path) -> Path:
+    """``name`` as an absolute path; relative names are taken against ``base``."""
+    image = Path(name).expanduser()
+    if not image.is_absolute():
+        image = base / image
+    return Path(os.path.normpath(os.path.abspath(image)))
+
+
+def read_head(path: Path, size: int = SNIFF_BYTES) -> str:
+    """The first ``size`` bytes of a file as text (for sniffing), BOM and spaces stripped."""
+    with open(path, "rb") as handle:
+        head = handle.read(size)
+    return head.decode("utf-8", errors="replace").lstrip("\ufeff").lstrip()
+
+
+def check_caption(path: Path, where: str, caption: object) -> str:
+    """A caption value as a stripped non-empty string, or BadInput naming ``where``."""
+    if not isinstance(caption, str):
+        raise BadInput(f"{path}: {where}: caption is {type(caption).__name__}, not text")
+    caption = caption.strip()
+    if not caption:
+        raise BadInput(f"{path}: {where}: empty caption")
+    return caption
+
+
+def check_image_name(path: Path, where: str, key: str, value: object) -> str:
+    """An image name/path value as a non-empty string, or BadInput naming ``where``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise BadInput(f"{path}: {where}: {key!r} must be a non-empty file name")
+    return value.strip()
+
+
+# -- splitting ------------------------------------------------------------------------------
+
+
+def split_by_image(
+    captions: CaptionSet, val_fraction: float, seed: int = 0
+) -> tuple[CaptionSet, CaptionSet]:
+    """(train, val): every image with all its captions goes to exactly one side.
+
+    Images are ranked by a hash of (seed, image id, path), so the split does not depend on
+    record order and mostly survives adding images. With 0 < val_fraction < 1 and at least
+    two images, each side gets at least one image.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise BadInput(f"validation fraction must be in [0, 1), got {val_fraction}")
+    first_id: dict[Path, str] = {}
+    for record in captions.records:
+        first_id.setdefault(record.image, record.image_id)
+    images = list(first_id)
+    n_val = round(len(images) * val_fraction)
+    if val_fraction > 0 and len(images) >= 2:
+        n_val = min(max(n_val, 1), len(images) - 1)
+    elif len(images) < 2:
+        n_val = 0
+
+    def rank(image: Path) -> tuple[str, str]:
+        digest = hashlib.sha256(f"{seed}\0{first_id[image]}".encode()).hexdigest()
+        return digest, str(image)
+
+    val_images = set(sorted(images, key=rank)[:n_val])
+    train = [record for record in captions.records if record.image not in val_images]
+    val = [record for record in captions.records if record.image in val_images]
+    return (
+        CaptionSet(train, captions.source, list(captions.missing)),
+        CaptionSet(val, captions.source, []),
+    )
+
+
+def subset(captions: CaptionSet, images: Sequence[Path]) -> CaptionSet:
+    """The records whose image is in ``images``."""
+    keep = set(images)
+    return CaptionSet([r for r in captions.records if r.image in keep], captions.source, [])

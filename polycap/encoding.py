@@ -1,0 +1,382 @@
+"""CLIP image encoding: encoders by name, batched encoding, an on-disk cache per image.
+
+``load_encoder("ViT-B-32", pretrained="openai")`` returns an :class:`ImageEncoder` from a
+backend registered through ``register_encoders`` (``open_clip`` built in).
+``encode_images(encoder, paths)`` encodes each unique image once, in batches, skipping and
+counting unreadable images, and caches each feature on disk under
+``<cache_dir>/<encoder cache key>/<sha256 of the image bytes>.npy`` so that a second run over
+the same images encodes nothing.
+
+Caching and random weights: an encoder built with ``pretrained=None`` has random weights that
+differ between processes, so its ``cache_key`` is ``None`` and nothing is read from or written
+to the cache for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from polycap.errors import BadInput
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+DEFAULT_ENCODER = "ViT-B-32"
+DEFAULT_PRETRAINED = "openai"
+DEFAULT_BACKEND = "open_clip"
+CACHE_ENV = "POLYCAP_CACHE_DIR"
+
+
+class ImageEncoder:
+    """An image (and, where it has one, text) encoder; backends subclass this.
+
+    Attributes: ``backend`` ("open_clip"), ``name`` (the backend's model name, e.g.
+    "ViT-B-32"), ``pretrained`` (weights tag, file, or None for random weights), ``embed_dim``,
+    ``device``, ``cache_key`` (None: do not cache). ``spec`` is what :func:`load_encoder` takes
+    back: the name for the default backend, ``backend:name`` otherwise.
+    """
+
+    backend: str = DEFAULT_BACKEND
+    name: str = ""
+    pretrained: str | None = None
+    embed_dim: int = 0
+    device: str = "cpu"
+    cache_key: str | None = None
+
+    @property
+    def spec(self) -> str:
+        return self.name if self.backend == DEFAULT_BACKEND else f"{self.backend}:{self.name}"
+
+    def info(self) -> dict[str, Any]:
+        """What a checkpoint records about its encoder (``load_encoder(spec, pretrained)``)."""
+        return {
+            "backend": self.backend,
+            "name": self.name,
+            "pretrained": self.pretrained,
+            "embed_dim": self.embed_dim,
+            "cache_key": self.cache_key,
+        }
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """An RGB PIL image -> Tensor[3, H, W] ready for :meth:`encode_images`."""
+        raise NotImplementedError
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Tensor[B, 3, H, W] -> Tensor[B, D] float32 on the CPU (raw, not normalised)."""
+        raise NotImplementedError
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """Texts -> Tensor[B, D] float32 on the CPU (raw); BadInput if there is no text tower."""
+        raise BadInput(f"encoder {self.name!r} has no text encoder")
+
+    def __repr__(self) -> str:
+        kind = type(self).__name__
+        return f"<{kind} {self.name} pretrained={self.pretrained!r} dim={self.embed_dim}>"
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """``"backend:model"`` or a plain model name -> (backend, model).
+
+    A prefix that is not a registered backend stays part of the model name (open_clip's own
+    ``hf-hub:`` and ``local-dir:`` schemas).
+    """
+    from polycap.plugins import get_registries
+
+    backend, sep, model = spec.partition(":")
+    if sep and backend in get_registries().encoders:
+        return backend, model
+    if sep and backend not in ("hf-hub", "local-dir") and "/" not in backend:
+        get_registries().encoders.get(backend)  # UnknownName with a did-you-mean
+    return DEFAULT_BACKEND, spec
+
+
+def load_encoder(
+    spec: str = DEFAULT_ENCODER,
+    pretrained: str | Path | None = DEFAULT_PRETRAINED,
+    device: str = "cpu",
+) -> ImageEncoder:
+    """The encoder ``spec`` ("backend:name" or an open_clip model name) with weights
+    ``pretrained`` (a tag such as "openai", a local weights file, or None for random)."""
+    from polycap.plugins import get_registries
+
+    backend, model = parse_spec(spec)
+    load = get_registries().encoders.get(backend)
+    return load(model, None if pretrained is None else str(pretrained), device)
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 hex digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- encoding many images --------------------------------------------------------------------
+
+
+@dataclass
+class EncodedImages:
+    """Features of the images that could be read, in input order (duplicates collapsed).
+
+    ``skipped`` lists (path, reason) for unreadable images; ``from_cache`` / ``encoded``
+    count how the features were obtained.
+    """
+
+    paths: list[Path]
+    features: torch.Tensor
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    from_cache: int = 0
+    encoded: int = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def as_dict(self) -> dict[Path, torch.Tensor]:
+        """Path -> feature row."""
+        return dict(zip(self.paths, self.features, strict=True))
+
+
+def default_cache_dir() -> Path:
+    """``$POLYCAP_CACHE_DIR`` or ``~/.cache/polycap/features``."""
+    configured = os.environ.get(CACHE_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".cache" / "polycap" / "features"
+
+
+class FeatureCache:
+    """One ``.npy`` file per image under a folder per encoder; writes are atomic."""
+
+    def __init__(self, root: Path, cache_key: str, embed_dim: int) -> None:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", cache_key)[:60]
+        key_hash = hashlib.sha256(cache_key.encode()).hexdigest()[:12]
+        self.directory = Path(root) / f"{slug}-{key_hash}"
+        self.embed_dim = embed_dim
+        self.cache_key = cache_key
+
+    def _file(self, digest: str) -> Path:
+        return self.directory / digest[:2] / f"{digest}.npy"
+
+    def get(self, digest: str) -> torch.Tensor | None:
+        """The cached feature, or None (absent or damaged entries count as absent)."""
+        import numpy as np
+        import torch
+
+        path = self._file(digest)
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None
+        if array.shape != (self.embed_dim,) or array.dtype != np.float32:
+            return None
+        return torch.from_numpy(array)
+
+    def put(self, digest: str, feature: torch.Tensor) -> None:
+        """Store one feature (temp file + rename, so readers never see half a file)."""
+        import numpy as np
+        import torch
+
+        path = self._file(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(temporary, "wb") as handle:
+                np.save(handle, feature.detach().to("cpu", torch.float32).numpy())
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+
+    def write_readme(self) -> None:
+        """A note saying which encoder the folder belongs to (for people browsing the cache)."""
+        note = self.directory / "encoder.txt"
+        if not note.exists():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            temporary = note.with_name(f".encoder.{uuid.uuid4().hex[:8]}.tmp")
+            temporary.write_text(f"{self.cache_key}\nembed_dim={self.embed_dim}\n")
+            os.replace(temporary, note)
+
+
+@dataclass
+class _Loaded:
+    index: int
+    path: Path
+    digest: str | None = None
+    pixels: torch.Tensor | None = None
+    error: str | None = None
+
+
+def _read_one(
+    index: int, path: Path, encoder: ImageEncoder, cache: FeatureCache | None
+) -> tuple[_Loaded, torch.Tensor | None]:
+    """Read, hash, look up, else decode and preprocess one image (runs in worker threads)."""
+    from polycap.images import decode_image
+
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        reason = "no such file" if isinstance(error, FileNotFoundError) else str(error.strerror)
+        return _Loaded(index, path, error=reason), None
+    digest = hashlib.sha256(data).hexdigest()
+    if cache is not None:
+        cached = cache.get(digest)
+        if cached is not None:
+            return _Loaded(index, path, digest), cached
+    try:
+        image = decode_image(data, path)
+    except BadInput as error:
+        reason = str(error).split("not a readable image ", 1)[-1].strip("()")
+        return _Loaded(index, path, digest, error=reason), None
+    return _Loaded(index, path, digest, pixels=encoder.preprocess(image)), None
+
+
+def _prefetch(
+    paths: Sequence[Path], encoder: ImageEncoder, cache: FeatureCache | None, workers: int
+) -> Iterator[tuple[_Loaded, torch.Tensor | None]]:
+    """:func:`_read_one` over ``paths`` in order, with at most a few images in flight."""
+    if workers <= 0:
+        for index, path in enumerate(paths):
+            yield _read_one(index, path, encoder, cache)
+        return
+    window: deque[Future[tuple[_Loaded, Any]]] = deque()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for index, path in enumerate(paths):
+            window.append(pool.submit(_read_one, index, path, encoder, cache))
+            if len(window) >= workers * 4:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+
+def _unique(paths: Iterable[str | Path]) -> list[Path]:
+    seen: set[str] = set()
+    result = []
+    for item in paths:
+        path = Path(item)
+        key = os.path.normpath(os.path.abspath(path))
+        if key not in seen:
+            seen.add(key)
+            result.append(path)
+    return result
+
+
+def encode_images(
+    encoder: ImageEncoder,
+    paths: Iterable[str | Path],
+    batch_size: int = 64,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    use_cache: bool = True,
+    workers: int | None = None,
+) -> EncodedImages:
+    """Encode each unique image of ``paths`` once, in batches of ``batch_size``.
+
+    Unreadable images are skipped and listed in ``skipped`` (never a zero feature). Features
+    are looked up in / written to the on-disk cache (``cache_dir``, default
+    :func:`default_cache_dir`) as each batch finishes, unless ``use_cache`` is False or the
+    encoder has no ``cache_key``. ``workers`` threads read and preprocess images ahead of the
+    model (default: up to 4).
+    """
+    import torch
+
+    if batch_size < 1:
+        raise BadInput(f"batch size must be at least 1, got {batch_size}")
+    unique = _unique(paths)
+    cache = None
+    if use_cache and encoder.cache_key is not None:
+        root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        cache = FeatureCache(root, encoder.cache_key, encoder.embed_dim)
+        cache.write_readme()
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1)
+
+    features = torch.empty(len(unique), encoder.embed_dim, dtype=torch.float32)
+    ok = [False] * len(unique)
+    skipped: list[tuple[Path, str]] = []
+    pending: list[_Loaded] = []
+    counts = {"cache": 0, "encoded": 0}
+
+    def flush() -> None:
+        if not pending:
+            return
+        batch = torch.stack([item.pixels for item in pending])  # type: ignore[misc]
+        output = encoder.encode_images(batch)
+        for item, row in zip(pending, output, strict=True):
+            features[item.index] = row
+            ok[item.index] = True
+            if cache is not None and item.digest is not None:
+                cache.put(item.digest, row)
+        counts["encoded"] += len(pending)
+        advance(len(pending))
+        pending.clear()
+
+    with _progress_bar(progress, len(unique)) as advance:
+        for loaded, cached in _prefetch(unique, encoder, cache, workers):
+            if loaded.error is not None:
+                skipped.append((loaded.path, loaded.error))
+                advance(1)
+            elif cached is not None:
+                features[loaded.index] = cached
+                ok[loaded.index] = True
+                counts["cache"] += 1
+                advance(1)
+            else:
+                pending.append(loaded)
+                if len(pending) >= batch_size:
+                    flush()
+        flush()
+
+    kept = [index for index, good in enumerate(ok) if good]
+    if len(kept) < len(unique):
+        features = features[kept]
+    return EncodedImages(
+        [unique[index] for index in kept], features, skipped, counts["cache"], counts["encoded"]
+    )
+
+
+class _progress_bar:
+    """A rich progress bar on stderr (or nothing); the context value is ``advance(n)``."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled = enabled
+        self.total = total
+        self.progress: Any = None
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return lambda n: None
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("encoding images"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self.progress.__enter__()
+        task = self.progress.add_task("encode", total=self.total)
+        return lambda n: self.progress.advance(task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)

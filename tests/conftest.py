@@ -1,0 +1,62 @@
+"""Shared pytest fixtures (keep small; tiny models only, never the network)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+TINY_CLIP_NAME = "polycap-test-tiny-vit"
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+class TinyClip(NamedTuple):
+    name: str  # open_clip model name, registered with open_clip.add_model_config
+    weights: Path  # torch.save(state_dict) of random weights (seed 0)
+    embed_dim: int
+
+
+def save_tiny_clip_weights(path: Path, seed: int) -> Path:
+    """Random weights of the tiny test CLIP, saved as a plain state dict."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(seed)
+    model = open_clip.create_model(TINY_CLIP_NAME, pretrained=None)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> TinyClip:
+    """A tiny open_clip ViT (embed_dim 32, 32x32 images) registered by name, with a weights
+    file, to load through ``load_encoder(tiny_clip.name, pretrained=tiny_clip.weights)``."""
+    import open_clip
+
+    directory = tmp_path_factory.mktemp("tiny_clip")
+    config = directory / f"{TINY_CLIP_NAME}.json"
+    config.write_text(json.dumps(TINY_CLIP_CONFIG))
+    if TINY_CLIP_NAME not in open_clip.list_models():
+        open_clip.add_model_config(config)
+    weights = save_tiny_clip_weights(directory / "tiny_clip.pt", seed=0)
+    return TinyClip(TINY_CLIP_NAME, weights, TINY_CLIP_CONFIG["embed_dim"])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _feature_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Never write image features to the real ~/.cache during tests."""
+    previous = os.environ.get("POLYCAP_CACHE_DIR")
+    os.environ["POLYCAP_CACHE_DIR"] = str(tmp_path_factory.mktemp("polycap-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("POLYCAP_CACHE_DIR", None)
+    else:
+        os.environ["POLYCAP_CACHE_DIR"] = previous

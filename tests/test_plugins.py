@@ -1,0 +1,98 @@
+"""The plugin host: toy plugins registered explicitly, and real entry points in a subprocess."""
+
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+
+from polycap.errors import DuplicateName
+from polycap.hookspecs import hookimpl
+from polycap.language import LanguagePack
+from polycap.plugins import PluginHost
+
+
+def language_plugin(code: str) -> types.SimpleNamespace:
+    @hookimpl
+    def register_languages(register):
+        register(code, LanguagePack(code=code, name=f"Toy {code}", default_lm="toy/lm"))
+
+    return types.SimpleNamespace(register_languages=register_languages)
+
+
+def test_toy_language_plugin_registers_through_the_hook():
+    host = PluginHost(load_entry_points=False)
+    host.add_plugin(language_plugin("xx"), name="polycap-xx")
+    languages = host.registries.languages
+    assert languages.get("xx").name == "Toy xx"
+    assert languages.source("xx") == "polycap-xx"
+    assert "en" in languages  # built-in English registers through the same hook
+    assert host.infos["polycap-xx"].hooks == ["register_languages"]
+
+
+def test_two_plugins_claiming_one_language_is_an_error_naming_both():
+    host = PluginHost(load_entry_points=False)
+    host.add_plugin(language_plugin("xx"), name="first-plugin")
+    host.add_plugin(language_plugin("xx"), name="second-plugin")
+    with pytest.raises(DuplicateName) as error:
+        host.registries  # noqa: B018 - building the registries runs the hooks
+    assert "first-plugin" in str(error.value) and "second-plugin" in str(error.value)
+
+
+def test_a_hook_that_raises_is_recorded_and_the_rest_still_loads(capsys):
+    @hookimpl
+    def register_mappers(register):
+        raise RuntimeError("boom")
+
+    host = PluginHost(load_entry_points=False)
+    host.add_plugin(types.SimpleNamespace(register_mappers=register_mappers), name="bad-mappers")
+    mappers = host.registries.mappers
+    assert "mlp" in mappers and "transformer" in mappers
+    assert "boom" in host.infos["bad-mappers"].error
+    assert "bad-mappers" in capsys.readouterr().err
+
+
+def write_distribution(site: Path, name: str, entry_points: dict[str, str]) -> None:
+    """A minimal installed distribution (dist-info with entry points) on a path we control."""
+    info = site / f"{name}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    lines = "\n".join(f"{key} = {value}" for key, value in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[polycap]\n{lines}\n")
+
+
+def run_polycap(args: list[str], site: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(site)}
+    return subprocess.run([sys.executable, "-m", "polycap", *args], capture_output=True,
+                          text=True, env=env, timeout=120)
+
+
+def test_broken_entry_point_leaves_the_cli_working(tmp_path):
+    write_distribution(tmp_path, "polycap_broken", {"broken": "polycap_no_such_module_here"})
+    result = run_polycap(["--help"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "train" in result.stdout
+    assert "plugin 'broken' failed to load" in result.stderr
+    listing = run_polycap(["plugins", "list", "--json"], tmp_path)
+    assert listing.returncode == 0
+    assert "ModuleNotFoundError" in listing.stdout
+
+
+def test_duplicate_language_from_entry_points_is_one_clear_error(tmp_path):
+    module = textwrap.dedent("""
+        from polycap.hookspecs import hookimpl
+        from polycap.language import LanguagePack
+
+        @hookimpl
+        def register_languages(register):
+            register("en", LanguagePack(code="en", name="Other English", default_lm="x"))
+    """)
+    (tmp_path / "polycap_other_en.py").write_text(module)
+    write_distribution(tmp_path, "polycap_other_en", {"other-en": "polycap_other_en"})
+    result = run_polycap(["plugins", "list"], tmp_path)
+    assert result.returncode == 2
+    assert "'en'" in result.stderr and "other-en" in result.stderr
+    assert "polycap.builtin.english" in result.stderr
+    assert "Traceback" not in result.stderr
