@@ -1,0 +1,428 @@
+"""The captioner: CLIP features -> mapper -> prefix -> causal LM; saved self-describing.
+
+A checkpoint is a directory::
+
+    polycap.json          what it is: versions, encoder, mapper kind + options, prefix length,
+                          language, LM source, flags, training record (written last)
+    mapper.safetensors    the mapper's weights
+    tokenizer/            the tokenizer files (save_pretrained)
+    lm/                   the LM (save_pretrained, safetensors) when it was trained or bundled;
+                          otherwise polycap.json names the hub id / path it is loaded from
+
+Saving is atomic: everything is written to a temporary directory beside the target, which
+then replaces the target by rename. A reader sees the old checkpoint or the new, never half.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from polycap.errors import BadInput, UnknownName
+
+CONFIG_FILE = "polycap.json"
+MAPPER_FILE = "mapper.safetensors"
+TOKENIZER_DIR = "tokenizer"
+LM_DIR = "lm"
+FORMAT_VERSION = 1
+IGNORE_INDEX = -100
+
+
+@dataclass
+class CaptionerOutput:
+    """``loss``: mean cross-entropy over caption tokens (padding excluded);
+    ``logits``: ``[B, T, vocab]``, position ``t`` predicting ``input_ids[:, t]``."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+
+
+def _registries(registries: Any) -> Any:
+    if registries is not None:
+        return registries
+    from polycap.plugins import get_registries
+
+    return get_registries()
+
+
+def lm_width(lm: Any) -> int:
+    """Width of the LM's token embeddings (the prefix vectors must match it)."""
+    return int(lm.get_input_embeddings().embedding_dim)
+
+
+class Captioner(nn.Module):
+    """Mapper + causal LM + tokenizer + language pack, with a JSON-able ``config``.
+
+    Attributes: ``pack``, ``tokenizer``, ``lm``, ``mapper``, ``config`` (what polycap.json
+    records), ``end_token_id``, ``pad_token_id``, ``prefix_length``, ``train_lm``.
+    """
+
+    def __init__(
+        self, pack: Any, tokenizer: Any, lm: nn.Module, mapper: nn.Module, config: dict[str, Any]
+    ) -> None:
+        super().__init__()
+        self.pack = pack
+        self.tokenizer = tokenizer
+        self.lm = lm
+        self.mapper = mapper
+        self.config = config
+        self.prefix_length = int(config["prefix_length"])
+        self.train_lm = bool(config["train_lm"])
+        self.normalize_features = bool(config["normalize_features"])
+        self.end_token_id = pack.end_token_id(tokenizer)
+        self.pad_token_id = pack.pad_token_id(tokenizer)
+        if not self.train_lm:
+            self.lm.requires_grad_(False)
+            self.lm.eval()
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        pack: Any,
+        tokenizer: Any,
+        lm: nn.Module,
+        encoder_info: dict[str, Any],
+        mapper: str = "mlp",
+        prefix_length: int = 10,
+        mapper_options: dict[str, Any] | None = None,
+        train_lm: bool = False,
+        normalize_features: bool = True,
+        lm_source: str | None = None,
+        save_lm: bool | None = None,
+        registries: Any = None,
+    ) -> Captioner:
+        """A fresh captioner: a new ``mapper`` (registered kind) in front of ``lm``.
+
+        ``encoder_info``: ``{backend, name, pretrained, embed_dim}`` of the image encoder.
+        ``lm_source``: hub id or path the LM came from (default: its ``name_or_path``);
+        local paths are stored absolute. ``save_lm``: bundle the LM weights in checkpoints
+        (default: only when ``train_lm``).
+        """
+        if "embed_dim" not in encoder_info:
+            raise BadInput("encoder_info needs 'embed_dim' (the image-embedding size)")
+        mapper_class = _registries(registries).mappers.get(mapper)
+        clip_dim = int(encoder_info["embed_dim"])
+        width = lm_width(lm)
+        built = mapper_class(clip_dim, width, prefix_length, **(mapper_options or {}))
+        source = lm_source or getattr(lm, "name_or_path", None) or ""
+        if source and Path(source).exists():
+            source = str(Path(source).resolve())
+        config = {
+            "encoder": {
+                "backend": encoder_info.get("backend", "open_clip"),
+                "name": encoder_info.get("name"),
+                "pretrained": encoder_info.get("pretrained"),
+                "embed_dim": clip_dim,
+            },
+            "mapper": {
+                "kind": mapper,
+                "options": built.options(),
+                "clip_dim": clip_dim,
+                "lm_dim": width,
+            },
+            "prefix_length": int(prefix_length),
+            "language": pack.code,
+            "lm": source,
+            "save_lm": bool(train_lm if save_lm is None else save_lm),
+            "train_lm": bool(train_lm),
+            "normalize_features": bool(normalize_features),
+        }
+        return cls(pack, tokenizer, lm, built, config)
+
+    # -- training / inference ---------------------------------------------------------------
+    def train(self, mode: bool = True) -> Captioner:
+        """Like nn.Module.train, but a frozen LM stays in eval mode (no dropout)."""
+        super().train(mode)
+        if not self.train_lm:
+            self.lm.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the optimizer should update: the mapper, plus the LM when ``train_lm``."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.lm.parameters()).device
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The LM's token embeddings of ``input_ids``."""
+        return self.lm.get_input_embeddings()(input_ids)
+
+    def prefix(self, features: torch.Tensor) -> torch.Tensor:
+        """``[B, clip_dim]`` image features -> ``[B, prefix_length, lm_dim]`` prefix embeddings
+        (features L2-normalised first when ``normalize_features``)."""
+        weight = next(self.mapper.parameters())
+        features = features.to(device=weight.device)
+        if self.normalize_features:
+            features = F.normalize(features.float(), dim=-1)
+        prefix = self.mapper(features.to(weight.dtype))
+        embedding = self.lm.get_input_embeddings().weight
+        return prefix.to(embedding.dtype)
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> CaptionerOutput:
+        """Teacher forcing on ``[prefix; token embeddings]``.
+
+        ``input_ids``: ``[B, T]`` caption ids (each ending with the end token), right-padded;
+        ``attention_mask``: 1 for real tokens, 0 for padding. The loss covers caption tokens
+        only (the first is predicted from the last prefix position); prefix positions and
+        padding are ignored.
+        """
+        prefix = self.prefix(features)
+        input_ids = input_ids.to(prefix.device)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        attention_mask = attention_mask.to(prefix.device)
+        embeds = torch.cat([prefix, self.embed_tokens(input_ids)], dim=1)
+        prefix_mask = attention_mask.new_ones(prefix.shape[:2])
+        out = self.lm(
+            inputs_embeds=embeds,
+            attention_mask=torch.cat([prefix_mask, attention_mask], dim=1),
+            use_cache=False,
+        )
+        logits = out.logits[:, self.prefix_length - 1 : -1]
+        labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+        loss = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]),
+            labels.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+        )
+        return CaptionerOutput(loss=loss, logits=logits)
+
+    # -- saving -----------------------------------------------------------------------------
+    def save(
+        self,
+        directory: str | os.PathLike[str],
+        training: dict[str, Any] | None = None,
+        extra: Callable[[Path], None] | None = None,
+    ) -> Path:
+        """Write the checkpoint to ``directory`` atomically; returns its path.
+
+        ``training``: the training record stored in polycap.json. ``extra(path)``, when
+        given, writes more files (e.g. optimizer state) into the checkpoint before it is
+        published, so they appear atomically with it.
+        """
+        from polycap import __version__
+
+        def write(target: Path) -> None:
+            from safetensors.torch import save_file
+
+            state = {
+                name: tensor.detach().to("cpu").contiguous()
+                for name, tensor in self.mapper.state_dict().items()
+            }
+            save_file(state, str(target / MAPPER_FILE), metadata={"format": "pt"})
+            self.tokenizer.save_pretrained(str(target / TOKENIZER_DIR))
+            if self.config.get("save_lm") or self.train_lm:
+                self.lm.save_pretrained(str(target / LM_DIR), safe_serialization=True)
+            if extra is not None:
+                extra(target)
+            record = {
+                "polycap_version": __version__,
+                "format_version": FORMAT_VERSION,
+                **self.config,
+                "training": training,
+            }
+            text = json.dumps(record, indent=2, ensure_ascii=False, default=str)
+            with open(target / CONFIG_FILE, "w", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+
+        return atomic_directory(Path(directory), write)
+
+    # -- loading ----------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        directory: str | os.PathLike[str],
+        device: str | torch.device = "cpu",
+        *,
+        expected_language: str | None = None,
+        registries: Any = None,
+        dtype: Any = None,
+    ) -> Captioner:
+        """Load a checkpoint written by :meth:`save`, in eval mode, on ``device``.
+
+        Errors: BadInput for a directory that is not a checkpoint, corrupt/missing files, or a
+        language other than ``expected_language``; UnknownName when the checkpoint's language
+        pack or mapper kind is not installed.
+        """
+        directory = Path(directory)
+        config = read_config(directory)
+        code = config["language"]
+        if expected_language is not None and code != expected_language:
+            raise BadInput(
+                f"{directory} was trained for language {code!r}, not {expected_language!r}"
+            )
+        found = _registries(registries)
+        if code not in found.languages:
+            raise UnknownName(
+                f"{directory} was trained for language {code!r}, but no language pack {code!r} "
+                f"is installed. Run: polycap plugins install {code}"
+            )
+        pack = found.languages.get(code)
+        kind = config["mapper"]["kind"]
+        if kind not in found.mappers:
+            raise UnknownName(
+                f"{directory} uses the mapper {kind!r}: {found.mappers.unknown_message(kind)} "
+                "Install the plugin that provides it."
+            )
+        mapper_class = found.mappers.get(kind)
+        weights = directory / MAPPER_FILE
+        if not weights.is_file():
+            raise BadInput(f"{weights}: missing (the checkpoint is incomplete)")
+        tokenizer_dir = directory / TOKENIZER_DIR
+        if not tokenizer_dir.is_dir():
+            raise BadInput(f"{tokenizer_dir}: missing (the checkpoint is incomplete)")
+        tokenizer = pack.load_tokenizer(str(tokenizer_dir))
+        lm_dir = directory / LM_DIR
+        if config.get("save_lm") or config["train_lm"]:
+            if not lm_dir.is_dir():
+                raise BadInput(f"{lm_dir}: missing (the checkpoint is incomplete)")
+            lm = pack.load_decoder(str(lm_dir), dtype=dtype)
+        else:
+            lm = pack.load_decoder(config["lm"], dtype=dtype)
+        width = lm_width(lm)
+        recorded = config["mapper"].get("lm_dim")
+        if recorded is not None and int(recorded) != width:
+            raise BadInput(
+                f"{directory}: the mapper was trained for an LM of width {recorded}, "
+                f"but {config['lm']!r} has width {width}"
+            )
+        try:
+            mapper = mapper_class(
+                int(config["encoder"]["embed_dim"]),
+                width,
+                int(config["prefix_length"]),
+                **config["mapper"]["options"],
+            )
+        except TypeError as error:
+            raise BadInput(f"{directory / CONFIG_FILE}: bad mapper options ({error})") from error
+        load_mapper_weights(mapper, weights)
+        model = cls(pack, tokenizer, lm, mapper, _model_config(config))
+        model.to(device)
+        model.eval()
+        return model
+
+
+_REQUIRED = {
+    "language": str,
+    "lm": str,
+    "prefix_length": int,
+    "train_lm": bool,
+    "mapper": dict,
+    "encoder": dict,
+}
+
+
+def read_config(directory: Path) -> dict[str, Any]:
+    """polycap.json of a checkpoint, checked; BadInput naming the file and the problem."""
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        if not directory.exists():
+            hint = _interrupted_save_hint(directory)
+            raise BadInput(f"{directory}: no such checkpoint{hint}")
+        raise BadInput(f"{directory}: not a polycap checkpoint (no {CONFIG_FILE})")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadInput(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise BadInput(f"{path}: expected a JSON object")
+    for key, kind in _REQUIRED.items():
+        if not isinstance(config.get(key), kind):
+            raise BadInput(f"{path}: missing or invalid {key!r}")
+    mapper = config["mapper"]
+    if not isinstance(mapper.get("kind"), str) or not isinstance(mapper.get("options"), dict):
+        raise BadInput(f"{path}: missing or invalid 'mapper.kind' / 'mapper.options'")
+    if not isinstance(config["encoder"].get("embed_dim"), int):
+        raise BadInput(f"{path}: missing or invalid 'encoder.embed_dim'")
+    return config
+
+
+def _model_config(config: dict[str, Any]) -> dict[str, Any]:
+    """What a loaded model keeps as ``.config`` (polycap.json minus per-save fields)."""
+    kept = {k: v for k, v in config.items() if k not in ("polycap_version", "format_version")}
+    kept.setdefault("normalize_features", True)
+    kept.setdefault("save_lm", kept["train_lm"])
+    kept.pop("training", None)
+    return kept
+
+
+def load_mapper_weights(mapper: nn.Module, path: Path) -> None:
+    """Load ``path`` (safetensors) into ``mapper``; BadInput on a corrupt or mismatched file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise BadInput(f"{path}: unreadable weights ({error})") from None
+    try:
+        mapper.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise BadInput(f"{path}: weights do not fit the mapper ({first})") from None
+
+
+def _interrupted_save_hint(directory: Path) -> str:
+    parent = directory.parent
+    if not parent.is_dir():
+        return ""
+    for old in sorted(parent.glob(f".{directory.name}.old-*")):
+        if (old / CONFIG_FILE).is_file():
+            return f" (a save was interrupted; the previous checkpoint is at {old})"
+    return ""
+
+
+def atomic_directory(directory: Path, write: Callable[[Path], None]) -> Path:
+    """Create ``directory`` by ``write(temp_dir)`` then rename(s); never half-written.
+
+    An existing checkpoint at ``directory`` is replaced; an existing non-empty directory that
+    is not a checkpoint is refused (BadInput) rather than deleted.
+    """
+    directory = Path(os.path.abspath(directory))
+    if directory.exists() and not directory.is_dir():
+        raise BadInput(f"{directory}: exists and is not a directory")
+    if (
+        directory.is_dir()
+        and not (directory / CONFIG_FILE).is_file()
+        and any(directory.iterdir())
+    ):
+        raise BadInput(
+            f"{directory}: exists and is not a polycap checkpoint; refusing to overwrite it"
+        )
+    parent = directory.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
+    try:
+        write(temp)
+        if directory.exists():
+            old = parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(directory, old)
+            os.replace(temp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(temp, directory)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return directory
