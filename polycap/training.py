@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -38,6 +37,7 @@ class TrainConfig:
     mapper_options: dict[str, Any] = field(default_factory=dict)
     prefix_length: int = 10
     train_lm: bool = False
+    save_lm: bool = False
     normalize_features: bool = True
     epochs: int = 10
     batch_size: int = 32
@@ -148,13 +148,6 @@ def latest_checkpoint(output: Path) -> Path | None:
     return max(complete, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX):]), default=None)
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file, then rename over the target."""
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
-
-
 class Trainer:
     """One training run: prepares data and model, runs epochs, writes checkpoints."""
 
@@ -222,6 +215,7 @@ class Trainer:
             train_lm=config.train_lm,
             normalize_features=config.normalize_features,
             lm_source=config.lm or self.pack.default_lm,
+            save_lm=config.train_lm or config.save_lm,
             registries=self.registries,
         )
 
@@ -345,15 +339,15 @@ class Trainer:
 
     def checkpoint(self, model: Any, optimizer: Any, scheduler: Any, scaler: Any,
                    state: dict[str, Any]) -> Path:
-        """Model (atomic directory), then trainer state (atomic file); older ones pruned."""
+        """Model and trainer state in one atomic directory; older checkpoints pruned."""
         directory = self.config.output / f"{CHECKPOINT_PREFIX}{state['step']:08d}"
-        model.save(directory, training=self.training_record(state))
-        atomic_torch_save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "scaler": scaler.state_dict(), "state": json.loads(json.dumps(state)),
-             "torch_rng": torch.get_rng_state()},
-            directory / TRAINER_STATE,
-        )
+        trainer_state = {
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "state": json.loads(json.dumps(state)),
+            "torch_rng": torch.get_rng_state(),
+        }
+        model.save(directory, training=self.training_record(state),
+                   extra=lambda target: torch.save(trainer_state, target / TRAINER_STATE))
         self.prune_checkpoints(keep=directory)
         return directory
 

@@ -60,3 +60,14 @@ def _feature_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         os.environ.pop("POLYCAP_CACHE_DIR", None)
     else:
         os.environ["POLYCAP_CACHE_DIR"] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny models run faster on one thread than two (thread start-up dominates their matmuls)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from polycap.cli import caption, demo, encode, plugins, train
+from polycap.cli import compare, evaluate, retrieval
 from polycap.errors import PolycapError
 
 app = typer.Typer(
@@ -19,13 +20,28 @@ app.command("train")(train.train_command)
 app.command("encode")(encode.encode_command)
 app.command("caption")(caption.caption_command)
 app.command("demo")(demo.demo_command)
+app.command("eval")(evaluate.eval_command)
+app.command("index")(retrieval.index_command)
+app.command("retrieve")(retrieval.retrieve_command)
+app.command("compare")(compare.compare_command)
 app.add_typer(plugins.app, name="plugins")
+
+
+def quiet_libraries() -> None:
+    """Our own progress bars only: no per-shard bars or info logs from Hugging Face."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def main() -> None:
     """Entry point: user errors become one line and exit code 2, never a traceback."""
     from polycap.cli.output import fail
     from polycap.plugins import get_host
+
+    quiet_libraries()
 
     try:
         get_host().register_commands(app)

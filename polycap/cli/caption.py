@@ -32,6 +32,8 @@ def caption_command(
 
     if (top_k or top_p < 1.0 or temperature != 1.0) and not sample:
         sample = True
+    if not sample and num_captions > beams:
+        beams = num_captions  # N distinct captions without sampling: the N best beams
     paths = expand_image_paths(inputs)
     torch_device = str(resolve_device(device))
     captioner = load_captioner(model, device=torch_device)

@@ -1,0 +1,149 @@
+"""``polycap eval``: score captions against references with the language's own segmentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from polycap.cli.output import console, err_console, print_json, print_table
+from polycap.evaluation import DEFAULT_CLIP_ENCODER, DEFAULT_CLIP_PRETRAINED, PREDICTIONS_HELP
+
+
+def eval_command(
+    references: Path = typer.Argument(
+        ..., help="Caption file with the references: captions.json, COCO json, CSV/TSV, JSONL."),
+    predictions: Path | None = typer.Option(
+        None, "--predictions", "-p", help=PREDICTIONS_HELP),
+    model: Path | None = typer.Option(
+        None, "--model", "-m", help="Or caption the reference images with this checkpoint."),
+    lang: str | None = typer.Option(
+        None, "--lang", "-l", help="Language pack (default: the model's; needed with -p)."),
+    images: Path | None = typer.Option(
+        None, "--images", help="Folder the reference file's image names are relative to."),
+    data_format: str | None = typer.Option(None, "--format", help="Reference file format."),
+    metrics: str | None = typer.Option(
+        None, help="Comma-separated metric names (default: all; see 'polycap plugins list')."),
+    clip_encoder: str = typer.Option(
+        DEFAULT_CLIP_ENCODER, help="CLIPScore encoder: open_clip name (text tower needed)."),
+    clip_pretrained: str = typer.Option(
+        DEFAULT_CLIP_PRETRAINED, help="CLIPScore weights: tag, local file, or 'none'."),
+    clip_prompt: str | None = typer.Option(
+        None, help="Text before each caption for CLIPScore (default: 'A photo depicts' for en)."),
+    partial: bool = typer.Option(
+        False, "--partial", help="Score only the reference images that have a prediction."),
+    per_image: bool = typer.Option(False, "--per-image", help="Also show per-image scores."),
+    beams: int = typer.Option(1, min=1, help="With --model: beam width."),
+    max_length: int = typer.Option(30, min=1, help="With --model: most tokens per caption."),
+    batch_size: int = typer.Option(64, min=1),
+    device: str = typer.Option("auto", help="cpu, cuda … (auto: GPU if any)."),
+    cache_dir: Path | None = typer.Option(None, help="Image feature cache."),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Score captions: [bold]polycap eval test.json --model runs/ja[/] (or -p preds.json -l ja).
+
+    Metrics: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE, chrF, WER, CLIPScore, RefCLIPScore.
+    Scores are x100, over the language pack's segmentation (named in the output).
+    """
+    from polycap.data import load_captions
+    from polycap.errors import BadInput
+    from polycap.evaluation import ClipOptions, context_for, evaluate, load_predictions
+    from polycap.plugins import get_registries
+
+    if (predictions is None) == (model is None):
+        raise BadInput("give either --predictions FILE or --model CHECKPOINT")
+    if predictions is not None and lang is None:
+        raise BadInput("--lang is required with --predictions (the captions' language)")
+    names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    registries = get_registries()
+    if names:
+        for name in names:
+            registries.metrics.get(name)
+    if lang is not None:
+        registries.languages.get(lang)  # UnknownName before any heavy work
+    refs = load_captions(references, images_dir=images, format=data_format)
+    torch_device = _device(device) if model is not None or _wants_clip(names) else "cpu"
+    notes: list[str] = []
+    if model is not None:
+        matched, pack, model_info = _predict(refs, model, lang, beams, max_length, batch_size,
+                                             torch_device, cache_dir, json_output, notes)
+    else:
+        from polycap.evaluation import match_predictions
+
+        pack = registries.languages.get(lang or "")
+        matched = match_predictions(refs, load_predictions(predictions), predictions, partial)
+        model_info = None
+        if matched.unmatched_references:
+            notes.append(f"{len(matched.unmatched_references)} reference images without a "
+                         "prediction were left out (--partial)")
+    clip = ClipOptions(
+        spec=clip_encoder,
+        pretrained=None if clip_pretrained.lower() == "none" else clip_pretrained,
+        prompt=clip_prompt, device=torch_device, batch_size=batch_size, cache_dir=cache_dir,
+    )
+    result = evaluate(context_for(pack, matched, clip), names, registries)
+    result.notes.extend(notes)
+    if model_info:
+        result.details["predictions"] = model_info
+    else:
+        result.details["predictions"] = {"file": str(predictions)}
+    _show(result, references, per_image, json_output)
+
+
+def _wants_clip(names: list[str] | None) -> bool:
+    return names is None or "clipscore" in names
+
+
+def _device(device: str) -> str:
+    from polycap.training import resolve_device
+
+    return str(resolve_device(device))
+
+
+def _predict(refs: Any, model: Path, lang: str | None, beams: int, max_length: int,
+             batch_size: int, device: str, cache_dir: Path | None, quiet: bool,
+             notes: list[str]) -> tuple[Any, Any, dict[str, Any]]:
+    from polycap.captioning import caption_images, load_captioner
+    from polycap.evaluation import Matched
+    from polycap.generation import GenerationConfig
+
+    captioner = load_captioner(model, device=device, expected_language=lang)
+    generation = GenerationConfig(max_length=max_length, beams=beams)
+    done = caption_images(captioner, refs.images(), generation, batch_size=batch_size,
+                          device=device, progress=not quiet, cache_dir=cache_dir)
+    if done.skipped:
+        notes.append(f"{len(done.skipped)} unreadable reference images were skipped "
+                     f"(first: {done.skipped[0][0]})")
+    by_image = refs.by_image()
+    matched = Matched(list(done.paths), [c[0] if c else "" for c in done.captions],
+                      [by_image[p] for p in done.paths])
+    info = {"model": str(model), "encoder": captioner.config.get("encoder"),
+            "lm": captioner.config.get("lm"), "generation": generation.to_json()}
+    return matched, captioner.pack, info
+
+
+def _show(result: Any, references: Path, per_image: bool, json_output: bool) -> None:
+    if json_output:
+        print_json({"references_file": str(references), **result.to_json(per_image=per_image)})
+        return
+    rows = []
+    for column in result.scores:
+        arrow = " (lower is better)" if column in result.lower_is_better else ""
+        rows.append((column + arrow, result.display(column)))
+    print_table(f"Evaluation: {result.n_images} images, {result.n_references} references "
+                f"({result.language})", ["metric", "score"], rows)
+    console.print(f"segmenter: {result.segmenter}", highlight=False)
+    clip = result.details.get("clipscore")
+    if clip:
+        console.print(f"CLIPScore encoder: {clip['encoder']} ({clip['pretrained']}), "
+                      f"prompt {clip['prompt']!r}", highlight=False)
+    if per_image:
+        columns = [c for c in ("BLEU-4", "ROUGE-L", "CIDEr-D", "chrF", "WER", "CLIPScore")
+                   if c in result.per_image[0]] if result.per_image else []
+        print_table("Per image", ["image", "prediction", *columns],
+                    [(row["image"], row["prediction"],
+                      *("–" if row[c] is None else f"{row[c]:.1f}" for c in columns))
+                     for row in result.per_image])
+    for note in result.notes:
+        err_console.print(f"[yellow]Note:[/] {note}", highlight=False)

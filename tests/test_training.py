@@ -1,0 +1,138 @@
+"""The training loop on tiny local models: it learns, checkpoints, resumes exactly, refuses bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from polycap.builtin.english import ENGLISH
+from polycap.demo import build_tiny_models
+from polycap.errors import BadInput, UnknownName
+from polycap.synthetic import make_synthetic_set
+from polycap.training import TRAINER_STATE, TrainConfig, latest_checkpoint, train
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
+    """A small English synthetic set and tiny models built for it (shared by this module)."""
+    root = tmp_path_factory.mktemp("training")
+    split = make_synthetic_set(ENGLISH, root / "data", 48, seed=1)
+    captions = [r["caption"] for r in json.loads(split.train_file.read_text())]
+    models = build_tiny_models(ENGLISH, captions, root / "models", seed=0)
+    return {"train_file": split.train_file, **models}
+
+
+def config_for(setup: dict, output: Path, **overrides) -> TrainConfig:
+    options = dict(
+        language="en", data=setup["train_file"], output=output, encoder=setup["encoder"],
+        pretrained=setup["pretrained"], lm=setup["lm"], train_lm=True, epochs=2, batch_size=16,
+        lr=1e-3, prefix_length=2, val_fraction=0.2, seed=3, device="cpu", progress=False,
+    )
+    options.update(overrides)
+    return TrainConfig(**options)
+
+
+def mapper_weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / "mapper.safetensors"))
+
+
+def test_training_lowers_the_loss_and_writes_checkpoints(tiny_setup, tmp_path):
+    result = train(config_for(tiny_setup, tmp_path / "run", epochs=3))
+    losses = [record["train_loss"] for record in result.history]
+    assert len(result.history) == 3 and losses[-1] < losses[0]
+    assert all(record["val_loss"] == record["val_loss"] for record in result.history)  # not NaN
+    assert (result.model_dir / "polycap.json").is_file()
+    recorded = json.loads((result.model_dir / "polycap.json").read_text())
+    assert recorded["training"]["epochs"] == 3 and recorded["language"] == "en"
+    checkpoints = sorted((tmp_path / "run").glob("checkpoint-*"))
+    assert len(checkpoints) == 2  # keep_checkpoints prunes the oldest
+    assert all((path / TRAINER_STATE).is_file() for path in checkpoints)
+
+
+class Killed(Exception):
+    """Stands in for the process being killed right after a checkpoint is written."""
+
+
+def train_until_killed(config: TrainConfig, kill_at: int, monkeypatch) -> None:
+    """Run ``config`` but die right after its ``kill_at``-th checkpoint."""
+    from polycap.training import Trainer
+
+    real_checkpoint = Trainer.checkpoint
+    written = []
+
+    def checkpoint_then_die(self, *args, **kwargs):
+        path = real_checkpoint(self, *args, **kwargs)
+        written.append(path)
+        if len(written) == kill_at:
+            raise Killed(path)
+        return path
+
+    monkeypatch.setattr(Trainer, "checkpoint", checkpoint_then_die)
+    with pytest.raises(Killed):
+        train(config)
+    monkeypatch.setattr(Trainer, "checkpoint", real_checkpoint)
+
+
+def assert_same_mapper(expected_dir: Path, actual_dir: Path) -> None:
+    expected, actual = mapper_weights(expected_dir), mapper_weights(actual_dir)
+    assert expected.keys() == actual.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(actual[name], tensor, msg=name)
+
+
+def test_resume_after_a_kill_at_an_epoch_end_gives_the_same_model(tiny_setup, tmp_path,
+                                                                  monkeypatch):
+    straight = train(config_for(tiny_setup, tmp_path / "straight"))
+    stopped = config_for(tiny_setup, tmp_path / "stopped")
+    train_until_killed(stopped, kill_at=1, monkeypatch=monkeypatch)
+    assert not (tmp_path / "stopped" / "final").exists()
+    resumed = train(stopped, resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert resumed.history[1]["train_loss"] == pytest.approx(straight.history[1]["train_loss"])
+    assert_same_mapper(straight.model_dir, resumed.model_dir)
+
+
+def test_resume_after_a_kill_mid_epoch_gives_the_same_model(tiny_setup, tmp_path, monkeypatch):
+    straight = train(config_for(tiny_setup, tmp_path / "straight", epochs=1, batch_size=8))
+    stopped = config_for(tiny_setup, tmp_path / "stopped", epochs=1, batch_size=8, save_every=2)
+    train_until_killed(stopped, kill_at=1, monkeypatch=monkeypatch)
+    assert latest_checkpoint(tmp_path / "stopped").name == "checkpoint-00000002"
+    resumed = train(stopped, resume=True)
+    assert_same_mapper(straight.model_dir, resumed.model_dir)
+
+
+def test_frozen_lm_trains_only_the_mapper(tiny_setup, tmp_path):
+    result = train(config_for(tiny_setup, tmp_path / "frozen", epochs=1, train_lm=False, save_lm=True))
+    recorded = json.loads((result.model_dir / "polycap.json").read_text())
+    assert recorded["train_lm"] is False
+    from transformers import AutoModelForCausalLM
+
+    original = AutoModelForCausalLM.from_pretrained(tiny_setup["lm"])
+    saved = AutoModelForCausalLM.from_pretrained(result.model_dir / "lm")
+    for (name, before), after in zip(original.state_dict().items(), saved.state_dict().values()):
+        torch.testing.assert_close(after, before, msg=name)
+
+
+def test_unknown_language_is_refused_with_a_hint(tiny_setup, tmp_path):
+    with pytest.raises(UnknownName, match="Did you mean 'en'"):
+        train(config_for(tiny_setup, tmp_path / "run", language="eng"))
+
+
+def test_unknown_precision_is_bad_input(tiny_setup, tmp_path):
+    with pytest.raises(BadInput, match="precision"):
+        train(config_for(tiny_setup, tmp_path / "run", precision="fp8"))
+
+
+def test_caption_file_whose_images_are_all_corrupt_is_bad_input(tiny_setup, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(3):
+        (images / f"{index}.png").write_bytes(b"not a png at all")
+    captions = [{"caption": "a red circle", "id": i, "image_name": f"{i}.png"} for i in range(3)]
+    (tmp_path / "captions.json").write_text(json.dumps(captions))
+    with pytest.raises(BadInput, match="none of its images"):
+        train(config_for(tiny_setup, tmp_path / "run", data=tmp_path / "captions.json"))
