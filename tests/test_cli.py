@@ -1,0 +1,126 @@
+"""The CLI as a user meets it: real commands, one-line errors with exit code 2, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cli_runner import run_cli
+from polycap.builtin.english import ENGLISH
+from polycap.demo import build_tiny_models
+
+CAPTIONS = ["a red circle", "two blue squares", "a green triangle", "three yellow circles"] * 5
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained but complete English checkpoint on tiny local models."""
+    from polycap.model import Captioner
+
+    root = tmp_path_factory.mktemp("cli")
+    models = build_tiny_models(ENGLISH, CAPTIONS, root / "models", seed=0)
+    tokenizer = ENGLISH.load_tokenizer(models["lm"])
+    model = Captioner.build(
+        pack=ENGLISH, tokenizer=tokenizer, lm=ENGLISH.load_decoder(models["lm"]),
+        encoder_info={"backend": "open_clip", "name": models["encoder"],
+                      "pretrained": models["pretrained"], "embed_dim": 64},
+        prefix_length=2, train_lm=True,
+    )
+    return model.save(root / "checkpoint")
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> dict[str, Path]:
+    good = tmp_path / "good.png"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(good)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    return {"good": good, "corrupt": corrupt}
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.code == 2, (result.out, result.err)
+    assert "Traceback" not in result.err
+    lines = [line for line in result.err.strip().splitlines() if not line.startswith("Warning")]
+    assert len(lines) == 1, result.err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_help_lists_the_commands(capsys):
+    result = run_cli(["--help"], capsys)
+    assert result.code == 0
+    for command in ("train", "caption", "encode", "demo", "plugins"):
+        assert command in result.out
+
+
+def test_unknown_language_gets_a_did_you_mean(capsys, tmp_path):
+    result = run_cli(["train", "--lang", "eng", "--data", str(tmp_path / "x.json")], capsys)
+    assert_one_line_error(result, "No language pack 'eng'.", "Did you mean 'en'?")
+
+
+def test_missing_caption_file(capsys, tmp_path):
+    result = run_cli(["train", "--lang", "en", "--data", str(tmp_path / "nope.json")], capsys)
+    assert_one_line_error(result, "nope.json")
+
+
+def test_broken_caption_file_names_the_file_and_place(capsys, tmp_path):
+    broken = tmp_path / "captions.jsonl"
+    broken.write_text('{"image": "a.png", "caption": "ok"}\n{"image": "b.png", "caption": \n')
+    result = run_cli(["train", "--lang", "en", "--data", str(broken)], capsys)
+    assert_one_line_error(result, "captions.jsonl", "line 2")
+
+
+def test_caption_with_a_folder_that_is_not_a_checkpoint(capsys, tmp_path, images):
+    result = run_cli(["caption", str(images["good"]), "--model", str(tmp_path)], capsys)
+    assert_one_line_error(result, "not a polycap checkpoint")
+
+
+def test_caption_skips_a_corrupt_image_and_captions_the_rest(capsys, checkpoint, images):
+    result = run_cli(["caption", str(images["good"]), str(images["corrupt"]), "--model",
+                      str(checkpoint), "--json", "--max-length", "5", "--device", "cpu"], capsys)
+    assert result.code == 0, result.err
+    payload = json.loads(result.out)
+    assert [Path(item["image"]).name for item in payload["captions"]] == ["good.png"]
+    assert [Path(item["image"]).name for item in payload["skipped"]] == ["corrupt.png"]
+    assert "corrupt.png" in result.err
+
+
+def test_caption_with_only_corrupt_images_exits_2(capsys, checkpoint, images):
+    result = run_cli(["caption", str(images["corrupt"]), "--model", str(checkpoint),
+                      "--device", "cpu"], capsys)
+    assert result.code == 2
+    assert "corrupt.png" in result.err
+
+
+def test_beam_and_num_captions_give_distinct_captions(capsys, checkpoint, images):
+    result = run_cli(["caption", str(images["good"]), "--model", str(checkpoint), "--json",
+                      "--num-captions", "3", "--max-length", "6", "--device", "cpu"], capsys)
+    assert result.code == 0, result.err
+    captions = json.loads(result.out)["captions"][0]["captions"]
+    assert len(captions) == len(set(captions)) >= 2
+
+
+def test_checkpoint_for_a_language_that_is_not_installed(capsys, checkpoint, images, tmp_path):
+    import shutil
+
+    copy = tmp_path / "xx-checkpoint"
+    shutil.copytree(checkpoint, copy)
+    config = json.loads((copy / "polycap.json").read_text())
+    config["language"] = "xx"
+    (copy / "polycap.json").write_text(json.dumps(config))
+    result = run_cli(["caption", str(images["good"]), "--model", str(copy)], capsys)
+    assert_one_line_error(result, "'xx'", "polycap plugins install")
+
+
+def test_encode_a_missing_image(capsys, tmp_path):
+    result = run_cli(["encode", str(tmp_path / "missing.png")], capsys)
+    assert_one_line_error(result, "missing.png")
+
+
+def test_demo_for_an_unknown_language(capsys, tmp_path):
+    result = run_cli(["demo", "--lang", "tlh", "--workdir", str(tmp_path)], capsys)
+    assert_one_line_error(result, "No language pack 'tlh'")
