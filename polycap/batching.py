@@ -1,4 +1,4 @@
-"""Length-bucketed batches: captions of similar length share a batch, so little padding is wasted."""
+"""Length-bucketed batches: captions of similar length share a batch; little padding wasted."""
 
 from __future__ import annotations
 

@@ -55,16 +55,24 @@ def encoder_for(model: Any, device: str = "cpu") -> Any:
     return load_encoder(spec, pretrained=info.get("pretrained"), device=device)
 
 
-def caption_images(model: Any, paths: list[Path], generation: Any, batch_size: int = 64,
-                   device: str = "cpu", progress: bool = True,
-                   cache_dir: Path | None = None) -> CaptionedImages:
+def caption_images(
+    model: Any,
+    paths: list[Path],
+    generation: Any,
+    batch_size: int = 64,
+    device: str = "cpu",
+    progress: bool = True,
+    cache_dir: Path | None = None,
+) -> CaptionedImages:
     """Encode ``paths`` with the model's encoder (cached) and caption them in batches."""
     from polycap.encoding import encode_images
     from polycap.generation import caption_features
 
     encoder = encoder_for(model, device=device)
-    encoded = encode_images(encoder, paths, batch_size=batch_size, cache_dir=cache_dir,
-                            progress=progress)
-    captions = caption_features(model, encoded.features.to(device), generation,
-                                batch_size=batch_size, progress=progress)
+    encoded = encode_images(
+        encoder, paths, batch_size=batch_size, cache_dir=cache_dir, progress=progress
+    )
+    captions = caption_features(
+        model, encoded.features.to(device), generation, batch_size=batch_size, progress=progress
+    )
     return CaptionedImages(encoded.paths, captions, encoded.skipped)

@@ -45,7 +45,9 @@ class DemoResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def build_tiny_models(pack: Any, train_captions: list[str], directory: Path, seed: int) -> dict[str, str]:
+def build_tiny_models(
+    pack: Any, train_captions: list[str], directory: Path, seed: int
+) -> dict[str, str]:
     """Tokenizer of the pack's class, tiny GPT-2 and tiny CLIP, saved under ``directory``."""
     from polycap import tiny
 
@@ -58,30 +60,59 @@ def build_tiny_models(pack: Any, train_captions: list[str], directory: Path, see
 
 def run_demo(options: DemoOptions, console: Any = None, registries: Any = None) -> DemoResult:
     """Synthetic data → tiny models → training → captions for held-out images → scores + HTML."""
+    import torch
+
+    from polycap.plugins import get_registries
+
+    started = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: a second thread costs more than it gives
+    try:
+        return _run_demo(options, console, registries or get_registries(), started)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(options: DemoOptions, console: Any, registries: Any, started: float) -> DemoResult:
     from polycap.captioning import caption_images
     from polycap.generation import GenerationConfig
-    from polycap.plugins import get_registries
     from polycap.report import ReportRow, write_report
     from polycap.synthetic import make_synthetic_set, score_captions
     from polycap.training import TrainConfig, train
 
-    started = time.perf_counter()
-    registries = registries or get_registries()
     pack = registries.languages.get(options.language)
     if pack.demo is None:
         raise BadInput(f"language pack {pack.code!r} has no demo vocabulary")
     workdir = options.workdir
-    split = make_synthetic_set(pack, workdir / "data", options.images, seed=options.seed,
-                               heldout_pairs=options.heldout_pairs)
+    split = make_synthetic_set(
+        pack,
+        workdir / "data",
+        options.images,
+        seed=options.seed,
+        heldout_pairs=options.heldout_pairs,
+    )
     train_records = json.loads(Path(split.train_file).read_text(encoding="utf-8"))
-    models = build_tiny_models(pack, [r["caption"] for r in train_records], workdir / "models",
-                               options.seed)
+    models = build_tiny_models(
+        pack, [r["caption"] for r in train_records], workdir / "models", options.seed
+    )
     config = TrainConfig(
-        language=pack.code, data=Path(split.train_file), output=workdir / "run",
-        encoder=models["encoder"], pretrained=models["pretrained"], lm=models["lm"],
-        mapper=options.mapper, prefix_length=options.prefix_length, train_lm=True,
-        epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, warmup_steps=20,
-        val_fraction=0.1, seed=options.seed, device="cpu", cache_dir=workdir / "cache",
+        language=pack.code,
+        data=Path(split.train_file),
+        output=workdir / "run",
+        encoder=models["encoder"],
+        pretrained=models["pretrained"],
+        lm=models["lm"],
+        mapper=options.mapper,
+        prefix_length=options.prefix_length,
+        train_lm=True,
+        epochs=options.epochs,
+        batch_size=options.batch_size,
+        lr=options.lr,
+        warmup_steps=20,
+        val_fraction=0.1,
+        seed=options.seed,
+        device="cpu",
+        cache_dir=workdir / "cache",
         progress=options.progress,
     )
     result = train(config, registries=registries, console=console)
@@ -92,18 +123,32 @@ def run_demo(options: DemoOptions, console: Any = None, registries: Any = None) 
     test_records = json.loads(Path(split.test_file).read_text(encoding="utf-8"))
     image_dir = Path(split.test_file).parent / "images"
     test_paths = sorted({image_dir / r["image_name"] for r in test_records})
-    captioned = caption_images(model, test_paths, GenerationConfig(max_length=24),
-                               progress=options.progress, cache_dir=workdir / "cache")
+    captioned = caption_images(
+        model,
+        test_paths,
+        GenerationConfig(max_length=24),
+        progress=options.progress,
+        cache_dir=workdir / "cache",
+    )
     captions = {path.name: texts[0] for path, texts in zip(captioned.paths, captioned.captions)}
     scores = score_captions(pack, captions, split.truths)
     rows = [
-        ReportRow(path, {"generated": [captions[path.name]],
-                         "truth": [" ".join(map(str, split.truths[path.name]))]})
+        ReportRow(
+            path,
+            {
+                "generated": [captions[path.name]],
+                "truth": [" ".join(map(str, split.truths[path.name]))],
+            },
+        )
         for path in captioned.paths
     ]
-    summary = [(name, f"{value:.3f}" if isinstance(value, float) else str(value))
-               for name, value in scores.items()]
-    report = write_report(workdir / "report.html", f"polycap demo ({pack.name})", rows,
-                          summary, ("score", "value"))
-    return DemoResult(scores, result.model_dir, report, captions,
-                      time.perf_counter() - started, result.history)
+    summary = [
+        (name, f"{value:.3f}" if isinstance(value, float) else str(value))
+        for name, value in scores.items()
+    ]
+    report = write_report(
+        workdir / "report.html", f"polycap demo ({pack.name})", rows, summary, ("score", "value")
+    )
+    return DemoResult(
+        scores, result.model_dir, report, captions, time.perf_counter() - started, result.history
+    )

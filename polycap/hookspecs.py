@@ -6,7 +6,8 @@ Each ``register`` argument is a callable ``register(name: str, item) -> None`` t
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 

@@ -104,13 +104,19 @@ class LanguagePack:
         ``directory`` so that :meth:`load_tokenizer` loads it back (tests, demo)."""
         from polycap import tiny
 
-        return tiny.build_tokenizer(self.tokenizer_kind, [self.normalize(t) for t in texts], directory)
+        return tiny.build_tokenizer(
+            self.tokenizer_kind, [self.normalize(t) for t in texts], directory
+        )
 
 
-def _load_or_explain(loader: Callable[..., Any], name_or_path: str, what: str, **kwargs: Any) -> Any:
+def _load_or_explain(
+    loader: Callable[..., Any], name_or_path: str, what: str, **kwargs: Any
+) -> Any:
     """Call a from_pretrained loader; turn 'not found / offline / not a model' into one line."""
     try:
         return loader(name_or_path, **kwargs)
     except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first_line = (
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        )
         raise BadInput(f"cannot load {what} {name_or_path!r}: {first_line}") from error

@@ -81,7 +81,9 @@ class PluginHost:
     @staticmethod
     def _hook_names(module: Any) -> list[str]:
         return sorted(
-            hook for hook in dir(hookspecs) if hook.startswith("register_") and hasattr(module, hook)
+            hook
+            for hook in dir(hookspecs)
+            if hook.startswith("register_") and hasattr(module, hook)
         )
 
     def _load_entry_points(self) -> None:
@@ -95,7 +97,10 @@ class PluginHost:
                 self._register_module(entry_point.name, module, distribution, version)
             except Exception as error:  # a broken plugin must not take the CLI down
                 self.infos[entry_point.name] = PluginInfo(
-                    entry_point.name, distribution, version, error=f"{type(error).__name__}: {error}"
+                    entry_point.name,
+                    distribution,
+                    version,
+                    error=f"{type(error).__name__}: {error}",
                 )
                 warn(f"plugin {entry_point.name!r} failed to load: {type(error).__name__}: {error}")
 
@@ -118,8 +123,10 @@ class PluginHost:
             for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
                 source = impl.plugin_name
 
-                def register(name: str, item: Any, _source: str = source) -> None:
-                    registry.register(name, item, source=_source)
+                def register(
+                    name: str, item: Any, _source: str = source, _registry: Registry[Any] = registry
+                ) -> None:
+                    _registry.register(name, item, source=_source)
 
                 self._call_guarded(source, impl.function, register)
             filled[attribute] = registry

@@ -43,16 +43,23 @@ table.summary td,table.summary th{border:1px solid #ccc;padding:.3rem .6rem;text
 """
 
 
-def render_report(title: str, rows: Sequence[ReportRow],
-                  summary: Sequence[Sequence[str]] = (), summary_header: Sequence[str] = ()) -> str:
+def render_report(
+    title: str,
+    rows: Sequence[ReportRow],
+    summary: Sequence[Sequence[str]] = (),
+    summary_header: Sequence[str] = (),
+) -> str:
     """The HTML text of a report."""
     escape = html.escape
-    parts = [f"<!doctype html><meta charset='utf-8'><title>{escape(title)}</title>",
-             f"<style>{STYLE}</style><h1>{escape(title)}</h1>"]
+    parts = [
+        f"<!doctype html><meta charset='utf-8'><title>{escape(title)}</title>",
+        f"<style>{STYLE}</style><h1>{escape(title)}</h1>",
+    ]
     if summary:
         head = "".join(f"<th>{escape(str(c))}</th>" for c in summary_header)
-        body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>"
-                       for row in summary)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in summary
+        )
         parts.append(f"<table class='summary'><tr>{head}</tr>{body}</table>")
     for row in rows:
         texts = []
@@ -64,14 +71,20 @@ def render_report(title: str, rows: Sequence[ReportRow],
             for name, good in row.marks.items()
         )
         parts.append(
-            f"<div class='row'><img src='{thumbnail_data_uri(row.image)}' alt='{escape(row.image.name)}'>"
+            f"<div class='row'><img src='{thumbnail_data_uri(row.image)}' "
+            f"alt='{escape(row.image.name)}'>"
             f"<div><b>{escape(row.image.name)}</b> {marks}{''.join(texts)}</div></div>"
         )
     return "\n".join(parts) + "\n"
 
 
-def write_report(path: Path, title: str, rows: Sequence[ReportRow],
-                 summary: Sequence[Sequence[str]] = (), summary_header: Sequence[str] = ()) -> Path:
+def write_report(
+    path: Path,
+    title: str,
+    rows: Sequence[ReportRow],
+    summary: Sequence[Sequence[str]] = (),
+    summary_header: Sequence[str] = (),
+) -> Path:
     """Write the report atomically (temp file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")

@@ -121,8 +121,9 @@ def collate(
     return features[rows], input_ids, mask
 
 
-def tokenize_records(records: list[Any], row_of: dict[Path, int], pack: Any, tokenizer: Any,
-                     max_tokens: int) -> TokenizedSet:
+def tokenize_records(
+    records: list[Any], row_of: dict[Path, int], pack: Any, tokenizer: Any, max_tokens: int
+) -> TokenizedSet:
     """Token ids per caption (end token kept when truncated) for records whose image encoded."""
     rows: list[int] = []
     ids_list: list[list[int]] = []
@@ -142,10 +143,11 @@ def latest_checkpoint(output: Path) -> Path | None:
     if not output.is_dir():
         return None
     complete = [
-        path for path in output.glob(f"{CHECKPOINT_PREFIX}*")
-        if (path / TRAINER_STATE).is_file() and path.name[len(CHECKPOINT_PREFIX):].isdigit()
+        path
+        for path in output.glob(f"{CHECKPOINT_PREFIX}*")
+        if (path / TRAINER_STATE).is_file() and path.name[len(CHECKPOINT_PREFIX) :].isdigit()
     ]
-    return max(complete, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX):]), default=None)
+    return max(complete, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX) :]), default=None)
 
 
 class Trainer:
@@ -172,8 +174,12 @@ class Trainer:
         from polycap.encoding import encode_images, load_encoder
 
         config = self.config
-        captions = load_captions(config.data, images_dir=config.images_dir, format=config.data_format)
-        encoder = load_encoder(config.encoder, pretrained=config.pretrained, device=str(self.device))
+        captions = load_captions(
+            config.data, images_dir=config.images_dir, format=config.data_format
+        )
+        encoder = load_encoder(
+            config.encoder, pretrained=config.pretrained, device=str(self.device)
+        )
         encoded = encode_images(
             encoder, captions.images(), cache_dir=config.cache_dir, progress=config.progress
         )
@@ -244,7 +250,9 @@ class Trainer:
         steps_per_epoch = math.ceil(
             math.ceil(len(train.token_ids) / config.batch_size) / config.grad_accum
         )
-        scheduler = linear_warmup_decay(optimizer, config.warmup_steps, steps_per_epoch * config.epochs)
+        scheduler = linear_warmup_decay(
+            optimizer, config.warmup_steps, steps_per_epoch * config.epochs
+        )
         use_scaler = self.amp_dtype == torch.float16 and self.device.type == "cuda"
         scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         state = {"epoch": 0, "batch": 0, "step": 0, "history": []}
@@ -269,23 +277,37 @@ class Trainer:
                     loss = self.train_batch(model, batch, scaler)
                     train_loss += loss * len(batches[index])
                     seen += len(batches[index])
-                    last_of_group = (index + 1) % config.grad_accum == 0 or index + 1 == len(batches)
+                    last_of_group = (index + 1) % config.grad_accum == 0 or index + 1 == len(
+                        batches
+                    )
                     if last_of_group:
                         self.optimizer_step(model, optimizer, scheduler, scaler, trainable)
                         state["step"] += 1
                     state["batch"] = index + 1
-                    progress.update(task, advance=1, description=(
-                        f"epoch {epoch + 1}/{config.epochs} loss {loss:.3f}"))
-                    if config.save_every and last_of_group and state["step"] % config.save_every == 0:
+                    progress.update(
+                        task,
+                        advance=1,
+                        description=(f"epoch {epoch + 1}/{config.epochs} loss {loss:.3f}"),
+                    )
+                    if (
+                        config.save_every
+                        and last_of_group
+                        and state["step"] % config.save_every == 0
+                    ):
                         self.checkpoint(model, optimizer, scheduler, scaler, state)
             val_loss = self.evaluate(model, val, features, pad_id)
-            record = {"epoch": epoch + 1, "step": state["step"],
-                      "train_loss": train_loss / max(1, seen), "val_loss": val_loss}
+            record = {
+                "epoch": epoch + 1,
+                "step": state["step"],
+                "train_loss": train_loss / max(1, seen),
+                "val_loss": val_loss,
+            }
             state["history"].append(record)
             state["epoch"], state["batch"] = epoch + 1, 0
             self.say(
                 f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, "
-                f"validation loss {val_loss:.4f}" if not math.isnan(val_loss)
+                f"validation loss {val_loss:.4f}"
+                if not math.isnan(val_loss)
                 else f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}"
             )
             self.checkpoint(model, optimizer, scheduler, scaler, state)
@@ -294,24 +316,43 @@ class Trainer:
         return TrainResult(final, state["history"], skipped)
 
     def progress_bar(self) -> Any:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         return Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeRemainingColumn(), console=self.console, disable=not self.config.progress,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not self.config.progress,
             transient=True,
         )
 
     def train_batch(self, model: Any, batch: tuple[torch.Tensor, ...], scaler: Any) -> float:
         features, input_ids, mask = (t.to(self.device) for t in batch)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
+        with torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+        ):
             loss = model(features, input_ids, mask).loss / self.config.grad_accum
         scaler.scale(loss).backward()
         return float(loss.detach()) * self.config.grad_accum
 
-    def optimizer_step(self, model: Any, optimizer: Any, scheduler: Any, scaler: Any,
-                       trainable: list[torch.nn.Parameter]) -> None:
+    def optimizer_step(
+        self,
+        model: Any,
+        optimizer: Any,
+        scheduler: Any,
+        scaler: Any,
+        trainable: list[torch.nn.Parameter],
+    ) -> None:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         scaler.step(optimizer)
@@ -320,34 +361,51 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
 
     @torch.no_grad()
-    def evaluate(self, model: Any, tokens: TokenizedSet, features: torch.Tensor, pad_id: int) -> float:
+    def evaluate(
+        self, model: Any, tokens: TokenizedSet, features: torch.Tensor, pad_id: int
+    ) -> float:
         """Mean validation loss per caption; NaN when there is no validation split."""
         if not tokens.token_ids:
             return float("nan")
         model.eval()
         total = 0.0
         for batch_indices in padded_batches(tokens.lengths, self.config.batch_size):
-            feats, ids, mask = (t.to(self.device) for t in collate(batch_indices, tokens, features, pad_id))
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):
+            feats, ids, mask = (
+                t.to(self.device) for t in collate(batch_indices, tokens, features, pad_id)
+            )
+            with torch.autocast(
+                self.device.type,
+                dtype=self.amp_dtype or torch.float32,
+                enabled=self.amp_dtype is not None,
+            ):
                 total += float(model(feats, ids, mask).loss) * len(batch_indices)
         return total / len(tokens.token_ids)
 
     def training_record(self, state: dict[str, Any]) -> dict[str, Any]:
-        return {**self.config.to_json(), "epochs_done": state["epoch"], "steps_done": state["step"],
-                "history": state["history"]}
+        return {
+            **self.config.to_json(),
+            "epochs_done": state["epoch"],
+            "steps_done": state["step"],
+            "history": state["history"],
+        }
 
-    def checkpoint(self, model: Any, optimizer: Any, scheduler: Any, scaler: Any,
-                   state: dict[str, Any]) -> Path:
+    def checkpoint(
+        self, model: Any, optimizer: Any, scheduler: Any, scaler: Any, state: dict[str, Any]
+    ) -> Path:
         """Model and trainer state in one atomic directory; older checkpoints pruned."""
         directory = self.config.output / f"{CHECKPOINT_PREFIX}{state['step']:08d}"
         trainer_state = {
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "state": json.loads(json.dumps(state)),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "state": json.loads(json.dumps(state)),
             "torch_rng": torch.get_rng_state(),
         }
-        model.save(directory, training=self.training_record(state),
-                   extra=lambda target: torch.save(trainer_state, target / TRAINER_STATE))
+        model.save(
+            directory,
+            training=self.training_record(state),
+            extra=lambda target: torch.save(trainer_state, target / TRAINER_STATE),
+        )
         self.prune_checkpoints(keep=directory)
         return directory
 
@@ -359,7 +417,8 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
 
 
-def train(config: TrainConfig, resume: bool = False, registries: Any = None,
-          console: Any = None) -> TrainResult:
+def train(
+    config: TrainConfig, resume: bool = False, registries: Any = None, console: Any = None
+) -> TrainResult:
     """Run one training job; see :class:`TrainConfig`."""
     return Trainer(config, registries=registries, console=console).run(resume=resume)

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 from PIL import Image
 
-from cli_runner import run_cli
 from polycap.builtin.english import ENGLISH
 from polycap.demo import build_tiny_models
 
@@ -24,10 +24,17 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     models = build_tiny_models(ENGLISH, CAPTIONS, root / "models", seed=0)
     tokenizer = ENGLISH.load_tokenizer(models["lm"])
     model = Captioner.build(
-        pack=ENGLISH, tokenizer=tokenizer, lm=ENGLISH.load_decoder(models["lm"]),
-        encoder_info={"backend": "open_clip", "name": models["encoder"],
-                      "pretrained": models["pretrained"], "embed_dim": 64},
-        prefix_length=2, train_lm=True,
+        pack=ENGLISH,
+        tokenizer=tokenizer,
+        lm=ENGLISH.load_decoder(models["lm"]),
+        encoder_info={
+            "backend": "open_clip",
+            "name": models["encoder"],
+            "pretrained": models["pretrained"],
+            "embed_dim": 64,
+        },
+        prefix_length=2,
+        train_lm=True,
     )
     return model.save(root / "checkpoint")
 
@@ -80,8 +87,21 @@ def test_caption_with_a_folder_that_is_not_a_checkpoint(capsys, tmp_path, images
 
 
 def test_caption_skips_a_corrupt_image_and_captions_the_rest(capsys, checkpoint, images):
-    result = run_cli(["caption", str(images["good"]), str(images["corrupt"]), "--model",
-                      str(checkpoint), "--json", "--max-length", "5", "--device", "cpu"], capsys)
+    result = run_cli(
+        [
+            "caption",
+            str(images["good"]),
+            str(images["corrupt"]),
+            "--model",
+            str(checkpoint),
+            "--json",
+            "--max-length",
+            "5",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert result.code == 0, result.err
     payload = json.loads(result.out)
     assert [Path(item["image"]).name for item in payload["captions"]] == ["good.png"]
@@ -90,15 +110,30 @@ def test_caption_skips_a_corrupt_image_and_captions_the_rest(capsys, checkpoint,
 
 
 def test_caption_with_only_corrupt_images_exits_2(capsys, checkpoint, images):
-    result = run_cli(["caption", str(images["corrupt"]), "--model", str(checkpoint),
-                      "--device", "cpu"], capsys)
+    result = run_cli(
+        ["caption", str(images["corrupt"]), "--model", str(checkpoint), "--device", "cpu"], capsys
+    )
     assert result.code == 2
     assert "corrupt.png" in result.err
 
 
 def test_beam_and_num_captions_give_distinct_captions(capsys, checkpoint, images):
-    result = run_cli(["caption", str(images["good"]), "--model", str(checkpoint), "--json",
-                      "--num-captions", "3", "--max-length", "6", "--device", "cpu"], capsys)
+    result = run_cli(
+        [
+            "caption",
+            str(images["good"]),
+            "--model",
+            str(checkpoint),
+            "--json",
+            "--num-captions",
+            "3",
+            "--max-length",
+            "6",
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert result.code == 0, result.err
     captions = json.loads(result.out)["captions"][0]["captions"]
     assert len(captions) == len(set(captions)) >= 2

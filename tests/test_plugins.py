@@ -65,8 +65,13 @@ def write_distribution(site: Path, name: str, entry_points: dict[str, str]) -> N
 
 def run_polycap(args: list[str], site: Path) -> subprocess.CompletedProcess[str]:
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(site)}
-    return subprocess.run([sys.executable, "-m", "polycap", *args], capture_output=True,
-                          text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "polycap", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
 
 def test_broken_entry_point_leaves_the_cli_working(tmp_path):

@@ -1,4 +1,4 @@
-"""The training loop on tiny local models: it learns, checkpoints, resumes exactly, refuses bad input."""
+"""Training on tiny local models: it learns, checkpoints, resumes exactly, refuses bad input."""
 
 from __future__ import annotations
 
@@ -28,9 +28,21 @@ def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str
 
 def config_for(setup: dict, output: Path, **overrides) -> TrainConfig:
     options = dict(
-        language="en", data=setup["train_file"], output=output, encoder=setup["encoder"],
-        pretrained=setup["pretrained"], lm=setup["lm"], train_lm=True, epochs=2, batch_size=16,
-        lr=1e-3, prefix_length=2, val_fraction=0.2, seed=3, device="cpu", progress=False,
+        language="en",
+        data=setup["train_file"],
+        output=output,
+        encoder=setup["encoder"],
+        pretrained=setup["pretrained"],
+        lm=setup["lm"],
+        train_lm=True,
+        epochs=2,
+        batch_size=16,
+        lr=1e-3,
+        prefix_length=2,
+        val_fraction=0.2,
+        seed=3,
+        device="cpu",
+        progress=False,
     )
     options.update(overrides)
     return TrainConfig(**options)
@@ -84,8 +96,9 @@ def assert_same_mapper(expected_dir: Path, actual_dir: Path) -> None:
         torch.testing.assert_close(actual[name], tensor, msg=name)
 
 
-def test_resume_after_a_kill_at_an_epoch_end_gives_the_same_model(tiny_setup, tmp_path,
-                                                                  monkeypatch):
+def test_resume_after_a_kill_at_an_epoch_end_gives_the_same_model(
+    tiny_setup, tmp_path, monkeypatch
+):
     straight = train(config_for(tiny_setup, tmp_path / "straight"))
     stopped = config_for(tiny_setup, tmp_path / "stopped")
     train_until_killed(stopped, kill_at=1, monkeypatch=monkeypatch)
@@ -106,7 +119,9 @@ def test_resume_after_a_kill_mid_epoch_gives_the_same_model(tiny_setup, tmp_path
 
 
 def test_frozen_lm_trains_only_the_mapper(tiny_setup, tmp_path):
-    result = train(config_for(tiny_setup, tmp_path / "frozen", epochs=1, train_lm=False, save_lm=True))
+    result = train(
+        config_for(tiny_setup, tmp_path / "frozen", epochs=1, train_lm=False, save_lm=True)
+    )
     recorded = json.loads((result.model_dir / "polycap.json").read_text())
     assert recorded["train_lm"] is False
     from transformers import AutoModelForCausalLM

@@ -38,23 +38,42 @@ def caption_command(
     torch_device = str(resolve_device(device))
     captioner = load_captioner(model, device=torch_device)
     generation = GenerationConfig(
-        max_length=max_length, beams=beams, top_k=top_k, top_p=top_p, temperature=temperature,
-        sample=sample, num_captions=num_captions, seed=seed,
+        max_length=max_length,
+        beams=beams,
+        top_k=top_k,
+        top_p=top_p,
+        temperature=temperature,
+        sample=sample,
+        num_captions=num_captions,
+        seed=seed,
     )
-    result = caption_images(captioner, paths, generation, batch_size=batch_size,
-                            device=torch_device, progress=not json_output)
+    result = caption_images(
+        captioner,
+        paths,
+        generation,
+        batch_size=batch_size,
+        device=torch_device,
+        progress=not json_output,
+    )
     if json_output:
-        print_json({
-            "model": str(model), "language": captioner.config["language"],
-            "captions": [{"image": str(p), "captions": c} for p, c in zip(result.paths, result.captions)],
-            "skipped": [{"image": str(p), "reason": r} for p, r in result.skipped],
-        })
+        print_json(
+            {
+                "model": str(model),
+                "language": captioner.config["language"],
+                "captions": [
+                    {"image": str(p), "captions": c} for p, c in zip(result.paths, result.captions)
+                ],
+                "skipped": [{"image": str(p), "reason": r} for p, r in result.skipped],
+            }
+        )
     else:
         rows = [(p.name, "\n".join(c)) for p, c in zip(result.paths, result.captions)]
         print_table(f"Captions ({captioner.config['language']})", ["image", "caption"], rows)
     if result.skipped:
-        err_console.print(f"[yellow]Skipped {len(result.skipped)} unreadable image(s)[/]: "
-                          + ", ".join(str(p) for p, _ in result.skipped[:5]))
+        err_console.print(
+            f"[yellow]Skipped {len(result.skipped)} unreadable image(s)[/]: "
+            + ", ".join(str(p) for p, _ in result.skipped[:5])
+        )
     if not result.paths:
         raise typer.Exit(2)
     if not json_output:

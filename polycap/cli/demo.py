@@ -11,7 +11,9 @@ from polycap.cli.output import console, print_json, print_table
 
 def demo_command(
     lang: str = typer.Option("ja", "--lang", "-l", help="Language of the synthetic captions."),
-    workdir: Path = typer.Option(Path("polycap-demo"), "--workdir", "-o", help="Where data, models and the report go."),
+    workdir: Path = typer.Option(
+        Path("polycap-demo"), "--workdir", "-o", help="Where data, models and the report go."
+    ),
     images: int = typer.Option(600, min=50, help="Synthetic images to draw."),
     epochs: int = typer.Option(20, min=1),
     seed: int = typer.Option(0),
@@ -20,17 +22,34 @@ def demo_command(
     """Run the offline demo end to end (no downloads): data, tiny models, training, captions."""
     from polycap.demo import DemoOptions, run_demo
 
-    options = DemoOptions(language=lang, workdir=workdir / lang, images=images, epochs=epochs,
-                          seed=seed, progress=not json_output)
+    options = DemoOptions(
+        language=lang,
+        workdir=workdir / lang,
+        images=images,
+        epochs=epochs,
+        seed=seed,
+        progress=not json_output,
+    )
     result = run_demo(options, console=None if json_output else console)
     if json_output:
-        print_json({"scores": result.scores, "model": str(result.model_dir),
-                    "report": str(result.report), "seconds": round(result.seconds, 1),
-                    "captions": result.captions})
+        print_json(
+            {
+                "scores": result.scores,
+                "model": str(result.model_dir),
+                "report": str(result.report),
+                "seconds": round(result.seconds, 1),
+                "captions": result.captions,
+            }
+        )
         return
     sample = list(result.captions.items())[:8]
     print_table("Held-out captions (sample)", ["image", "caption"], sample)
-    print_table("Held-out scores", ["metric", "value"],
-                [(k, f"{v:.3f}" if isinstance(v, float) else v) for k, v in result.scores.items()])
-    console.print(f"Report: [bold]{result.report}[/]   model: {result.model_dir}   "
-                  f"time: {result.seconds:.0f}s")
+    print_table(
+        "Held-out scores",
+        ["metric", "value"],
+        [(k, f"{v:.3f}" if isinstance(v, float) else v) for k, v in result.scores.items()],
+    )
+    console.print(
+        f"Report: [bold]{result.report}[/]   model: {result.model_dir}   "
+        f"time: {result.seconds:.0f}s"
+    )

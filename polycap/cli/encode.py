@@ -1,4 +1,4 @@
-"""``polycap encode``: CLIP features for images, cached on disk so training encodes nothing twice."""
+"""``polycap encode``: CLIP features for images, cached on disk; training encodes nothing twice."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from polycap.cli.output import print_json, print_table
 
 def encode_command(
     inputs: list[Path] = typer.Argument(None, help="Images and/or folders of images."),
-    data: Path | None = typer.Option(None, "--data", "-d", help="Or: the images of a caption file."),
+    data: Path | None = typer.Option(
+        None, "--data", "-d", help="Or: the images of a caption file."
+    ),
     images: Path | None = typer.Option(None, "--images", help="Image folder for --data."),
     encoder: str = typer.Option("ViT-B-32", help="open_clip model name (or backend:model)."),
     pretrained: str = typer.Option("openai", help="Pretrained tag, local weights file, or 'none'."),
@@ -32,16 +34,34 @@ def encode_command(
         paths += load_captions(data, images_dir=images).images()
     if not paths:
         raise BadInput("nothing to encode: give images, folders or --data")
-    image_encoder = load_encoder(encoder, pretrained=None if pretrained.lower() == "none" else pretrained,
-                                 device=str(resolve_device(device)))
-    result = encode_images(image_encoder, paths, batch_size=batch_size, cache_dir=cache_dir,
-                           progress=not json_output)
-    summary = {"encoder": image_encoder.cache_key, "images": len(paths), "encoded": len(result.paths),
-               "skipped": [{"image": str(p), "reason": r} for p, r in result.skipped],
-               "dim": image_encoder.embed_dim}
+    image_encoder = load_encoder(
+        encoder,
+        pretrained=None if pretrained.lower() == "none" else pretrained,
+        device=str(resolve_device(device)),
+    )
+    result = encode_images(
+        image_encoder, paths, batch_size=batch_size, cache_dir=cache_dir, progress=not json_output
+    )
+    summary = {
+        "encoder": image_encoder.cache_key,
+        "images": len(paths),
+        "encoded": len(result.paths),
+        "skipped": [{"image": str(p), "reason": r} for p, r in result.skipped],
+        "dim": image_encoder.embed_dim,
+    }
     if json_output:
         print_json(summary)
         return
-    print_table("Encoding", ["encoder", "images", "features", "skipped", "dim"],
-                [(image_encoder.cache_key, len(paths), len(result.paths), len(result.skipped),
-                  image_encoder.embed_dim)])
+    print_table(
+        "Encoding",
+        ["encoder", "images", "features", "skipped", "dim"],
+        [
+            (
+                image_encoder.cache_key,
+                len(paths),
+                len(result.paths),
+                len(result.skipped),
+                image_encoder.embed_dim,
+            )
+        ],
+    )

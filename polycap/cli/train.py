@@ -10,19 +10,37 @@ from polycap.cli.output import console, print_json, print_table
 
 
 def train_command(
-    data: Path = typer.Option(..., "--data", "-d", help="Caption file: captions.json, COCO json, CSV/TSV or JSONL."),
+    data: Path = typer.Option(
+        ..., "--data", "-d", help="Caption file: captions.json, COCO json, CSV/TSV or JSONL."
+    ),
     lang: str = typer.Option(..., "--lang", "-l", help="Language pack code, e.g. ja, ru, zh, en."),
-    output: Path = typer.Option(Path("runs/polycap"), "--output", "-o", help="Run folder for checkpoints."),
-    images: Path | None = typer.Option(None, "--images", help="Folder the caption file's image names are relative to."),
-    data_format: str | None = typer.Option(None, "--format", help="Caption file format (default: by suffix/content)."),
+    output: Path = typer.Option(
+        Path("runs/polycap"), "--output", "-o", help="Run folder for checkpoints."
+    ),
+    images: Path | None = typer.Option(
+        None, "--images", help="Folder the caption file's image names are relative to."
+    ),
+    data_format: str | None = typer.Option(
+        None, "--format", help="Caption file format (default: by suffix/content)."
+    ),
     encoder: str = typer.Option("ViT-B-32", help="open_clip model name (or backend:model)."),
-    pretrained: str = typer.Option("openai", help="open_clip pretrained tag, a local weights file, or 'none'."),
-    lm: str | None = typer.Option(None, help="Decoder hub id or local folder (default: the pack's)."),
+    pretrained: str = typer.Option(
+        "openai", help="open_clip pretrained tag, a local weights file, or 'none'."
+    ),
+    lm: str | None = typer.Option(
+        None, help="Decoder hub id or local folder (default: the pack's)."
+    ),
     mapper: str = typer.Option("mlp", help="Prefix mapper: mlp or transformer (or a plugin's)."),
     prefix_length: int = typer.Option(10, min=1, help="Prefix tokens fed to the LM."),
-    clip_length: int | None = typer.Option(None, min=1, help="Transformer mapper: CLIP tokens (ClipCap's clip_length)."),
-    train_lm: bool = typer.Option(False, "--train-lm/--freeze-lm", help="Fine-tune the LM too (default: frozen)."),
-    save_lm: bool = typer.Option(False, "--save-lm", help="Bundle a frozen LM's weights in checkpoints."),
+    clip_length: int | None = typer.Option(
+        None, min=1, help="Transformer mapper: CLIP tokens (ClipCap's clip_length)."
+    ),
+    train_lm: bool = typer.Option(
+        False, "--train-lm/--freeze-lm", help="Fine-tune the LM too (default: frozen)."
+    ),
+    save_lm: bool = typer.Option(
+        False, "--save-lm", help="Bundle a frozen LM's weights in checkpoints."
+    ),
     epochs: int = typer.Option(10, min=1),
     batch_size: int = typer.Option(32, min=1),
     lr: float = typer.Option(2e-5, help="Peak learning rate."),
@@ -30,11 +48,15 @@ def train_command(
     grad_accum: int = typer.Option(1, min=1, help="Gradient accumulation steps."),
     precision: str = typer.Option("fp32", help="fp32, bf16 or fp16 (autocast)."),
     max_tokens: int = typer.Option(40, min=2, help="Longest caption in tokens (end token kept)."),
-    val_fraction: float = typer.Option(0.1, min=0.0, max=0.9, help="Share of images held out for validation."),
+    val_fraction: float = typer.Option(
+        0.1, min=0.0, max=0.9, help="Share of images held out for validation."
+    ),
     seed: int = typer.Option(0),
     save_every: int = typer.Option(0, min=0, help="Also checkpoint every N optimizer steps."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1 … (auto: GPU if any)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --output."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from the newest checkpoint in --output."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Train a captioner: [bold]polycap train --lang ja --data captions.json[/]."""
@@ -42,20 +64,45 @@ def train_command(
 
     mapper_options = {"clip_length": clip_length} if clip_length else {}
     config = TrainConfig(
-        language=lang, data=data, output=output, images_dir=images, data_format=data_format,
-        encoder=encoder, pretrained=None if pretrained.lower() == "none" else pretrained, lm=lm,
-        mapper=mapper, mapper_options=mapper_options, prefix_length=prefix_length,
-        train_lm=train_lm, save_lm=save_lm, epochs=epochs, batch_size=batch_size, lr=lr, warmup_steps=warmup,
-        grad_accum=grad_accum, precision=precision, max_tokens=max_tokens,
-        val_fraction=val_fraction, seed=seed, save_every=save_every, device=device,
+        language=lang,
+        data=data,
+        output=output,
+        images_dir=images,
+        data_format=data_format,
+        encoder=encoder,
+        pretrained=None if pretrained.lower() == "none" else pretrained,
+        lm=lm,
+        mapper=mapper,
+        mapper_options=mapper_options,
+        prefix_length=prefix_length,
+        train_lm=train_lm,
+        save_lm=save_lm,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=warmup,
+        grad_accum=grad_accum,
+        precision=precision,
+        max_tokens=max_tokens,
+        val_fraction=val_fraction,
+        seed=seed,
+        save_every=save_every,
+        device=device,
         progress=not json_output,
     )
     result = train(config, resume=resume, console=None if json_output else console)
     if json_output:
-        print_json({"model": str(result.model_dir), "history": result.history,
-                    "skipped_images": result.skipped_images})
+        print_json(
+            {
+                "model": str(result.model_dir),
+                "history": result.history,
+                "skipped_images": result.skipped_images,
+            }
+        )
         return
-    rows = [(h["epoch"], h["step"], f"{h['train_loss']:.4f}", f"{h['val_loss']:.4f}")
-            for h in result.history]
+    rows = [
+        (h["epoch"], h["step"], f"{h['train_loss']:.4f}", f"{h['val_loss']:.4f}")
+        for h in result.history
+    ]
     print_table("Training", ["epoch", "step", "train loss", "val loss"], rows)
     console.print(f"Model saved to [bold]{result.model_dir}[/]")
