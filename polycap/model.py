@@ -33,6 +33,7 @@ from polycap.errors import BadInput, UnknownName
 
 CONFIG_FILE = "polycap.json"
 MAPPER_FILE = "mapper.safetensors"
+FEATURE_STATS_FILE = "feature_stats.safetensors"
 TOKENIZER_DIR = "tokenizer"
 LM_DIR = "lm"
 FORMAT_VERSION = 1
@@ -80,6 +81,8 @@ class Captioner(nn.Module):
         self.prefix_length = int(config["prefix_length"])
         self.train_lm = bool(config["train_lm"])
         self.normalize_features = bool(config["normalize_features"])
+        self.feature_mean: torch.Tensor | None = None
+        self.feature_std: torch.Tensor | None = None
         self.end_token_id = pack.end_token_id(tokenizer)
         self.pad_token_id = pack.pad_token_id(tokenizer)
         if not self.train_lm:
@@ -161,13 +164,32 @@ class Captioner(nn.Module):
         """The LM's token embeddings of ``input_ids``."""
         return self.lm.get_input_embeddings()(input_ids)
 
+    def set_feature_stats(self, features: torch.Tensor) -> None:
+        """Standardise mapper inputs with the mean and spread of these training features.
+
+        CLIP embeddings share a large common direction (random-weight encoders: cosine ~0.98
+        between any two images), which a mapper learns around only slowly; centring and
+        scaling each dimension exposes what differs between images. Saved with the model.
+        """
+        prepared = self._prepare(features.float().cpu())
+        self.feature_mean = prepared.mean(dim=0)
+        self.feature_std = prepared.std(dim=0).clamp_min(1e-6) if len(prepared) > 1 else (
+            torch.ones_like(self.feature_mean)
+        )
+        self.config["standardize_features"] = True
+
+    def _prepare(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(features, dim=-1) if self.normalize_features else features
+
     def prefix(self, features: torch.Tensor) -> torch.Tensor:
         """``[B, clip_dim]`` image features -> ``[B, prefix_length, lm_dim]`` prefix embeddings
-        (features L2-normalised first when ``normalize_features``)."""
+        (features L2-normalised when ``normalize_features``, then standardised when the model
+        has feature statistics)."""
         weight = next(self.mapper.parameters())
-        features = features.to(device=weight.device)
-        if self.normalize_features:
-            features = F.normalize(features.float(), dim=-1)
+        features = self._prepare(features.to(device=weight.device).float())
+        if self.feature_mean is not None and self.feature_std is not None:
+            mean = self.feature_mean.to(features.device)
+            features = (features - mean) / self.feature_std.to(features.device)
         prefix = self.mapper(features.to(weight.dtype))
         embedding = self.lm.get_input_embeddings().weight
         return prefix.to(embedding.dtype)
@@ -229,6 +251,9 @@ class Captioner(nn.Module):
                 for name, tensor in self.mapper.state_dict().items()
             }
             save_file(state, str(target / MAPPER_FILE), metadata={"format": "pt"})
+            if self.feature_mean is not None and self.feature_std is not None:
+                stats = {"mean": self.feature_mean.cpu(), "std": self.feature_std.cpu()}
+                save_file(stats, str(target / FEATURE_STATS_FILE), metadata={"format": "pt"})
             self.tokenizer.save_pretrained(str(target / TOKENIZER_DIR))
             if self.config.get("save_lm") or self.train_lm:
                 self.lm.save_pretrained(str(target / LM_DIR), safe_serialization=True)
@@ -318,6 +343,10 @@ class Captioner(nn.Module):
             raise BadInput(f"{directory / CONFIG_FILE}: bad mapper options ({error})") from error
         load_mapper_weights(mapper, weights)
         model = cls(pack, tokenizer, lm, mapper, _model_config(config))
+        if config.get("standardize_features"):
+            model.feature_mean, model.feature_std = load_feature_stats(
+                directory / FEATURE_STATS_FILE
+            )
         model.to(device)
         model.eval()
         return model
@@ -381,6 +410,20 @@ def load_mapper_weights(mapper: nn.Module, path: Path) -> None:
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
         raise BadInput(f"{path}: weights do not fit the mapper ({first})") from None
+
+
+def load_feature_stats(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of the training features (safetensors); BadInput when missing or corrupt."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise BadInput(f"{path}: missing (the checkpoint is incomplete)")
+    try:
+        stats = load_file(str(path), device="cpu")
+        return stats["mean"], stats["std"]
+    except (SafetensorError, OSError, ValueError, KeyError) as error:
+        raise BadInput(f"{path}: unreadable feature statistics ({error})") from None
 
 
 def _interrupted_save_hint(directory: Path) -> str:

@@ -39,6 +39,7 @@ class TrainConfig:
     train_lm: bool = False
     save_lm: bool = False
     normalize_features: bool = True
+    standardize_features: bool = True
     epochs: int = 10
     batch_size: int = 32
     lr: float = 2e-5
@@ -243,6 +244,8 @@ class Trainer:
             self.say(f"Resuming from {start}")
         else:
             model = self.build_model(tokenizer, encoder_info)
+            if config.standardize_features:
+                model.set_feature_stats(features[sorted(set(train.feature_rows))])
         model.to(self.device)
 
         trainable = [p for p in model.parameters() if p.requires_grad]

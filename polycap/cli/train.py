@@ -41,6 +41,11 @@ def train_command(
     save_lm: bool = typer.Option(
         False, "--save-lm", help="Bundle a frozen LM's weights in checkpoints."
     ),
+    standardize: bool = typer.Option(
+        True,
+        "--standardize-features/--raw-features",
+        help="Centre and scale CLIP features with training-set statistics (saved in the model).",
+    ),
     epochs: int = typer.Option(10, min=1),
     batch_size: int = typer.Option(32, min=1),
     lr: float = typer.Option(2e-5, help="Peak learning rate."),
@@ -76,6 +81,7 @@ def train_command(
         mapper_options=mapper_options,
         prefix_length=prefix_length,
         train_lm=train_lm,
+        standardize_features=standardize,
         save_lm=save_lm,
         epochs=epochs,
         batch_size=batch_size,
