@@ -60,6 +60,12 @@ def test_training_lowers_the_loss_and_writes_checkpoints(tiny_setup, tmp_path):
     assert (result.model_dir / "polycap.json").is_file()
     recorded = json.loads((result.model_dir / "polycap.json").read_text())
     assert recorded["training"]["epochs"] == 3 and recorded["language"] == "en"
+    assert recorded["standardize_features"] is True
+    from polycap.model import Captioner
+
+    reloaded = Captioner.load(result.model_dir)
+    assert reloaded.feature_mean is not None and reloaded.feature_mean.shape == (64,)
+    assert bool((reloaded.feature_std > 0).all())
     checkpoints = sorted((tmp_path / "run").glob("checkpoint-*"))
     assert len(checkpoints) == 2  # keep_checkpoints prunes the oldest
     assert all((path / TRAINER_STATE).is_file() for path in checkpoints)

@@ -36,7 +36,7 @@ def list_command(
 @app.command("install")
 def install_command(
     names: list[str] = typer.Argument(
-        ..., metavar="NAME...",
+        ..., metavar="NAME",
         help="Curated pack (ja, ru, zh), distribution name, path or URL."),
     upgrade: bool = typer.Option(False, "--upgrade", "-U", help="Upgrade if installed."),
     editable: bool = typer.Option(False, "--editable", "-e", help="Install paths editable."),
@@ -47,8 +47,7 @@ def install_command(
 ) -> None:
     """Install plugins with pip, then check in a fresh process what they added.
 
-    Curated names install from this checkout's languages/ folder when polycap runs from a
-    source checkout, otherwise from the package index.
+    Curated names (ja, ru, zh) come from languages/ in a checkout, else from the index.
     """
     from polycap.plugin_install import PluginBroken, Target, install
 
@@ -84,7 +83,7 @@ def install_command(
 @app.command("uninstall")
 def uninstall_command(
     names: list[str] = typer.Argument(
-        ..., metavar="NAME...", help="Curated pack, plugin name or distribution name."),
+        ..., metavar="NAME", help="Curated pack, plugin name or distribution name."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Uninstall plugins (their distributions) with pip."""

@@ -1,0 +1,37 @@
+"""Test kit for plugin authors: the language-pack conformance suite.
+
+Every language pack's tests subclass :class:`LanguagePackConformance` (pytest) or call the
+``check_*`` functions directly; see ``docs/writing-a-language-pack.md``.
+"""
+
+from polycap.testing.conformance import (
+    DEMO_COLOURS,
+    DEMO_SHAPES,
+    LanguagePackConformance,
+    build_tiny_decoder,
+    check_demo_lexicon,
+    check_end_of_caption,
+    check_eval_tokenize,
+    check_loader,
+    check_pack_fields,
+    check_plugin_metadata,
+    check_round_trip,
+    load_pack,
+    training_texts,
+)
+
+__all__ = [
+    "DEMO_COLOURS",
+    "DEMO_SHAPES",
+    "LanguagePackConformance",
+    "build_tiny_decoder",
+    "check_demo_lexicon",
+    "check_end_of_caption",
+    "check_eval_tokenize",
+    "check_loader",
+    "check_pack_fields",
+    "check_plugin_metadata",
+    "check_round_trip",
+    "load_pack",
+    "training_texts",
+]
