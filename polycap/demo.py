@@ -22,7 +22,7 @@ class DemoOptions:
 
     language: str = "ja"
     workdir: Path = Path("polycap-demo")
-    images: int = 600
+    images: int = 1200
     epochs: int = 20
     batch_size: int = 32
     lr: float = 3e-3

@@ -14,7 +14,7 @@ def demo_command(
     workdir: Path = typer.Option(
         Path("polycap-demo"), "--workdir", "-o", help="Where data, models and the report go."
     ),
-    images: int = typer.Option(600, min=50, help="Synthetic images to draw."),
+    images: int = typer.Option(1200, min=50, help="Synthetic images to draw."),
     epochs: int = typer.Option(20, min=1),
     seed: int = typer.Option(0),
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
