@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from polycap.cli import caption, demo, encode, plugins, train
-from polycap.cli import compare, evaluate, retrieval
+from polycap.cli import caption, compare, demo, encode, evaluate, plugins, retrieval, train
 from polycap.errors import PolycapError
 
 app = typer.Typer(

@@ -14,13 +14,16 @@ def compare_command(
     heldout: Path = typer.Argument(..., help="Held-out caption file (references)."),
     model: Path = typer.Option(..., "--model", "-m", help="Checkpoint or run folder."),
     bank: Path = typer.Option(
-        ..., "--bank", "-b", help="Bank of the training captions, built with the model's encoder."),
+        ..., "--bank", "-b", help="Bank of the training captions, built with the model's encoder."
+    ),
     images: Path | None = typer.Option(
-        None, "--images", help="Folder the held-out file's image names are relative to."),
+        None, "--images", help="Folder the held-out file's image names are relative to."
+    ),
     data_format: str | None = typer.Option(None, "--format", help="Held-out file format."),
     mode: str = typer.Option("image", help="Retrieval mode: image (kNN) or text."),
     consensus: bool = typer.Option(
-        False, "--consensus", help="Image mode: consensus re-ranking of the neighbours' captions."),
+        False, "--consensus", help="Image mode: consensus re-ranking of the neighbours' captions."
+    ),
     k: int = typer.Option(5, "--k", "-k", min=1, help="Retrieved captions shown per image."),
     neighbours: int | None = typer.Option(None, min=1, help="Image mode: neighbours to pool."),
     beams: int = typer.Option(1, min=1, help="Generation: beam width."),
@@ -28,8 +31,12 @@ def compare_command(
     metrics: str | None = typer.Option(None, help="Comma-separated metric names (default: all)."),
     clip_encoder: str = typer.Option(DEFAULT_CLIP_ENCODER, help="CLIPScore encoder."),
     clip_pretrained: str = typer.Option(DEFAULT_CLIP_PRETRAINED, help="CLIPScore weights."),
+    clip_download: bool = typer.Option(
+        False, "--clip-download", help="Download the CLIPScore weights if not cached yet."
+    ),
     report: Path | None = typer.Option(
-        None, "--report", help="Write an HTML report with every image and its captions."),
+        None, "--report", help="Write an HTML report with every image and its captions."
+    ),
     batch_size: int = typer.Option(64, min=1),
     device: str = typer.Option("auto", help="cpu, cuda … (auto: GPU if any)."),
     cache_dir: Path | None = typer.Option(None, help="Image feature cache."),
@@ -54,14 +61,32 @@ def compare_command(
     captioner = load_captioner(model, device=torch_device)
     pack = captioner.pack
     refs = load_captions(heldout, images_dir=images, format=data_format)
-    clip = ClipOptions(spec=clip_encoder,
-                       pretrained=None if clip_pretrained.lower() == "none" else clip_pretrained,
-                       device=torch_device, batch_size=batch_size, cache_dir=cache_dir)
-    result = compare(refs, pack, model=captioner, bank=opened,
-                     generation=GenerationConfig(max_length=max_length, beams=beams),
-                     mode=mode, k=k, consensus=consensus, neighbours=neighbours, metrics=names,
-                     clip=clip, batch_size=batch_size, device=torch_device, cache_dir=cache_dir,
-                     progress=not json_output, registries=registries)
+    clip = ClipOptions(
+        spec=clip_encoder,
+        pretrained=None if clip_pretrained.lower() == "none" else clip_pretrained,
+        device=torch_device,
+        batch_size=batch_size,
+        cache_dir=cache_dir,
+        download=clip_download,
+    )
+    result = compare(
+        refs,
+        pack,
+        model=captioner,
+        bank=opened,
+        generation=GenerationConfig(max_length=max_length, beams=beams),
+        mode=mode,
+        k=k,
+        consensus=consensus,
+        neighbours=neighbours,
+        metrics=names,
+        clip=clip,
+        batch_size=batch_size,
+        device=torch_device,
+        cache_dir=cache_dir,
+        progress=not json_output,
+        registries=registries,
+    )
     written = result.write_report(report) if report is not None else None
     if json_output:
         data = result.to_json(per_image=True)
@@ -69,13 +94,22 @@ def compare_command(
         print_json(data)
         return
     header, rows = result.table()
-    print_table(f"Retrieval vs generation: {len(result.images)} held-out images "
-                f"({result.language})", header, rows)
-    console.print(f"segmenter: {result.segmenter}; encoder: {result.encoder.get('name')}; "
-                  f"shared image encoding {result.encode_seconds:.2f}s (not in captions/s)",
-                  highlight=False)
+    print_table(
+        f"Retrieval vs generation: {len(result.images)} held-out images ({result.language})",
+        header,
+        rows,
+    )
+    console.print(
+        f"segmenter: {result.segmenter}; encoder: {result.encoder.get('name')}; "
+        f"bank: {opened.n_captions} captions; image encoding (shared, not in "
+        f"captions/s): {result.encode_seconds:.2f}s",
+        highlight=False,
+    )
+    reasons: dict[str, list[str]] = {}
     for column, reason in result.not_applicable.items():
-        console.print(f"n/a {column}: {reason}", highlight=False)
+        reasons.setdefault(reason, []).append(column)
+    for reason, columns in reasons.items():
+        console.print(f"n/a {', '.join(columns)}: {reason}", highlight=False)
     if result.skipped:
         err_console.print(f"[yellow]Skipped {len(result.skipped)} unreadable image(s)[/]")
     if written:

@@ -13,26 +13,37 @@ from polycap.evaluation import DEFAULT_CLIP_ENCODER, DEFAULT_CLIP_PRETRAINED, PR
 
 def eval_command(
     references: Path = typer.Argument(
-        ..., help="Caption file with the references: captions.json, COCO json, CSV/TSV, JSONL."),
-    predictions: Path | None = typer.Option(
-        None, "--predictions", "-p", help=PREDICTIONS_HELP),
+        ..., help="Caption file with the references: captions.json, COCO json, CSV/TSV, JSONL."
+    ),
+    predictions: Path | None = typer.Option(None, "--predictions", "-p", help=PREDICTIONS_HELP),
     model: Path | None = typer.Option(
-        None, "--model", "-m", help="Or caption the reference images with this checkpoint."),
+        None, "--model", "-m", help="Or caption the reference images with this checkpoint."
+    ),
     lang: str | None = typer.Option(
-        None, "--lang", "-l", help="Language pack (default: the model's; needed with -p)."),
+        None, "--lang", "-l", help="Language pack (default: the model's; needed with -p)."
+    ),
     images: Path | None = typer.Option(
-        None, "--images", help="Folder the reference file's image names are relative to."),
+        None, "--images", help="Folder the reference file's image names are relative to."
+    ),
     data_format: str | None = typer.Option(None, "--format", help="Reference file format."),
     metrics: str | None = typer.Option(
-        None, help="Comma-separated metric names (default: all; see 'polycap plugins list')."),
+        None, help="Comma-separated metric names (default: all; see 'polycap plugins list')."
+    ),
     clip_encoder: str = typer.Option(
-        DEFAULT_CLIP_ENCODER, help="CLIPScore encoder: open_clip name (text tower needed)."),
+        DEFAULT_CLIP_ENCODER, help="CLIPScore encoder: open_clip name (text tower needed)."
+    ),
     clip_pretrained: str = typer.Option(
-        DEFAULT_CLIP_PRETRAINED, help="CLIPScore weights: tag, local file, or 'none'."),
+        DEFAULT_CLIP_PRETRAINED, help="CLIPScore weights: tag, local file, or 'none'."
+    ),
+    clip_download: bool = typer.Option(
+        False, "--clip-download", help="Download the CLIPScore weights if not cached yet."
+    ),
     clip_prompt: str | None = typer.Option(
-        None, help="Text before each caption for CLIPScore (default: 'A photo depicts' for en)."),
+        None, help="Text before each caption for CLIPScore (default: 'A photo depicts' for en)."
+    ),
     partial: bool = typer.Option(
-        False, "--partial", help="Score only the reference images that have a prediction."),
+        False, "--partial", help="Score only the reference images that have a prediction."
+    ),
     per_image: bool = typer.Option(False, "--per-image", help="Also show per-image scores."),
     beams: int = typer.Option(1, min=1, help="With --model: beam width."),
     max_length: int = typer.Option(30, min=1, help="With --model: most tokens per caption."),
@@ -66,8 +77,18 @@ def eval_command(
     torch_device = _device(device) if model is not None or _wants_clip(names) else "cpu"
     notes: list[str] = []
     if model is not None:
-        matched, pack, model_info = _predict(refs, model, lang, beams, max_length, batch_size,
-                                             torch_device, cache_dir, json_output, notes)
+        matched, pack, model_info = _predict(
+            refs,
+            model,
+            lang,
+            beams,
+            max_length,
+            batch_size,
+            torch_device,
+            cache_dir,
+            json_output,
+            notes,
+        )
     else:
         from polycap.evaluation import match_predictions
 
@@ -75,12 +96,18 @@ def eval_command(
         matched = match_predictions(refs, load_predictions(predictions), predictions, partial)
         model_info = None
         if matched.unmatched_references:
-            notes.append(f"{len(matched.unmatched_references)} reference images without a "
-                         "prediction were left out (--partial)")
+            notes.append(
+                f"{len(matched.unmatched_references)} reference images without a "
+                "prediction were left out (--partial)"
+            )
     clip = ClipOptions(
         spec=clip_encoder,
         pretrained=None if clip_pretrained.lower() == "none" else clip_pretrained,
-        prompt=clip_prompt, device=torch_device, batch_size=batch_size, cache_dir=cache_dir,
+        prompt=clip_prompt,
+        device=torch_device,
+        batch_size=batch_size,
+        cache_dir=cache_dir,
+        download=clip_download,
     )
     result = evaluate(context_for(pack, matched, clip), names, registries)
     result.notes.extend(notes)
@@ -101,25 +128,50 @@ def _device(device: str) -> str:
     return str(resolve_device(device))
 
 
-def _predict(refs: Any, model: Path, lang: str | None, beams: int, max_length: int,
-             batch_size: int, device: str, cache_dir: Path | None, quiet: bool,
-             notes: list[str]) -> tuple[Any, Any, dict[str, Any]]:
+def _predict(
+    refs: Any,
+    model: Path,
+    lang: str | None,
+    beams: int,
+    max_length: int,
+    batch_size: int,
+    device: str,
+    cache_dir: Path | None,
+    quiet: bool,
+    notes: list[str],
+) -> tuple[Any, Any, dict[str, Any]]:
     from polycap.captioning import caption_images, load_captioner
     from polycap.evaluation import Matched
     from polycap.generation import GenerationConfig
 
     captioner = load_captioner(model, device=device, expected_language=lang)
     generation = GenerationConfig(max_length=max_length, beams=beams)
-    done = caption_images(captioner, refs.images(), generation, batch_size=batch_size,
-                          device=device, progress=not quiet, cache_dir=cache_dir)
+    done = caption_images(
+        captioner,
+        refs.images(),
+        generation,
+        batch_size=batch_size,
+        device=device,
+        progress=not quiet,
+        cache_dir=cache_dir,
+    )
     if done.skipped:
-        notes.append(f"{len(done.skipped)} unreadable reference images were skipped "
-                     f"(first: {done.skipped[0][0]})")
+        notes.append(
+            f"{len(done.skipped)} unreadable reference images were skipped "
+            f"(first: {done.skipped[0][0]})"
+        )
     by_image = refs.by_image()
-    matched = Matched(list(done.paths), [c[0] if c else "" for c in done.captions],
-                      [by_image[p] for p in done.paths])
-    info = {"model": str(model), "encoder": captioner.config.get("encoder"),
-            "lm": captioner.config.get("lm"), "generation": generation.to_json()}
+    matched = Matched(
+        list(done.paths),
+        [c[0] if c else "" for c in done.captions],
+        [by_image[p] for p in done.paths],
+    )
+    info = {
+        "model": str(model),
+        "encoder": captioner.config.get("encoder"),
+        "lm": captioner.config.get("lm"),
+        "generation": generation.to_json(),
+    }
     return matched, captioner.pack, info
 
 
@@ -130,20 +182,55 @@ def _show(result: Any, references: Path, per_image: bool, json_output: bool) -> 
     rows = []
     for column in result.scores:
         arrow = " (lower is better)" if column in result.lower_is_better else ""
-        rows.append((column + arrow, result.display(column)))
-    print_table(f"Evaluation: {result.n_images} images, {result.n_references} references "
-                f"({result.language})", ["metric", "score"], rows)
-    console.print(f"segmenter: {result.segmenter}", highlight=False)
+        value = result.scores[column]
+        rows.append((column + arrow, "n/a" if value is None else f"{value:.2f}"))
+    print_table(f"Scores ({result.language})", ["metric", "score"], rows)
+    console.print(
+        f"{result.n_images} images, {result.n_references} references; "
+        f"segmenter: {result.segmenter}",
+        highlight=False,
+    )
+    reasons: dict[str, list[str]] = {}
+    for column, reason in result.not_applicable.items():
+        reasons.setdefault(reason, []).append(column)
+    for reason, columns in reasons.items():
+        console.print(f"n/a {', '.join(columns)}: {reason}", highlight=False)
+    source = result.details.get("predictions", {})
+    if source.get("model"):
+        encoder = source.get("encoder") or {}
+        console.print(
+            f"predictions: {source['model']} (encoder {encoder.get('name')}, "
+            f"{source['generation'].get('beams', 1)} beam(s))",
+            highlight=False,
+        )
     clip = result.details.get("clipscore")
     if clip:
-        console.print(f"CLIPScore encoder: {clip['encoder']} ({clip['pretrained']}), "
-                      f"prompt {clip['prompt']!r}", highlight=False)
+        console.print(
+            f"CLIPScore encoder: {clip['encoder']} ({clip['pretrained']}), "
+            f"prompt {clip['prompt']!r}",
+            highlight=False,
+        )
     if per_image:
-        columns = [c for c in ("BLEU-4", "ROUGE-L", "CIDEr-D", "chrF", "WER", "CLIPScore")
-                   if c in result.per_image[0]] if result.per_image else []
-        print_table("Per image", ["image", "prediction", *columns],
-                    [(row["image"], row["prediction"],
-                      *("–" if row[c] is None else f"{row[c]:.1f}" for c in columns))
-                     for row in result.per_image])
+        columns = (
+            [
+                c
+                for c in ("BLEU-4", "ROUGE-L", "CIDEr-D", "chrF", "WER", "CLIPScore")
+                if c in result.per_image[0]
+            ]
+            if result.per_image
+            else []
+        )
+        print_table(
+            "Per image",
+            ["image", "prediction", *columns],
+            [
+                (
+                    row["image"],
+                    row["prediction"],
+                    *("–" if row[c] is None else f"{row[c]:.1f}" for c in columns),
+                )
+                for row in result.per_image
+            ],
+        )
     for note in result.notes:
         err_console.print(f"[yellow]Note:[/] {note}", highlight=False)

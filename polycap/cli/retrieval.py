@@ -11,17 +11,20 @@ from polycap.cli.output import console, err_console, print_json, print_table
 
 def index_command(
     captions: Path = typer.Argument(
-        ..., help="Caption file: captions.json, COCO json, CSV/TSV or JSONL."),
+        ..., help="Caption file: captions.json, COCO json, CSV/TSV or JSONL."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Bank folder to create."),
     lang: str = typer.Option(..., "--lang", "-l", help="Language of the captions (pack code)."),
     images: Path | None = typer.Option(
-        None, "--images", help="Folder the caption file's image names are relative to."),
+        None, "--images", help="Folder the caption file's image names are relative to."
+    ),
     data_format: str | None = typer.Option(None, "--format", help="Caption file format."),
     encoder: str = typer.Option("ViT-B-32", help="open_clip model name (or backend:model)."),
     pretrained: str = typer.Option("openai", help="Pretrained tag, local weights file, or 'none'."),
     dtype: str = typer.Option("float16", help="Embedding storage: float16 or float32."),
     text: bool = typer.Option(
-        True, "--text/--no-text", help="Also embed the captions (text mode; needs a text tower)."),
+        True, "--text/--no-text", help="Also embed the captions (text mode; needs a text tower)."
+    ),
     batch_size: int = typer.Option(64, min=1),
     device: str = typer.Option("auto", help="cpu, cuda … (auto: GPU if any)."),
     cache_dir: Path | None = typer.Option(None, help="Image feature cache."),
@@ -38,39 +41,77 @@ def index_command(
     pack = get_registries().languages.get(lang)
     caption_set = load_captions(captions, images_dir=images, format=data_format)
     image_encoder = load_encoder(
-        encoder, pretrained=None if pretrained.lower() == "none" else pretrained,
-        device=str(resolve_device(device)))
-    stats = build_bank(caption_set, image_encoder, out, pack, dtype=dtype, batch_size=batch_size,
-                       cache_dir=cache_dir, text=text, force=force, progress=not json_output)
-    summary = {"bank": str(stats.path), "language": pack.code, "encoder": image_encoder.name,
-               "pretrained": image_encoder.pretrained, "dim": image_encoder.embed_dim,
-               "captions": stats.captions, "caption_records": stats.caption_records,
-               "images": stats.images, "text_embeddings": stats.has_text,
-               "skipped": [{"image": str(p), "reason": r} for p, r in stats.skipped],
-               "seconds": round(stats.seconds, 2)}
+        encoder,
+        pretrained=None if pretrained.lower() == "none" else pretrained,
+        device=str(resolve_device(device)),
+    )
+    stats = build_bank(
+        caption_set,
+        image_encoder,
+        out,
+        pack,
+        dtype=dtype,
+        batch_size=batch_size,
+        cache_dir=cache_dir,
+        text=text,
+        force=force,
+        progress=not json_output,
+    )
+    summary = {
+        "bank": str(stats.path),
+        "language": pack.code,
+        "encoder": image_encoder.name,
+        "pretrained": image_encoder.pretrained,
+        "dim": image_encoder.embed_dim,
+        "captions": stats.captions,
+        "caption_records": stats.caption_records,
+        "images": stats.images,
+        "text_embeddings": stats.has_text,
+        "skipped": [{"image": str(p), "reason": r} for p, r in stats.skipped],
+        "seconds": round(stats.seconds, 2),
+    }
     if json_output:
         print_json(summary)
         return
-    print_table("Caption bank", ["bank", "captions", "images", "text", "dim", "encoder"],
-                [(stats.path, stats.captions, stats.images, "yes" if stats.has_text else "no",
-                  image_encoder.embed_dim, image_encoder.name)])
+    print_table(
+        "Caption bank",
+        ["bank", "captions (unique)", "images", "text", "dim", "encoder"],
+        [
+            (
+                stats.path,
+                f"{stats.caption_records} ({stats.captions})",
+                stats.images,
+                "yes" if stats.has_text else "no",
+                f"{image_encoder.embed_dim} {dtype}",
+                image_encoder.name,
+            )
+        ],
+    )
     if stats.skipped:
-        err_console.print(f"[yellow]Skipped {len(stats.skipped)} unreadable image(s)[/]: "
-                          + ", ".join(str(p) for p, _ in stats.skipped[:5]))
+        err_console.print(
+            f"[yellow]Skipped {len(stats.skipped)} unreadable image(s)[/]: "
+            + ", ".join(str(p) for p, _ in stats.skipped[:5])
+        )
 
 
 def retrieve_command(
     inputs: list[Path] = typer.Argument(..., help="Images and/or folders of images."),
     bank: Path = typer.Option(..., "--bank", "-b", help="Bank folder from 'polycap index'."),
     mode: str = typer.Option(
-        "text", help="text: nearest caption embeddings; image: captions of the nearest images."),
+        "text", help="text: nearest caption embeddings; image: captions of the nearest images."
+    ),
     k: int = typer.Option(5, "--k", "-k", min=1, help="Captions per image."),
     consensus: bool = typer.Option(
-        False, "--consensus", help="Image mode: re-rank the neighbours' captions by agreement "
-        "(mean n-gram F1 with the other neighbours' captions)."),
+        False,
+        "--consensus",
+        help="Image mode: re-rank the neighbours' captions by agreement "
+        "(mean n-gram F1 with the other neighbours' captions).",
+    ),
     neighbours: int | None = typer.Option(
-        None, min=1, help="Image mode: nearest images to take captions from (default: k; "
-        "10 with --consensus)."),
+        None,
+        min=1,
+        help="Image mode: nearest images to take captions from (default: k; 10 with --consensus).",
+    ),
     chunk_size: int = typer.Option(16384, min=1, help="Bank rows searched at a time."),
     batch_size: int = typer.Option(64, min=1),
     device: str = typer.Option("auto", help="cpu, cuda … (auto: GPU if any)."),
@@ -85,30 +126,60 @@ def retrieve_command(
 
     opened = Bank.open(bank)
     paths = expand_image_paths(inputs)
-    result = retrieve_images(opened, paths, mode=mode, k=k, consensus=consensus,
-                             neighbours=neighbours, chunk_size=chunk_size, batch_size=batch_size,
-                             device=str(resolve_device(device)), cache_dir=cache_dir,
-                             progress=not json_output)
+    result = retrieve_images(
+        opened,
+        paths,
+        mode=mode,
+        k=k,
+        consensus=consensus,
+        neighbours=neighbours,
+        chunk_size=chunk_size,
+        batch_size=batch_size,
+        device=str(resolve_device(device)),
+        cache_dir=cache_dir,
+        progress=not json_output,
+    )
     if json_output:
-        print_json({
-            "bank": str(bank), "mode": mode, "consensus": consensus, "k": k,
-            "results": [{"image": str(p), "captions": [
-                {"caption": r.caption, "score": round(r.score, 4), "caption_id": r.caption_id,
-                 **({"neighbour": r.image} if r.image else {})} for r in rows]}
-                for p, rows in zip(result.paths, result.results, strict=True)],
-            "skipped": [{"image": str(p), "reason": r} for p, r in result.skipped],
-        })
+        print_json(
+            {
+                "bank": str(bank),
+                "mode": mode,
+                "consensus": consensus,
+                "k": k,
+                "results": [
+                    {
+                        "image": str(p),
+                        "captions": [
+                            {
+                                "caption": r.caption,
+                                "score": round(r.score, 4),
+                                "caption_id": r.caption_id,
+                                **({"neighbour": r.image} if r.image else {}),
+                            }
+                            for r in rows
+                        ],
+                    }
+                    for p, rows in zip(result.paths, result.results, strict=True)
+                ],
+                "skipped": [{"image": str(p), "reason": r} for p, r in result.skipped],
+            }
+        )
     else:
-        rows = [(p.name if i == 0 else "", i + 1, r.caption, f"{r.score:.3f}")
-                for p, found in zip(result.paths, result.results, strict=True)
-                for i, r in enumerate(found)]
+        rows = [
+            (p.name if i == 0 else "", i + 1, r.caption, f"{r.score:.4f}")
+            for p, found in zip(result.paths, result.results, strict=True)
+            for i, r in enumerate(found)
+        ]
         title = f"Retrieved captions ({mode}{', consensus' if consensus else ''})"
         print_table(title, ["image", "rank", "caption", "score"], rows)
     if result.skipped:
-        err_console.print(f"[yellow]Skipped {len(result.skipped)} unreadable image(s)[/]: "
-                          + ", ".join(str(p) for p, _ in result.skipped[:5]))
+        err_console.print(
+            f"[yellow]Skipped {len(result.skipped)} unreadable image(s)[/]: "
+            + ", ".join(str(p) for p, _ in result.skipped[:5])
+        )
     if not result.paths:
         raise typer.Exit(2)
     if not json_output:
-        console.print(f"{len(result.paths)} image(s), searched in "
-                      f"{1000 * result.search_seconds:.1f} ms.")
+        console.print(
+            f"{len(result.paths)} image(s), searched in {1000 * result.search_seconds:.1f} ms."
+        )

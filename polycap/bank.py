@@ -1,0 +1,452 @@
+"""Caption banks on disk: texts, text embeddings, image embeddings, image -> caption ids.
+
+A bank is a folder::
+
+    meta.json                 format, language, encoder, dims, counts, dtype, source
+    captions.txt              unique normalised captions, one per line (UTF-8)
+    captions.offsets.npy      int64 [T+1] byte offsets of each line (read one caption by seeking)
+    captions.hashes.npy       sorted int64 hashes of the captions (novelty checks)
+    text.npy                  [T, D] float16/float32, L2-normalised (when the encoder has a
+                              text tower)
+    images.txt                image paths, one per line, + images.offsets.npy
+    image.npy                 [M, D] L2-normalised image embeddings
+    image_captions.ptr.npy    int64 [M+1]: image j's captions are ids[ptr[j]:ptr[j+1]]
+    image_captions.ids.npy    int64 caption ids
+
+Embeddings are written in chunks into ``np.lib.format.open_memmap`` files and read back with
+``np.load(mmap_mode="r")``: a bank of millions of captions is never a Python list of rows.
+The folder is built next to its destination and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from polycap.errors import BadInput
+
+BANK_FORMAT = "polycap-bank"
+BANK_VERSION = 1
+DTYPES = ("float16", "float32")
+META = "meta.json"
+
+
+# -- line files: read one line by offset ---------------------------------------------------------
+
+
+def write_lines(path: Path, lines: Iterable[str]) -> int:
+    """Write ``lines`` (no newlines inside) and ``<path stem>.offsets.npy``; returns the count."""
+    import numpy as np
+
+    offsets = [0]
+    with open(path, "wb") as handle:
+        for line in lines:
+            data = line.replace("\n", " ").encode("utf-8") + b"\n"
+            handle.write(data)
+            offsets.append(offsets[-1] + len(data))
+    np.save(_offsets_path(path), np.asarray(offsets, dtype=np.int64))
+    return len(offsets) - 1
+
+
+def _offsets_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".offsets.npy")
+
+
+class LineFile:
+    """Random access to the lines of a file written by :func:`write_lines`."""
+
+    def __init__(self, path: Path) -> None:
+        import numpy as np
+
+        self.path = path
+        self.offsets = np.load(_offsets_path(path), mmap_mode="r")
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def get(self, ids: Sequence[int]) -> list[str]:
+        """The lines with these indices, in the order asked."""
+        result = []
+        with open(self.path, "rb") as handle:
+            for index in ids:
+                start, end = int(self.offsets[index]), int(self.offsets[index + 1])
+                handle.seek(start)
+                result.append(handle.read(end - start - 1).decode("utf-8"))
+        return result
+
+    def __iter__(self) -> Any:
+        with open(self.path, encoding="utf-8") as handle:
+            for line in handle:
+                yield line.rstrip("\n")
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Bank:
+    """An opened bank: metadata, memory-mapped matrices and caption lookups."""
+
+    path: Path
+    meta: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: str | Path) -> Bank:
+        """Open a bank folder; BadInput if it is not one or is damaged."""
+        path = Path(path)
+        meta_file = path / META
+        if not path.exists():
+            raise BadInput(f"{path}: no such bank")
+        if not meta_file.is_file():
+            raise BadInput(
+                f"{path}: not a caption bank (no {META}; build one with 'polycap index')"
+            )
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise BadInput(f"{meta_file}: unreadable bank metadata ({error})") from None
+        if meta.get("format") != BANK_FORMAT or meta.get("version") != BANK_VERSION:
+            raise BadInput(f"{meta_file}: not a polycap bank of version {BANK_VERSION}")
+        bank = cls(path, meta)
+        if bank.n_captions == 0:
+            raise BadInput(f"{path}: the bank is empty (0 captions); index a caption set into it")
+        bank._check_files()
+        return bank
+
+    def _check_files(self) -> None:
+        needed = ["captions.txt", "captions.offsets.npy", "captions.hashes.npy"]
+        if self.has_text:
+            needed.append("text.npy")
+        if self.n_images:
+            needed += [
+                "image.npy",
+                "images.txt",
+                "image_captions.ptr.npy",
+                "image_captions.ids.npy",
+            ]
+        for name in needed:
+            if not (self.path / name).is_file():
+                raise BadInput(f"{self.path}: bank is incomplete ({name} is missing)")
+
+    # -- sizes and identity
+    @property
+    def n_captions(self) -> int:
+        return int(self.meta["captions"])
+
+    @property
+    def n_images(self) -> int:
+        return int(self.meta["images"])
+
+    @property
+    def has_text(self) -> bool:
+        return bool(self.meta.get("has_text")) and self.n_captions > 0
+
+    @property
+    def language(self) -> str:
+        return str(self.meta["language"])
+
+    @property
+    def encoder(self) -> dict[str, Any]:
+        return dict(self.meta["encoder"])
+
+    # -- data
+    def text_matrix(self) -> Any:
+        """[T, D] memory-mapped, L2-normalised caption embeddings."""
+        import numpy as np
+
+        if not self.has_text:
+            raise BadInput(
+                f"{self.path}: bank has no text embeddings "
+                f"({self.meta.get('text_note') or 'none were built'}); use --mode image"
+            )
+        return np.load(self.path / "text.npy", mmap_mode="r")
+
+    def image_matrix(self) -> Any:
+        """[M, D] memory-mapped, L2-normalised image embeddings."""
+        import numpy as np
+
+        if not self.n_images:
+            raise BadInput(f"{self.path}: bank has no image embeddings; use --mode text")
+        return np.load(self.path / "image.npy", mmap_mode="r")
+
+    def captions(self, ids: Sequence[int]) -> list[str]:
+        """Caption texts by id."""
+        return LineFile(self.path / "captions.txt").get([int(i) for i in ids])
+
+    def image_names(self, ids: Sequence[int]) -> list[str]:
+        """Image paths (as indexed) by row."""
+        return LineFile(self.path / "images.txt").get([int(i) for i in ids])
+
+    def image_caption_ids(self) -> tuple[Any, Any]:
+        """(ptr [M+1], ids): image j's caption ids are ``ids[ptr[j]:ptr[j+1]]``."""
+        import numpy as np
+
+        return (
+            np.load(self.path / "image_captions.ptr.npy", mmap_mode="r"),
+            np.load(self.path / "image_captions.ids.npy", mmap_mode="r"),
+        )
+
+    def caption_hashes(self) -> Any:
+        """Sorted int64 hashes of every caption (see ``polycap.metrics.diversity``)."""
+        import numpy as np
+
+        return np.load(self.path / "captions.hashes.npy")
+
+    def iter_captions(self) -> Iterable[str]:
+        """All captions, streamed from disk."""
+        return iter(LineFile(self.path / "captions.txt"))
+
+    def load_encoder(self, device: str = "cpu") -> Any:
+        """The encoder the bank was built with, loaded as recorded."""
+        from polycap.encoding import load_encoder
+
+        info = self.encoder
+        return load_encoder(info["name"], pretrained=info.get("pretrained"), device=device)
+
+
+# -- building ------------------------------------------------------------------------------------
+
+
+@dataclass
+class BankStats:
+    """What :func:`build_bank` wrote."""
+
+    path: Path
+    captions: int
+    caption_records: int
+    images: int
+    skipped: list[tuple[Path, str]]
+    has_text: bool
+    seconds: float
+
+
+def build_bank(
+    captions: Any,
+    encoder: Any,
+    out: str | Path,
+    pack: Any,
+    dtype: str = "float16",
+    batch_size: int = 64,
+    text_batch_size: int = 256,
+    image_block: int = 4096,
+    cache_dir: str | Path | None = None,
+    text: bool = True,
+    force: bool = False,
+    progress: bool = True,
+) -> BankStats:
+    """Index a :class:`~polycap.data.CaptionSet` into a bank folder at ``out``.
+
+    Captions are normalised by ``pack`` and de-duplicated; text embeddings are built when
+    ``text`` and the encoder has a text tower; images are encoded in blocks of
+    ``image_block`` (unreadable ones skipped and counted) and written as they come.
+    """
+    import numpy as np
+
+    from polycap.metrics.diversity import hash_array
+
+    started = time.perf_counter()
+    if dtype not in DTYPES:
+        raise BadInput(f"unknown bank dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    out = Path(out)
+    if out.exists() and not force:
+        raise BadInput(f"{out}: already exists (pass --force to replace it)")
+    if out.exists() and not (out / META).is_file():
+        raise BadInput(f"{out}: exists and is not a bank; refusing to replace it")
+    grouped = captions.by_image()
+    if not grouped:
+        raise BadInput(f"{captions.source or 'captions'}: no captions to index")
+
+    ids: dict[str, int] = {}
+    image_caption_lists: list[list[int]] = []
+    for texts in grouped.values():
+        row = []
+        for caption in texts:
+            normal = pack.normalize(caption)
+            if normal:
+                row.append(ids.setdefault(normal, len(ids)))
+        image_caption_lists.append(list(dict.fromkeys(row)))
+    if not ids:
+        raise BadInput(f"{captions.source or 'captions'}: every caption is empty")
+    texts_unique = list(ids)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    work.mkdir()
+    try:
+        write_lines(work / "captions.txt", texts_unique)
+        np.save(work / "captions.hashes.npy", hash_array(texts_unique))
+        has_text, text_note = False, None
+        if text:
+            has_text, text_note = _write_text_embeddings(
+                work / "text.npy", encoder, texts_unique, dtype, text_batch_size
+            )
+        else:
+            text_note = "built with --no-text"
+        n_images, skipped = _write_image_embeddings(
+            work,
+            encoder,
+            list(grouped),
+            image_caption_lists,
+            dtype,
+            batch_size,
+            image_block,
+            cache_dir,
+            progress,
+        )
+        if not has_text and not n_images:
+            raise BadInput(
+                f"{captions.source or 'captions'}: nothing to index: no image could be read "
+                f"and there are no text embeddings ({text_note})"
+            )
+        meta = {
+            "format": BANK_FORMAT,
+            "version": BANK_VERSION,
+            "language": pack.code,
+            "encoder": {**encoder.info(), "backend": getattr(encoder, "backend", None)},
+            "embed_dim": int(encoder.embed_dim),
+            "dtype": dtype,
+            "captions": len(texts_unique),
+            "caption_records": len(captions),
+            "images": n_images,
+            "skipped_images": len(skipped),
+            "has_text": has_text,
+            "text_note": text_note,
+            "normalised_by": f"language pack {pack.code!r}",
+            "source": str(captions.source) if captions.source else None,
+            "polycap_version": _polycap_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        (work / META).write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
+        _move_into_place(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return BankStats(
+        out,
+        len(texts_unique),
+        len(captions),
+        n_images,
+        skipped,
+        has_text,
+        time.perf_counter() - started,
+    )
+
+
+def _normalised_rows(features: Any) -> Any:
+    import numpy as np
+
+    array = np.asarray(features, dtype=np.float32)
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return array / np.maximum(norms, 1e-12)
+
+
+def _write_text_embeddings(
+    path: Path, encoder: Any, texts: Sequence[str], dtype: str, batch_size: int
+) -> tuple[bool, str | None]:
+    import numpy as np
+
+    try:
+        first = encoder.encode_texts(list(texts[:batch_size]))
+    except BadInput as error:
+        return False, str(error)
+    matrix = np.lib.format.open_memmap(
+        path, mode="w+", dtype=dtype, shape=(len(texts), int(encoder.embed_dim))
+    )
+    matrix[: len(first)] = _normalised_rows(first.numpy())
+    for start in range(batch_size, len(texts), batch_size):
+        block = encoder.encode_texts(list(texts[start : start + batch_size]))
+        matrix[start : start + len(block)] = _normalised_rows(block.numpy())
+    matrix.flush()
+    del matrix
+    return True, None
+
+
+def _write_image_embeddings(
+    work: Path,
+    encoder: Any,
+    images: list[Path],
+    caption_lists: list[list[int]],
+    dtype: str,
+    batch_size: int,
+    block: int,
+    cache_dir: str | Path | None,
+    progress: bool,
+) -> tuple[int, list[tuple[Path, str]]]:
+    import numpy as np
+
+    from polycap.encoding import encode_images
+
+    matrix = np.lib.format.open_memmap(
+        work / "image.npy", mode="w+", dtype=dtype, shape=(len(images), int(encoder.embed_dim))
+    )
+    rows = 0
+    kept: list[int] = []
+    skipped: list[tuple[Path, str]] = []
+    for start in range(0, len(images), block):
+        chunk = images[start : start + block]
+        encoded = encode_images(
+            encoder, chunk, batch_size=batch_size, cache_dir=cache_dir, progress=progress
+        )
+        skipped.extend(encoded.skipped)
+        position = {str(path): row for row, path in enumerate(encoded.paths)}
+        found = [
+            (start + offset, position[str(path)])
+            for offset, path in enumerate(chunk)
+            if str(path) in position
+        ]
+        if found:
+            order = [row for _, row in found]
+            matrix[rows : rows + len(found)] = _normalised_rows(encoded.features[order].numpy())
+            kept.extend(index for index, _ in found)
+            rows += len(found)
+    matrix.flush()
+    del matrix
+    if rows < len(images):  # unreadable images: rewrite the matrix without their empty rows
+        full = np.load(work / "image.npy", mmap_mode="r")
+        trimmed = np.lib.format.open_memmap(
+            work / "image.trim.npy", mode="w+", dtype=dtype, shape=(rows, int(encoder.embed_dim))
+        )
+        for begin in range(0, rows, 65536):
+            trimmed[begin : begin + 65536] = full[begin : min(begin + 65536, rows)]
+        trimmed.flush()
+        del trimmed, full
+        os.replace(work / "image.trim.npy", work / "image.npy")
+    write_lines(work / "images.txt", (str(images[i]) for i in kept))
+    pointer = np.zeros(rows + 1, dtype=np.int64)
+    for row, index in enumerate(kept):
+        pointer[row + 1] = pointer[row] + len(caption_lists[index])
+    ids = np.fromiter(
+        (cid for index in kept for cid in caption_lists[index]),
+        dtype=np.int64,
+        count=int(pointer[-1]),
+    )
+    np.save(work / "image_captions.ptr.npy", pointer)
+    np.save(work / "image_captions.ids.npy", ids)
+    return rows, skipped
+
+
+def _move_into_place(work: Path, out: Path) -> None:
+    """Rename the finished folder to ``out``, replacing an old bank there."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)
+        os.replace(work, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(work, out)
+
+
+def _polycap_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("polycap")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,16 @@
+"""Built-in caption metrics: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE, chrF, WER, CLIPScore."""
+
+from __future__ import annotations
+
+from polycap.hookspecs import Register, hookimpl
+
+
+@hookimpl
+def register_metrics(register: Register) -> None:
+    """Each metric object under its name (see ``polycap.evaluation.Metric``)."""
+    from polycap.metrics.clipscore import ClipScore
+    from polycap.metrics.reference import Bleu, Chrf, CiderD, Meteor, RougeL, Spice
+    from polycap.metrics.wer import Wer
+
+    for metric in (Bleu(), Meteor(), RougeL(), CiderD(), Spice(), Chrf(), Wer(), ClipScore()):
+        register(metric.name, metric)

@@ -1,0 +1,491 @@
+"""Caption metrics over each language pack's evaluation segmentation.
+
+Metrics are objects registered through the ``register_metrics`` hook (built in:
+``polycap.builtin.metrics``). Each takes an :class:`EvalContext` (predictions and references,
+normalised and segmented by the pack, plus the images) and returns :class:`MetricScores`, or
+says why it does not apply (``unavailable``), which the result shows as ``n/a (why)``.
+
+All scores are on the 0-100 scale papers print (BLEU 31.2, CIDEr-D 98.7, CLIPScore 75.1);
+WER is a percentage too, and lower is better.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from polycap.errors import BadInput
+
+DEFAULT_CLIP_ENCODER = "xlm-roberta-base-ViT-B-32"
+DEFAULT_CLIP_PRETRAINED = "laion5b_s13b_b90k"
+VERSION_PACKAGES = (
+    "polycap",
+    "sacrebleu",
+    "pycocoevalcap",
+    "open_clip_torch",
+    "torch",
+    "transformers",
+    "fugashi",
+    "unidic-lite",
+    "jieba",
+    "jiwer",
+)
+
+
+@dataclass
+class ClipOptions:
+    """The encoder CLIPScore uses: an open_clip name (or ``backend:model``) and weights.
+
+    ``prompt`` is put before every caption and reference (Hessel et al. use "A photo
+    depicts" for English); None means that prompt for English and none for other languages.
+    ``encoder`` may be an already loaded :class:`~polycap.encoding.ImageEncoder`.
+    ``download``: fetch weights named by a tag when they are not cached yet (otherwise
+    CLIPScore is shown as n/a with the reason, instead of starting a large download).
+    """
+
+    spec: str = DEFAULT_CLIP_ENCODER
+    pretrained: str | None = DEFAULT_CLIP_PRETRAINED
+    prompt: str | None = None
+    device: str = "cpu"
+    batch_size: int = 64
+    cache_dir: Path | None = None
+    encoder: Any = None
+    download: bool = False
+
+
+@dataclass
+class EvalContext:
+    """What every metric sees: one prediction and one or more references per image."""
+
+    pack: Any
+    keys: list[str]
+    predictions: list[str]
+    references: list[list[str]]
+    images: list[Path] | None = None
+    clip: ClipOptions = field(default_factory=ClipOptions)
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.predictions) != len(self.keys) or len(self.references) != len(self.keys):
+            raise ValueError("keys, predictions and references must have the same length")
+        self.predictions = [self.pack.normalize(text) for text in self.predictions]
+        self.references = [[self.pack.normalize(t) for t in refs] for refs in self.references]
+        self.prediction_tokens = [self.pack.eval_tokenize(text) for text in self.predictions]
+        self.reference_tokens = [
+            [self.pack.eval_tokenize(t) for t in refs] for refs in self.references
+        ]
+
+    @property
+    def segmented_predictions(self) -> list[str]:
+        """Each prediction as the pack's tokens joined by single spaces."""
+        return [" ".join(tokens) for tokens in self.prediction_tokens]
+
+    @property
+    def segmented_references(self) -> list[list[str]]:
+        """Each reference as the pack's tokens joined by single spaces."""
+        return [[" ".join(tokens) for tokens in refs] for refs in self.reference_tokens]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@dataclass
+class MetricScores:
+    """Corpus scores by column (e.g. ``BLEU-4``), optional per-image scores, and details."""
+
+    corpus: dict[str, float]
+    per_image: dict[str, list[float]] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Metric(Protocol):
+    """A caption metric, registered with ``register(name, metric)``.
+
+    ``columns`` are the score names it fills; ``unavailable(ctx)`` returns None when it
+    applies, else the reason shown as ``n/a (reason)``; ``compute(ctx)`` scores.
+    """
+
+    name: str
+    columns: tuple[str, ...]
+    lower_is_better: bool
+
+    def unavailable(self, ctx: EvalContext) -> str | None: ...
+
+    def compute(self, ctx: EvalContext) -> MetricScores: ...
+
+
+@dataclass
+class EvalResult:
+    """Scores (None where a metric does not apply), the reasons, and what produced them."""
+
+    language: str
+    segmenter: str
+    n_images: int
+    n_references: int
+    scores: dict[str, float | None]
+    not_applicable: dict[str, str]
+    per_image: list[dict[str, Any]]
+    details: dict[str, dict[str, Any]]
+    versions: dict[str, str]
+    lower_is_better: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def display(self, column: str) -> str:
+        """A score as the table shows it: ``31.20`` or ``n/a (why)``."""
+        value = self.scores.get(column)
+        if value is None:
+            return f"n/a ({self.not_applicable.get(column, 'not computed')})"
+        return f"{value:.2f}"
+
+    def to_json(self, per_image: bool = False) -> dict[str, Any]:
+        """A JSON-safe dict; per-image rows only when asked."""
+        data: dict[str, Any] = {
+            "language": self.language,
+            "segmenter": self.segmenter,
+            "images": self.n_images,
+            "references": self.n_references,
+            "scores": {k: (None if v is None else round(v, 4)) for k, v in self.scores.items()},
+            "not_applicable": self.not_applicable,
+            "lower_is_better": self.lower_is_better,
+            "details": self.details,
+            "versions": self.versions,
+            "notes": self.notes,
+        }
+        if per_image:
+            data["per_image"] = self.per_image
+        return data
+
+
+# -- running metrics ---------------------------------------------------------------------------
+
+
+def metric_registry(registries: Any = None) -> Any:
+    """The metrics registry (from the process-wide plugin host unless given)."""
+    if registries is None:
+        from polycap.plugins import get_registries
+
+        registries = get_registries()
+    return registries.metrics
+
+
+def evaluate(
+    ctx: EvalContext, metrics: Sequence[str] | None = None, registries: Any = None
+) -> EvalResult:
+    """Run ``metrics`` (names; default: every registered one) over ``ctx``."""
+    registry = metric_registry(registries)
+    names = list(metrics) if metrics else registry.names()
+    chosen = [registry.get(name) for name in names]  # UnknownName with a did-you-mean
+    chosen.sort(key=lambda m: COLUMN_ORDER.get(m.columns[0], 99) if m.columns else 99)
+    if len(ctx) == 0:
+        raise BadInput("nothing to evaluate: no image has both a prediction and references")
+    scores: dict[str, float | None] = {}
+    reasons: dict[str, str] = {}
+    details: dict[str, dict[str, Any]] = {}
+    lower: list[str] = []
+    per_image: list[dict[str, Any]] = [
+        {"image": key, "prediction": pred, "references": refs}
+        for key, pred, refs in zip(ctx.keys, ctx.predictions, ctx.references, strict=True)
+    ]
+    for metric in chosen:
+        reason = metric.unavailable(ctx)
+        result: MetricScores | None = None
+        if reason is None:
+            try:
+                result = metric.compute(ctx)
+            except MetricUnavailable as error:
+                reason = str(error)
+        if result is None:
+            for column in metric.columns:
+                scores[column] = None
+                reasons[column] = reason or "not computed"
+            continue
+        scores.update(result.corpus)
+        if metric.lower_is_better:
+            lower.extend(result.corpus)
+        if result.details:
+            details[metric.name] = result.details
+        for column, values in result.per_image.items():
+            for row, value in zip(per_image, values, strict=True):
+                row[column] = None if value is None else round(float(value), 4)
+    return EvalResult(
+        language=ctx.pack.code,
+        segmenter=ctx.pack.segmenter,
+        n_images=len(ctx),
+        n_references=sum(len(refs) for refs in ctx.references),
+        scores=scores,
+        not_applicable=reasons,
+        per_image=per_image,
+        details=details,
+        versions=versions(ctx.pack, registries),
+        lower_is_better=lower,
+    )
+
+
+class MetricUnavailable(Exception):
+    """Raised by a metric's ``compute`` when it finds it cannot run (shown as n/a)."""
+
+
+COLUMN_ORDER = {
+    name: index
+    for index, name in enumerate(
+        ("BLEU-1", "METEOR", "ROUGE-L", "CIDEr-D", "SPICE", "chrF", "WER", "CLIPScore")
+    )
+}
+
+
+def versions(pack: Any = None, registries: Any = None) -> dict[str, str]:
+    """Versions of the packages scores depend on (those installed), and the language pack's."""
+    found: dict[str, str] = {}
+    for name in VERSION_PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    if pack is not None:
+        found["language pack"] = _pack_version(pack)
+    return found
+
+
+def _pack_version(pack: Any) -> str:
+    try:
+        from polycap.plugins import get_host
+
+        host = get_host()
+        source = host.registries.languages.source(pack.code)
+        info = host.infos.get(source)
+        if info is not None and info.version:
+            return f"{pack.code} ({info.distribution} {info.version})"
+        return f"{pack.code} ({source})"
+    except Exception:  # a pack passed in directly (tests) is not in the host
+        return pack.code
+
+
+# -- predictions and references ------------------------------------------------------------------
+
+PREDICTION_KEYS = ("image", "image_name", "file_name", "image_id", "id")
+PREDICTIONS_HELP = (
+    'Predictions file: a JSON list of {"image" (or "image_name"/"file_name"/"image_id"), '
+    '"caption"} objects (COCO results format works), the same objects one per line (.jsonl), '
+    "a CSV/TSV with columns image and caption, or the --json output of 'polycap caption' or "
+    "'polycap retrieve' (first caption). "
+    "Images are matched to the references by path, file name or image id."
+)
+
+
+@dataclass
+class Prediction:
+    """One predicted caption for the image named ``key`` (line/index ``where`` in the file)."""
+
+    key: str
+    caption: str
+    where: str
+
+
+def load_predictions(path: Path) -> list[Prediction]:
+    """Read a predictions file (see :data:`PREDICTIONS_HELP`); BadInput names file and line."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path}: no such predictions file")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise BadInput(f"{path}: cannot read predictions ({error})") from None
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        return _predictions_from_table(path, text, "\t" if suffix == ".tsv" else ",")
+    stripped = text.lstrip()
+    if suffix == ".jsonl" or (stripped.startswith("{") and "\n{" in stripped.rstrip()):
+        items = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                items.append((f"line {number}", json.loads(line)))
+            except json.JSONDecodeError as error:
+                raise BadInput(f"{path}: line {number}: not JSON ({error.msg})") from None
+        return [_prediction(path, where, item) for where, item in items]
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BadInput(f"{path}: line {error.lineno}: not JSON ({error.msg})") from None
+    if isinstance(data, dict) and isinstance(data.get("captions"), list):  # polycap caption --json
+        data = [
+            {"image": item.get("image"), "caption": (item.get("captions") or [None])[0]}
+            if isinstance(item, dict)
+            else item
+            for item in data["captions"]
+        ]
+    elif isinstance(data, dict) and isinstance(data.get("results"), list):  # polycap retrieve
+        data = [
+            {
+                "image": item.get("image"),
+                "caption": ((item.get("captions") or [{}])[0] or {}).get("caption"),
+            }
+            if isinstance(item, dict)
+            else item
+            for item in data["results"]
+        ]
+    elif isinstance(data, dict) and all(isinstance(v, str) for v in data.values()):
+        data = [{"image": key, "caption": value} for key, value in data.items()]
+    if not isinstance(data, list):
+        raise BadInput(f"{path}: expected a JSON list of {{image, caption}} objects")
+    return [_prediction(path, f"item {index}", item) for index, item in enumerate(data)]
+
+
+def _prediction(path: Path, where: str, item: Any) -> Prediction:
+    if not isinstance(item, dict):
+        raise BadInput(f"{path}: {where}: expected an object with image and caption")
+    key = next((item[k] for k in PREDICTION_KEYS if item.get(k) not in (None, "")), None)
+    if key is None or isinstance(key, bool) or not isinstance(key, (str, int)):
+        raise BadInput(f"{path}: {where}: no image name (keys: {', '.join(PREDICTION_KEYS)})")
+    caption = item.get("caption")
+    if not isinstance(caption, str):
+        raise BadInput(f"{path}: {where}: 'caption' must be text")
+    return Prediction(str(key).strip(), caption, where)
+
+
+def _predictions_from_table(path: Path, text: str, delimiter: str) -> list[Prediction]:
+    import csv
+    import io
+
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    fields = [name.strip().lower() for name in reader.fieldnames or []]
+    image_field = next((k for k in PREDICTION_KEYS if k in fields), None)
+    if image_field is None or "caption" not in fields:
+        raise BadInput(f"{path}: line 1: need columns 'image' and 'caption' (found: {fields})")
+    result = []
+    for number, row in enumerate(reader, 2):
+        row = {(k or "").strip().lower(): v for k, v in row.items()}
+        result.append(
+            _prediction(
+                path,
+                f"line {number}",
+                {
+                    image_field: (row.get(image_field) or "").strip(),
+                    "caption": row.get("caption") or "",
+                },
+            )
+        )
+    return result
+
+
+@dataclass
+class Matched:
+    """Predictions aligned with reference images."""
+
+    images: list[Path]
+    predictions: list[str]
+    references: list[list[str]]
+    unmatched_references: list[Path] = field(default_factory=list)
+
+
+def match_predictions(
+    references: Any,
+    predictions: Sequence[Prediction],
+    source: Path | None = None,
+    partial: bool = False,
+) -> Matched:
+    """Align ``predictions`` with the images of a :class:`~polycap.data.CaptionSet`.
+
+    A prediction's image is found by path (absolute, or relative to the predictions file's
+    folder or the reference file's folder), else by file name (when unique among the
+    references), else by the references' image id. Predictions for unknown images, two
+    predictions for one image, or reference images without a prediction (unless ``partial``)
+    are BadInput with counts and the first example.
+    """
+    label = str(source) if source is not None else "predictions"
+    by_image = references.by_image()
+    lookup = _reference_lookup(references, source)
+    chosen: dict[Path, Prediction] = {}
+    unknown: list[Prediction] = []
+    duplicates: list[Prediction] = []
+    for prediction in predictions:
+        image = lookup.get(prediction.key) or lookup.get(_normal(prediction.key))
+        if image is None:
+            unknown.append(prediction)
+        elif image in chosen:
+            duplicates.append(prediction)
+        else:
+            chosen[image] = prediction
+    if unknown:
+        first = unknown[0]
+        raise BadInput(
+            f"{label}: {len(unknown)} of {len(predictions)} predictions name images that are not "
+            f"in the references (first: {first.key!r} at {first.where})"
+        )
+    if duplicates:
+        first = duplicates[0]
+        raise BadInput(
+            f"{label}: {len(duplicates)} images have more than one prediction "
+            f"(first: {first.key!r} at {first.where})"
+        )
+    missing = [image for image in by_image if image not in chosen]
+    if missing and not partial:
+        raise BadInput(
+            f"{label}: no prediction for {len(missing)} of {len(by_image)} reference images "
+            f"(first: {missing[0].name}); pass --partial to score only the predicted images"
+        )
+    images = [image for image in by_image if image in chosen]
+    return Matched(
+        images, [chosen[i].caption for i in images], [by_image[i] for i in images], missing
+    )
+
+
+def _normal(key: str) -> str:
+    import os
+
+    return os.path.normpath(key)
+
+
+def _reference_lookup(references: Any, source: Path | None) -> dict[str, Path]:
+    import os
+
+    lookup: dict[str, Path] = {}
+    names: dict[str, list[Path]] = {}
+    bases = [p.parent.resolve() for p in (source, references.source) if p is not None]
+    for record in references.records:
+        image = record.image
+        lookup.setdefault(str(image), image)
+        for base in bases:
+            try:
+                lookup.setdefault(os.path.relpath(image, base), image)
+            except ValueError:
+                continue
+        names.setdefault(image.name, [])
+        if image not in names[image.name]:
+            names[image.name].append(image)
+    for record in references.records:
+        lookup.setdefault(str(record.image_id), record.image)
+    for name, images in names.items():
+        if len(images) == 1:
+            lookup.setdefault(name, images[0])
+    return lookup
+
+
+def context_for(
+    pack: Any, matched: Matched, clip: ClipOptions | None = None, keys: Sequence[str] | None = None
+) -> EvalContext:
+    """An :class:`EvalContext` from matched predictions (keys default to image file names,
+    or full paths where two images share a name)."""
+    return EvalContext(
+        pack=pack,
+        keys=list(keys) if keys is not None else image_keys(matched.images),
+        predictions=matched.predictions,
+        references=matched.references,
+        images=matched.images,
+        clip=clip or ClipOptions(),
+    )
+
+
+def image_keys(images: Sequence[Path]) -> list[str]:
+    """File names when they are unique, else the full paths."""
+    names = [image.name for image in images]
+    if len(set(names)) == len(names):
+        return names
+    return [str(image) for image in images]
