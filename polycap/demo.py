@@ -29,7 +29,13 @@ class DemoOptions:
     prefix_length: int = 4
     mapper: str = "mlp"
     seed: int = 0
-    heldout_pairs: tuple[tuple[str, str], ...] = ()
+    # colour-shape pairs shown only in the test split: does generation compose what it saw?
+    heldout_pairs: tuple[tuple[str, str], ...] = (
+        ("red", "triangle"),
+        ("green", "circle"),
+        ("blue", "square"),
+    )
+    compare: bool = True
     progress: bool = True
 
 
@@ -37,12 +43,14 @@ class DemoOptions:
 class DemoResult:
     """What the demo produced: held-out scores, files, timings."""
 
-    scores: dict[str, float]
+    scores: dict[str, float]  # held-out images of pairs seen in training
+    unseen_scores: dict[str, float] | None  # held-out images of pairs never seen in training
     model_dir: Path
     report: Path
     captions: dict[str, str]
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    comparison: Any = None
 
 
 def build_tiny_models(
@@ -131,7 +139,23 @@ def _run_demo(options: DemoOptions, console: Any, registries: Any, started: floa
         cache_dir=workdir / "cache",
     )
     captions = {path.name: texts[0] for path, texts in zip(captioned.paths, captioned.captions)}
-    scores = score_captions(pack, captions, split.truths)
+    unseen = set(split.heldout_pairs)
+    seen_captions = {n: c for n, c in captions.items() if split.truths[n][:2] not in unseen}
+    unseen_captions = {n: c for n, c in captions.items() if split.truths[n][:2] in unseen}
+    scores = score_captions(pack, seen_captions, split.truths)
+    unseen_scores = score_captions(pack, unseen_captions, split.truths) if unseen_captions else None
+    comparison = None
+    if options.compare:
+        from polycap.compare import compare_on_split
+
+        comparison = compare_on_split(
+            pack,
+            split,
+            model,
+            workdir / "compare",
+            cache_dir=workdir / "cache",
+            registries=registries,
+        )
     rows = [
         ReportRow(
             path,
@@ -139,16 +163,25 @@ def _run_demo(options: DemoOptions, console: Any, registries: Any, started: floa
                 "generated": [captions[path.name]],
                 "truth": [" ".join(map(str, split.truths[path.name]))],
             },
+            marks={"unseen pair": False} if split.truths[path.name][:2] in unseen else {},
         )
         for path in captioned.paths
     ]
     summary = [
-        (name, f"{value:.3f}" if isinstance(value, float) else str(value))
-        for name, value in scores.items()
+        (f"{group}: {name}", f"{value:.3f}" if isinstance(value, float) else str(value))
+        for group, group_scores in (("seen pairs", scores), ("unseen pairs", unseen_scores or {}))
+        for name, value in group_scores.items()
     ]
     report = write_report(
         workdir / "report.html", f"polycap demo ({pack.name})", rows, summary, ("score", "value")
     )
     return DemoResult(
-        scores, result.model_dir, report, captions, time.perf_counter() - started, result.history
+        scores=scores,
+        unseen_scores=unseen_scores,
+        model_dir=result.model_dir,
+        report=report,
+        captions=captions,
+        seconds=time.perf_counter() - started,
+        history=result.history,
+        comparison=comparison,
     )

@@ -28,6 +28,7 @@ def load_open_clip(model: str, pretrained: str | None, device: str = "cpu") -> O
 
     schema = next((s for s in SCHEMAS if model.startswith(s)), None)
     if schema is None:
+        _register_polycap_configs(model)
         _check_model_name(open_clip, model)
         weights_hash = _check_pretrained(open_clip, model, pretrained)
     else:
@@ -44,6 +45,15 @@ def load_open_clip(model: str, pretrained: str | None, device: str = "cpu") -> O
         ) from error
     clip.eval()
     return OpenClipEncoder(model, pretrained, device, clip, preprocess, weights_hash, schema)
+
+
+def _register_polycap_configs(model: str) -> None:
+    """polycap's own tiny config (demo, tests) is known in every process, not only the one
+    that built it, so demo checkpoints load in a new shell."""
+    from polycap import tiny
+
+    if model == tiny.TINY_CLIP_NAME:
+        tiny.register_tiny_clip_config()
 
 
 def _check_model_name(open_clip: Any, model: str) -> None:

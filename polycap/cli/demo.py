@@ -17,6 +17,9 @@ def demo_command(
     images: int = typer.Option(1200, min=50, help="Synthetic images to draw."),
     epochs: int = typer.Option(20, min=1),
     seed: int = typer.Option(0),
+    compare: bool = typer.Option(
+        True, "--compare/--no-compare", help="End with retrieval vs generation on unseen pairs."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Run the offline demo end to end (no downloads): data, tiny models, training, captions."""
@@ -28,6 +31,7 @@ def demo_command(
         images=images,
         epochs=epochs,
         seed=seed,
+        compare=compare,
         progress=not json_output,
     )
     result = run_demo(options, console=None if json_output else console)
@@ -35,6 +39,8 @@ def demo_command(
         print_json(
             {
                 "scores": result.scores,
+                "unseen_pair_scores": result.unseen_scores,
+                "comparison": result.comparison.to_json() if result.comparison else None,
                 "model": str(result.model_dir),
                 "report": str(result.report),
                 "seconds": round(result.seconds, 1),
@@ -44,11 +50,21 @@ def demo_command(
         return
     sample = list(result.captions.items())[:8]
     print_table("Held-out captions (sample)", ["image", "caption"], sample)
+    groups = [("held-out images, pairs seen in training", result.scores)]
+    if result.unseen_scores:
+        groups.append(("held-out images, pairs never seen", result.unseen_scores))
     print_table(
         "Held-out scores",
-        ["metric", "value"],
-        [(k, f"{v:.3f}" if isinstance(v, float) else v) for k, v in result.scores.items()],
+        ["images", "metric", "value"],
+        [
+            (group, name, f"{value:.3f}" if isinstance(value, float) else value)
+            for group, scores in groups
+            for name, value in scores.items()
+        ],
     )
+    if result.comparison is not None:
+        header, rows = result.comparison.table()
+        print_table("Retrieval vs generation (some pairs held out of training)", header, rows)
     console.print(
         f"Report: [bold]{result.report}[/]   model: {result.model_dir}   "
         f"time: {result.seconds:.0f}s"
