@@ -18,12 +18,17 @@ _ONE = (
     "a single {colour} {shape}",
     "there is one {colour} {shape}",
     "a picture of a {colour} {shape}",
+    # shape before colour too, so a model can learn the two words separately (unseen pairs)
+    "a {shape} that is {colour}",
+    "one {shape}, coloured {colour}",
 )
 _MANY = (
     "{number} {colour} {shape}s",
     "{number} {colour} {shape}s on a dark background",
     "there are {number} {colour} {shape}s",
     "a picture of {number} {colour} {shape}s",
+    "{number} {shape}s that are {colour}",
+    "{number} {shape}s, coloured {colour}",
 )
 
 

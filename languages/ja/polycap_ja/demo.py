@@ -17,6 +17,7 @@ SHAPE_WORDS = {
     "square": ("四角", "四角形"),
     "triangle": ("三角", "三角形"),
 }
+COLOUR_NOUNS = {"red": ("赤",), "green": ("緑",), "blue": ("青",), "yellow": ("黄色",)}
 NUMBER_WORDS = {
     1: ("ひとつ", "1つ", "一つ"),
     2: ("ふたつ", "2つ", "二つ"),
@@ -27,6 +28,9 @@ TEMPLATES = (
     "{colour}{shape}が{number}",
     "暗い背景に{colour}{shape}が{number}描かれている",
     "{number}の{colour}{shape}",
+    # shape before colour too, so a model can learn the two words separately (unseen pairs)
+    "{shape}が{number}、色は{colour_noun}",
+    "{shape}が{number}、すべて{colour_noun}",
 )
 ONE_ONLY = ("{colour}{shape}が{number}だけある",)
 MANY_ONLY = ("{colour}{shape}が{number}並んでいる",)
@@ -38,6 +42,7 @@ def describe(colour: str, shape: str, count: int, rng: random.Random) -> str:
     numbers = NUMBER_WORDS.get(count, (f"{count}つ",))
     return rng.choice(templates).format(
         colour=rng.choice(COLOUR_WORDS[colour]),
+        colour_noun=rng.choice(COLOUR_NOUNS[colour]),
         shape=rng.choice(SHAPE_WORDS[shape]),
         number=rng.choice(numbers),
     )
