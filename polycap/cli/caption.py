@@ -6,7 +6,12 @@ from pathlib import Path
 
 import typer
 
-from polycap.cli.output import console, err_console, print_json, print_table
+from polycap.cli.output import (
+    console,
+    print_json,
+    print_table,
+    report_skipped,
+)
 
 
 def caption_command(
@@ -69,11 +74,7 @@ def caption_command(
     else:
         rows = [(p.name, "\n".join(c)) for p, c in zip(result.paths, result.captions)]
         print_table(f"Captions ({captioner.config['language']})", ["image", "caption"], rows)
-    if result.skipped:
-        err_console.print(
-            f"[yellow]Skipped {len(result.skipped)} unreadable image(s)[/]: "
-            + ", ".join(str(p) for p, _ in result.skipped[:5])
-        )
+    report_skipped(result.skipped)
     if not result.paths:
         raise typer.Exit(2)
     if not json_output:

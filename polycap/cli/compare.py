@@ -6,7 +6,13 @@ from pathlib import Path
 
 import typer
 
-from polycap.cli.output import console, err_console, print_json, print_table
+from polycap.cli.output import (
+    console,
+    err_console,
+    print_json,
+    print_not_applicable,
+    print_table,
+)
 from polycap.evaluation import DEFAULT_CLIP_ENCODER, DEFAULT_CLIP_PRETRAINED
 
 
@@ -105,11 +111,7 @@ def compare_command(
         f"captions/s): {result.encode_seconds:.2f}s",
         highlight=False,
     )
-    reasons: dict[str, list[str]] = {}
-    for column, reason in result.not_applicable.items():
-        reasons.setdefault(reason, []).append(column)
-    for reason, columns in reasons.items():
-        console.print(f"n/a {', '.join(columns)}: {reason}", highlight=False)
+    print_not_applicable(result.not_applicable)
     if result.skipped:
         err_console.print(f"[yellow]Skipped {len(result.skipped)} unreadable image(s)[/]")
     if written:

@@ -7,7 +7,13 @@ from typing import Any
 
 import typer
 
-from polycap.cli.output import console, err_console, print_json, print_table
+from polycap.cli.output import (
+    console,
+    err_console,
+    print_json,
+    print_not_applicable,
+    print_table,
+)
 from polycap.evaluation import DEFAULT_CLIP_ENCODER, DEFAULT_CLIP_PRETRAINED, PREDICTIONS_HELP
 
 
@@ -190,11 +196,7 @@ def _show(result: Any, references: Path, per_image: bool, json_output: bool) -> 
         f"segmenter: {result.segmenter}",
         highlight=False,
     )
-    reasons: dict[str, list[str]] = {}
-    for column, reason in result.not_applicable.items():
-        reasons.setdefault(reason, []).append(column)
-    for reason, columns in reasons.items():
-        console.print(f"n/a {', '.join(columns)}: {reason}", highlight=False)
+    print_not_applicable(result.not_applicable)
     source = result.details.get("predictions", {})
     if source.get("model"):
         encoder = source.get("encoder") or {}

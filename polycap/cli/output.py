@@ -33,3 +33,21 @@ def fail(message: str, code: int = 2) -> None:
     """One red line on stderr, then exit with ``code``."""
     err_console.print(f"[bold red]Error:[/] {message}", highlight=False, markup=True)
     raise SystemExit(code)
+
+
+def report_skipped(skipped: Sequence[tuple[Any, str]]) -> None:
+    """One yellow line on stderr naming the unreadable images (the first five)."""
+    if skipped:
+        err_console.print(
+            f"[yellow]Skipped {len(skipped)} unreadable image(s)[/]: "
+            + ", ".join(str(path) for path, _ in skipped[:5])
+        )
+
+
+def print_not_applicable(not_applicable: dict[str, str]) -> None:
+    """``n/a METEOR, SPICE: <reason>``, one line per reason."""
+    reasons: dict[str, list[str]] = {}
+    for column, reason in not_applicable.items():
+        reasons.setdefault(reason, []).append(column)
+    for reason, columns in reasons.items():
+        console.print(f"n/a {', '.join(columns)}: {reason}", highlight=False)

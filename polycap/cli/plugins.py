@@ -28,21 +28,34 @@ def list_command(
         print_json(records)
         return
     columns = ["name", "distribution", "version", "hooks", "provides", "error"]
-    print_table("polycap plugins", columns,
-                [(r["name"], r["distribution"], r["version"], ", ".join(r["hooks"]),
-                  ", ".join(r["provides"]), r["error"] or "") for r in records])
+    print_table(
+        "polycap plugins",
+        columns,
+        [
+            (
+                r["name"],
+                r["distribution"],
+                r["version"],
+                ", ".join(r["hooks"]),
+                ", ".join(r["provides"]),
+                r["error"] or "",
+            )
+            for r in records
+        ],
+    )
 
 
 @app.command("install")
 def install_command(
     names: list[str] = typer.Argument(
-        ..., metavar="NAME",
-        help="Curated pack (ja, ru, zh), distribution name, path or URL."),
+        ..., metavar="NAME", help="Curated pack (ja, ru, zh), distribution name, path or URL."
+    ),
     upgrade: bool = typer.Option(False, "--upgrade", "-U", help="Upgrade if installed."),
     editable: bool = typer.Option(False, "--editable", "-e", help="Install paths editable."),
     no_deps: bool = typer.Option(False, "--no-deps", help="Do not install dependencies."),
     no_build_isolation: bool = typer.Option(
-        False, "--no-build-isolation", help="Build with what is installed (offline installs)."),
+        False, "--no-build-isolation", help="Build with what is installed (offline installs)."
+    ),
     force_reinstall: bool = typer.Option(False, "--force-reinstall", help="Reinstall anyway."),
 ) -> None:
     """Install plugins with pip, then check in a fresh process what they added.
@@ -53,37 +66,58 @@ def install_command(
 
     def announce(targets: list[Target]) -> None:
         for target in targets:
-            where = {"checkout": "this checkout", "index": "the package index",
-                     "path": "a local path", "pip": "pip"}[target.origin]
+            where = {
+                "checkout": "this checkout",
+                "index": "the package index",
+                "path": "a local path",
+                "pip": "pip",
+            }[target.origin]
             command = " ".join(target.pip_args)
-            err_console.print(f"Installing {target.request} from {where}: pip install {command}",
-                              highlight=False, soft_wrap=True)
+            err_console.print(
+                f"Installing {target.request} from {where}: pip install {command}",
+                highlight=False,
+                soft_wrap=True,
+            )
 
-    report = install(names, upgrade=upgrade, editable=editable, no_deps=no_deps,
-                     no_build_isolation=no_build_isolation, force_reinstall=force_reinstall,
-                     on_targets=announce)
+    report = install(
+        names,
+        upgrade=upgrade,
+        editable=editable,
+        no_deps=no_deps,
+        no_build_isolation=no_build_isolation,
+        force_reinstall=force_reinstall,
+        on_targets=announce,
+    )
     working = [record for record in report.changed if not record["error"]]
     for record in working:
         console.print(f"Added plugin {_describe(record)}", highlight=False, soft_wrap=True)
     if report.error:
         fail(f"installed, but polycap now reports: {report.error}", 1)
     if report.broken:
-        lines = [f"plugin {record['name']!r} ({record['distribution']} {record['version']}) "
-                 f"fails to load: {record['error']}"
-                 for record in report.broken]
+        lines = [
+            f"plugin {record['name']!r} ({record['distribution']} {record['version']}) "
+            f"fails to load: {record['error']}"
+            for record in report.broken
+        ]
         distributions = " ".join(sorted({r["distribution"] for r in report.broken}))
         raise PluginBroken(
             "; ".join(lines) + ". polycap keeps working without it; fix the plugin or run "
-            f"'polycap plugins uninstall {distributions}'.")
+            f"'polycap plugins uninstall {distributions}'."
+        )
     if not working:
-        console.print("pip finished; no polycap plugin was added or changed "
-                      "(already installed? try --upgrade).", highlight=False, soft_wrap=True)
+        console.print(
+            "pip finished; no polycap plugin was added or changed "
+            "(already installed? try --upgrade).",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command("uninstall")
 def uninstall_command(
     names: list[str] = typer.Argument(
-        ..., metavar="NAME", help="Curated pack, plugin name or distribution name."),
+        ..., metavar="NAME", help="Curated pack, plugin name or distribution name."
+    ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Uninstall plugins (their distributions) with pip."""
@@ -101,25 +135,36 @@ def new_command(
     code: str = typer.Argument(..., help="Language code of the new pack, e.g. uk or pt-br."),
     name: str = typer.Option(None, "--name", help='Language name, e.g. "Ukrainian".'),
     directory: Path = typer.Option(
-        None, "--dir", help="Where to write it (default: ./polycap-CODE).", file_okay=False),
+        None, "--dir", help="Where to write it (default: ./polycap-CODE).", file_okay=False
+    ),
 ) -> None:
     """Write a ready-to-edit language pack that installs and passes its tests as it is."""
     from polycap.plugin_install import new_pack
 
     made = new_pack(code, name, directory)
-    console.print(f"Wrote the {made.name} pack {made.distribution} "
-                  f"(module {made.module}, language code {made.code}) to {made.directory}:",
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"Wrote the {made.name} pack {made.distribution} "
+        f"(module {made.module}, language code {made.code}) to {made.directory}:",
+        highlight=False,
+        soft_wrap=True,
+    )
     for path in made.files:
         console.print(f"  {path.relative_to(made.directory)}", highlight=False, soft_wrap=True)
     if made.conflict:
-        err_console.print(f"Note: {made.conflict} already provides the language {made.code!r}; "
-                          "installing both is an error.", highlight=False, soft_wrap=True)
-    console.print("Next:\n"
-                  f"  polycap plugins install -e {made.directory}\n"
-                  f"  pytest {made.directory / 'tests'}\n"
-                  f"  then edit the TODOs in {made.directory / made.module / '__init__.py'}",
-                  highlight=False, soft_wrap=True)
+        err_console.print(
+            f"Note: {made.conflict} already provides the language {made.code!r}; "
+            "installing both is an error.",
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(
+        "Next:\n"
+        f"  polycap plugins install -e {made.directory}\n"
+        f"  pytest {made.directory / 'tests'}\n"
+        f"  then edit the TODOs in {made.directory / made.module / '__init__.py'}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _describe(record: dict[str, Any]) -> str:

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import typer
 
-from polycap.cli.output import console, err_console, print_json, print_table
+from polycap.cli.output import (
+    console,
+    err_console,
+    print_json,
+    print_table,
+    report_skipped,
+)
 
 
 def index_command(
@@ -172,11 +178,7 @@ def retrieve_command(
         ]
         title = f"Retrieved captions ({mode}{', consensus' if consensus else ''})"
         print_table(title, ["image", "rank", "caption", "score"], rows)
-    if result.skipped:
-        err_console.print(
-            f"[yellow]Skipped {len(result.skipped)} unreadable image(s)[/]: "
-            + ", ".join(str(p) for p, _ in result.skipped[:5])
-        )
+    report_skipped(result.skipped)
     if not result.paths:
         raise typer.Exit(2)
     if not json_output:
