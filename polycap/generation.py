@@ -269,8 +269,13 @@ class _Decoder:
         device = prefix.device
         results: list[list[list[int]]] = [[] for _ in range(images)]
         active_images = list(range(images))
-        prefix = prefix.repeat_interleave(width, dim=0)
+        # every beam of an image starts from the same prefix: run it once per image, then give
+        # each beam a copy of its image's logits and cache (not width copies of the prefix)
         logits, cache = self.start(prefix)
+        expand = torch.arange(images, device=device).repeat_interleave(width)
+        logits = logits.index_select(0, expand)
+        cache = _reorder_cache(cache, expand)
+        prefix = prefix.repeat_interleave(width, dim=0)
         vocab = logits.shape[-1]
         scores = torch.zeros(images, width, device=device)
         scores[:, 1:] = float("-inf")  # all beams start equal: expand from the first only

@@ -30,6 +30,10 @@ SHAPES = ("circle", "square", "triangle")
 PAIRS = tuple((colour, shape) for colour in COLOURS for shape in SHAPES)
 IMAGE_SIZE = 128
 _SUPERSAMPLE = 2  # draw at 2x and downsample: smooth edges, same colours inside the shapes
+# Largest shape radius as a fraction of the image side, by count; each shape's radius is drawn
+# from [SIZE_JITTER, 1] x that. Shapes stay large so that shape is visible to a frozen encoder.
+MAX_RADIUS = {1: 0.32, 2: 0.24, 3: 0.20}
+SIZE_JITTER = 0.75
 
 Truth = tuple[str, str, int]
 
@@ -84,12 +88,12 @@ def _jitter(rgb: tuple[int, int, int], rng: random.Random, amount: int = 15) -> 
 
 def _place(count: int, rng: random.Random, size: int) -> list[tuple[float, float, float]]:
     """Centres and radii of ``count`` shapes inside the image, overlapping little."""
-    largest = {1: 0.32, 2: 0.24, 3: 0.20}.get(count, 0.16) * size
+    largest = MAX_RADIUS.get(count, 0.16) * size
     for _attempt in range(200):
         placed: list[tuple[float, float, float]] = []
         for _ in range(count):
             for _try in range(100):
-                radius = rng.uniform(0.75, 1.0) * largest
+                radius = rng.uniform(SIZE_JITTER, 1.0) * largest
                 margin = radius + 2
                 cx, cy = rng.uniform(margin, size - margin), rng.uniform(margin, size - margin)
                 if all(math.dist((cx, cy), (x, y)) >= 1.05 * (radius + r) for x, y, r in placed):
