@@ -214,12 +214,16 @@ class Captioner(nn.Module):
         attention_mask = attention_mask.to(prefix.device)
         embeds = torch.cat([prefix, self.embed_tokens(input_ids)], dim=1)
         prefix_mask = attention_mask.new_ones(prefix.shape[:2])
+        caption_length = input_ids.shape[1]
+        keep = self._logits_to_keep(caption_length + 1)
         out = self.lm(
             inputs_embeds=embeds,
             attention_mask=torch.cat([prefix_mask, attention_mask], dim=1),
             use_cache=False,
+            **keep,
         )
-        logits = out.logits[:, self.prefix_length - 1 : -1]
+        # position t predicts token t+1: the last prefix position predicts the first token
+        logits = out.logits[:, -(caption_length + 1) : -1]
         labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
         loss = F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),
@@ -227,6 +231,15 @@ class Captioner(nn.Module):
             ignore_index=IGNORE_INDEX,
         )
         return CaptionerOutput(loss=loss, logits=logits)
+
+    def _logits_to_keep(self, positions: int) -> dict[str, int]:
+        """``logits_to_keep`` when the LM takes it: the output projection (vocabulary-sized)
+        then runs on the caption positions only, not on the prefix positions."""
+        if not hasattr(self, "_keeps_logits"):
+            import inspect
+
+            self._keeps_logits = "logits_to_keep" in inspect.signature(self.lm.forward).parameters
+        return {"logits_to_keep": positions} if self._keeps_logits else {}
 
     # -- saving -----------------------------------------------------------------------------
     def save(
