@@ -41,13 +41,13 @@ class Plan:
     max_length: int = 20
     greedy_images: int = 64
     greedy_reference: int = 4
-    beam_images: int = 16
+    beam_images: int = 32
     beam_reference: int = 2
     beams: int = 5
     feature_images: int = 32
     feature_reference_images: int = 4
-    train_captions: int = 96
-    train_batch: int = 8
+    train_captions: int = 128
+    train_batch: int = 16
     memory_sizes: tuple[int, ...] = (1_000, 10_000)
 
 
@@ -208,6 +208,22 @@ class Bench:
             self._decoding_model = model.eval()
         return self._decoding_model
 
+    def side_by_side(self, label: str, ours: Callable[[], Any],
+                     theirs: Callable[[int, int], list[Any]], n_ref: int) -> dict[str, Any]:
+        """Time the reference on the first half of its items, then polycap, then the reference
+        on the second half: a change of load on a shared machine hits both sides alike."""
+        half = n_ref // 2
+        self.say(f"{label}: reference on {half}, then polycap, then reference on {n_ref - half}")
+        first, first_s = self.clock.time(lambda: theirs(0, half))
+        first_cpu = self.clock.cpu
+        with maybe_profile(self.args.profile, f"polycap {label}", self.console):
+            value, ours_s = self.clock.time(ours)
+        ours_cpu = self.clock.cpu
+        second, second_s = self.clock.time(lambda: theirs(half, n_ref))
+        return {"ours": value, "ours_s": ours_s, "ours_cpu": ours_cpu,
+                "theirs": [*first, *second], "theirs_s": first_s + second_s,
+                "theirs_cpu": first_cpu + self.clock.cpu}
+
     # -- decoding ------------------------------------------------------------------------------
     def decoding(self, beams: int) -> Result:
         from benchmarks import reference, workload
@@ -224,10 +240,10 @@ class Bench:
         def ours() -> list[list[int]]:
             return [captions[0] for captions in generate_ids(model, features, config)]
 
-        def theirs() -> list[list[int]]:
+        def theirs(start: int, stop: int) -> list[list[int]]:
             if beams == 1:
-                return reference.caption_greedy(model, features[:n_ref], plan.max_length)
-            return reference.caption_beam(model, features[:n_ref], plan.max_length, beams)
+                return reference.caption_greedy(model, features[start:stop], plan.max_length)
+            return reference.caption_beam(model, features[start:stop], plan.max_length, beams)
 
         warm = GenerationConfig(max_length=2, beams=beams)
         generate_ids(model, features[:2], warm)
@@ -236,13 +252,10 @@ class Bench:
         else:
             reference.caption_beam(model, features[:1], 2, beams)
         label = "greedy" if beams == 1 else f"beam {beams}"
-        self.say(f"{label}: polycap, {n} images in one batch")
-        with maybe_profile(self.args.profile, f"polycap {label}", self.console):
-            ours_ids, ours_s = self.clock.time(ours)
-        ours_cpu = self.clock.cpu
-        self.say(f"{label}: reference, {n_ref} image(s) one at a time")
-        theirs_ids, theirs_s = self.clock.time(theirs)
-        theirs_cpu = self.clock.cpu
+        timed = self.side_by_side(f"{label} ({n} images in one batch; reference one at a time)",
+                                  ours, theirs, n_ref)
+        ours_ids, ours_s, ours_cpu = timed["ours"], timed["ours_s"], timed["ours_cpu"]
+        theirs_ids, theirs_s, theirs_cpu = timed["theirs"], timed["theirs_s"], timed["theirs_cpu"]
         same = sum(ours_ids[i] == theirs_ids[i] for i in range(n_ref))
         full = all(len(ids) == plan.max_length for ids in ours_ids)
         notes = [f"{plan.max_length}-token cap; the end token is unreachable, so every caption "
@@ -294,6 +307,8 @@ class Bench:
 
     # -- features ----------------------------------------------------------------------------
     def features(self) -> Result:
+        import torch
+
         from benchmarks import reference, workload
         from polycap.encoding import encode_images
 
@@ -309,21 +324,22 @@ class Bench:
                 return encode_images(encoder, entries, batch_size=64, progress=False,
                                      use_cache=False)
 
-        def theirs() -> Any:
+        def theirs(start: int, stop: int) -> list[Any]:
+            if start == stop:
+                return []
             with autocast(self.device, self.precision):
-                return reference.extract_features(clip, preprocess, entries[:n_ref_entries],
-                                                  device=self.device)
+                return [reference.extract_features(clip, preprocess, entries[start:stop],
+                                                   device=self.device)]
 
         with autocast(self.device, self.precision):
             encode_images(encoder, images[:2], progress=False, use_cache=False)
             reference.extract_features(clip, preprocess, images[:1], device=self.device)
-        self.say(f"features: polycap, {len(entries)} caption entries of {len(images)} images")
-        with maybe_profile(self.args.profile, "polycap features", self.console):
-            encoded, ours_s = self.clock.time(ours)
-        ours_cpu = self.clock.cpu
-        self.say(f"features: reference, {n_ref_entries} caption entries one at a time")
-        ref_features, theirs_s = self.clock.time(theirs)
-        theirs_cpu = self.clock.cpu
+        timed = self.side_by_side(
+            f"features ({len(entries)} caption entries of {len(images)} images; reference "
+            f"{n_ref_entries} entries one at a time)", ours, theirs, n_ref_entries)
+        encoded, ours_s, ours_cpu = timed["ours"], timed["ours_s"], timed["ours_cpu"]
+        ref_features = torch.cat(timed["theirs"])
+        theirs_s, theirs_cpu = timed["theirs_s"], timed["theirs_cpu"]
         row_of = {path: row for row, path in enumerate(encoded.paths)}
         ours_rows = encoded.features[[row_of[path] for path in entries[:n_ref_entries]]]
         difference = float((ours_rows - ref_features).abs().max())
@@ -390,26 +406,24 @@ class Bench:
         scaler = torch.amp.GradScaler(self.device.split(":")[0],
                                       enabled=self.precision == "fp16")
 
-        def ours() -> int:
-            seen = 0
-            for batch in bucketed_batches(tokens.lengths, batch_size, seed=1):
-                trainer.train_batch(ours_model, collate(batch, tokens, features,
-                                                        ours_model.pad_token_id), scaler)
-                trainer.optimizer_step(ours_model, optimizer, scheduler, scaler, trainable)
-                seen += len(batch)
-            return seen
+        ours_batches = bucketed_batches(tokens.lengths, batch_size, seed=1)
+
+        def ours(batch: list[int]) -> int:
+            trainer.train_batch(ours_model, collate(batch, tokens, features,
+                                                    ours_model.pad_token_id), scaler)
+            trainer.optimizer_step(ours_model, optimizer, scheduler, scaler, trainable)
+            return len(batch)
 
         ref_model = copy.deepcopy(base).train()
         ref_optimizer = torch.optim.AdamW(ref_model.trainable_parameters(), lr=2e-5)
         ref_scheduler = torch.optim.lr_scheduler.LambdaLR(
             ref_optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        ref_batches = reference.batches(dataset, batch_size, seed=1)
 
-        def theirs() -> int:
-            seen = 0
-            for batch in reference.batches(dataset, batch_size, seed=1):
-                reference.train_step(ref_model, batch, ref_optimizer, ref_scheduler)
-                seen += batch[0].shape[0]
-            return seen
+        def theirs() -> int:  # the DataLoader's padding and collation count for the reference
+            batch = next(ref_batches)
+            reference.train_step(ref_model, batch, ref_optimizer, ref_scheduler)
+            return int(batch[0].shape[0])
 
         # warm-up (allocator, kernels): one forward + backward each, gradients then dropped
         with autocast(self.device, self.precision):
@@ -419,14 +433,22 @@ class Bench:
         reference.caption_loss(ref_model, *(torch.stack([p[k] for p in padded]).to(self.device)
                                             for k in range(3))).backward()
         ref_model.zero_grad(set_to_none=True)
-        self.say(f"training: polycap, {n} captions, batch {batch_size}, length-bucketed")
-        with maybe_profile(self.args.profile, "polycap training", self.console):
-            ours_seen, ours_s = self.clock.time(ours)
-        ours_cpu = self.clock.cpu
-        self.say(f"training: reference, {n} captions, batch {batch_size}, "
-                 f"padded to {dataset.max_seq_len}")
-        theirs_seen, theirs_s = self.clock.time(theirs)
-        theirs_cpu = self.clock.cpu
+        self.say(f"training: {n} captions in batches of {batch_size}, one polycap batch "
+                 f"(length-bucketed) then one reference batch (padded to {dataset.max_seq_len})")
+        ours_seen = theirs_seen = 0
+        ours_s = theirs_s = ours_cpu = theirs_cpu = 0.0
+        for batch in ours_batches:  # alternate, so that a change of load hits both sides
+            seen, seconds = self.clock.time(lambda batch=batch: ours(batch))
+            ours_seen, ours_s = ours_seen + seen, ours_s + seconds
+            ours_cpu += self.clock.cpu
+            if theirs_seen + batch_size <= n:  # the reference drops a last partial batch
+                seen, seconds = self.clock.time(theirs)
+                theirs_seen, theirs_s = theirs_seen + seen, theirs_s + seconds
+                theirs_cpu += self.clock.cpu
+        if self.args.profile:
+            with maybe_profile(True, "polycap training (one more batch, not timed)",
+                               self.console):
+                ours(ours_batches[0])
         real = sum(lengths)
         ours_tokens = sum(len(b) * max(lengths[i] for i in b)
                           for b in bucketed_batches(tokens.lengths, batch_size, seed=1))
