@@ -54,21 +54,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     open_clip.add_model_config(args.config)
     paths = sorted(args.images.iterdir())[: args.n]
     encoder = load_encoder(args.encoder, pretrained=args.weights, device=args.device)
-    encode_images(encoder, paths[:8], progress=False, use_cache=False)  # warm up
+    encode_images(encoder, paths[:64], progress=False, use_cache=False)  # warm up, a full batch
     exact = reset_peak()
     before_kb = status_kb("VmRSS")
     start = time.perf_counter()
-    encoded = encode_images(encoder, paths, batch_size=64, cache_dir=args.cache,
-                            progress=False)
+    encoded = encode_images(encoder, paths, batch_size=64, cache_dir=args.cache, progress=False)
     seconds = time.perf_counter() - start
-    peak_kb = status_kb("VmHWM") if exact else resource.getrusage(
-        resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({
-        "n": len(paths), "encoded": encoded.encoded, "skipped": len(encoded.skipped),
-        "seconds": seconds, "rss_before_mb": before_kb * 1024 / 1e6,
-        "peak_growth_mb": max(0, peak_kb - before_kb) * 1024 / 1e6, "peak_reset": exact,
-        "feature_mb": encoded.features.numel() * encoded.features.element_size() / 1e6,
-    }))
+    peak_kb = status_kb("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(
+        json.dumps(
+            {
+                "n": len(paths),
+                "encoded": encoded.encoded,
+                "skipped": len(encoded.skipped),
+                "seconds": seconds,
+                "rss_before_mb": before_kb * 1024 / 1e6,
+                "peak_growth_mb": max(0, peak_kb - before_kb) * 1024 / 1e6,
+                "peak_reset": exact,
+                "feature_mb": encoded.features.numel() * encoded.features.element_size() / 1e6,
+            }
+        )
+    )
     return 0
 
 

@@ -168,8 +168,9 @@ def read_image(path: str | Path) -> Any:
 
 
 @torch.no_grad()
-def extract_features(clip_model: Any, preprocess: Any, caption_images: Sequence[Path],
-                     device: str = "cpu") -> torch.Tensor:
+def extract_features(
+    clip_model: Any, preprocess: Any, caption_images: Sequence[Path], device: str = "cpu"
+) -> torch.Tensor:
     """parse_coco.py: one forward pass per caption entry, one image each.
 
     ``caption_images``: the image path of every caption (an image with five captions appears
@@ -191,8 +192,13 @@ class PaddedCaptions(torch.utils.data.Dataset):
     ``prefix_length + max_seq_len`` positions, the image's feature row.
     """
 
-    def __init__(self, token_ids: Sequence[Sequence[int]], feature_rows: Sequence[int],
-                 features: torch.Tensor, prefix_length: int) -> None:
+    def __init__(
+        self,
+        token_ids: Sequence[Sequence[int]],
+        feature_rows: Sequence[int],
+        features: torch.Tensor,
+        prefix_length: int,
+    ) -> None:
         self.captions_tokens = [torch.tensor(ids, dtype=torch.int64) for ids in token_ids]
         self.feature_rows = list(feature_rows)
         self.features = features
@@ -229,8 +235,9 @@ def batches(dataset: PaddedCaptions, batch_size: int, seed: int) -> Iterator[Any
     )
 
 
-def caption_loss(model: Any, tokens: torch.Tensor, mask: torch.Tensor,
-                 features: torch.Tensor) -> torch.Tensor:
+def caption_loss(
+    model: Any, tokens: torch.Tensor, mask: torch.Tensor, features: torch.Tensor
+) -> torch.Tensor:
     """ClipCaptionModel.forward + the loss of train.py on one padded batch."""
     prefix_length = model.prefix_length
     prefix = model.prefix(features)
@@ -239,8 +246,9 @@ def caption_loss(model: Any, tokens: torch.Tensor, mask: torch.Tensor,
     outputs = model.lm(inputs_embeds=embedding_cat, attention_mask=mask)
     logits = outputs.logits[:, prefix_length - 1 : -1]
     labels = tokens.masked_fill(mask[:, prefix_length:] == 0, -100)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.flatten(),
-                           ignore_index=-100)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.flatten(), ignore_index=-100
+    )
 
 
 def train_step(model: Any, batch: Any, optimizer: Any, scheduler: Any) -> float:

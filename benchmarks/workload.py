@@ -38,10 +38,8 @@ MICRO_CLIP_NAME = "polycap-bench-micro-vit"
 # the memory benchmark's encoder: small enough that reading, decoding and caching dominate
 MICRO_CLIP_CONFIG: dict[str, Any] = {
     "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "patch_size": 16, "width": 64, "head_width": 32,
-                   "layers": 1},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2,
-                 "layers": 1},
+    "vision_cfg": {"image_size": 32, "patch_size": 16, "width": 64, "head_width": 32, "layers": 1},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
 
 
@@ -97,24 +95,38 @@ def make_end_unreachable(lm: Any, end_token_id: int) -> None:
 
 def build_captioner(size: str, clip_dim: int, workdir: Path, seed: int = 0) -> Any:
     """polycap's Captioner: English pack, a BPE tokenizer, ClipCap's MLP mapper, a GPT-2."""
-    from polycap import tiny
     from polycap.model import Captioner
+    from polycap.offline import tiny
     from polycap.plugins import get_registries
 
     registries = get_registries()
     pack = registries.languages.get("en")
-    texts = [pack.demo.describe(c, s, n, random.Random(i)) for i, (c, s, n) in enumerate(
-        (c, s, n) for c in ("red", "green", "blue", "yellow")
-        for s in ("circle", "square", "triangle") for n in (1, 2, 3))] * 4
+    texts = [
+        pack.demo.describe(c, s, n, random.Random(i))
+        for i, (c, s, n) in enumerate(
+            (c, s, n)
+            for c in ("red", "green", "blue", "yellow")
+            for s in ("circle", "square", "triangle")
+            for n in (1, 2, 3)
+        )
+    ] * 4
     tokenizer_dir = tiny.build_tokenizer("bpe", texts, workdir / "tokenizer")
     tokenizer = pack.load_tokenizer(str(tokenizer_dir))
     lm = build_decoder(size, seed=seed)
     torch.manual_seed(seed)
     model = Captioner.build(
-        pack=pack, tokenizer=tokenizer, lm=lm,
-        encoder_info={"backend": "open_clip", "name": ENCODER, "pretrained": None,
-                      "embed_dim": clip_dim},
-        mapper="mlp", prefix_length=PREFIX_LENGTH, lm_source=f"random GPT-2 {size}",
+        pack=pack,
+        tokenizer=tokenizer,
+        lm=lm,
+        encoder_info={
+            "backend": "open_clip",
+            "name": ENCODER,
+            "pretrained": None,
+            "embed_dim": clip_dim,
+        },
+        mapper="mlp",
+        prefix_length=PREFIX_LENGTH,
+        lm_source=f"random GPT-2 {size}",
         registries=registries,
     )
     make_end_unreachable(model.lm, model.end_token_id)
@@ -129,8 +141,9 @@ def build_encoder(name: str = ENCODER, device: str = "cpu", seed: int = 0) -> An
     return load_encoder(name, pretrained=None, device=device)
 
 
-def build_models(size: str, device: str = "cpu", seed: int = 0,
-                 workdir: Path | None = None) -> Models:
+def build_models(
+    size: str, device: str = "cpu", seed: int = 0, workdir: Path | None = None
+) -> Models:
     """Encoder and captioner (on ``device``, fp32) for one benchmark run."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="polycap-bench-"))
     encoder = build_encoder(device=device, seed=seed)
@@ -170,8 +183,9 @@ def random_features(n: int, dim: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
 
 
-def write_images(directory: Path, n: int, size: tuple[int, int] = (640, 480), seed: int = 0,
-                 suffix: str = ".jpg") -> list[Path]:
+def write_images(
+    directory: Path, n: int, size: tuple[int, int] = (640, 480), seed: int = 0, suffix: str = ".jpg"
+) -> list[Path]:
     """``n`` images of ``size`` (COCO-like 640x480 JPEGs by default): smooth colour fields
     with noise, so that they compress and decode like photographs."""
     import numpy as np
@@ -193,20 +207,23 @@ def write_images(directory: Path, n: int, size: tuple[int, int] = (640, 480), se
     return paths
 
 
-def caption_lengths(n: int, median: int = 12, longest_ratio: float = 3.0,
-                    seed: int = 0) -> list[int]:
+def caption_lengths(
+    n: int, median: int = 12, longest_ratio: float = 3.0, seed: int = 0
+) -> list[int]:
     """Token lengths with a long tail: log-normal around ``median``, the longest caption
     ``longest_ratio`` x the median (COCO captions in GPT-2 tokens look like this)."""
     rng = random.Random(seed)
     longest = round(median * longest_ratio)
-    lengths = [min(longest, max(4, round(median * math.exp(rng.gauss(0.0, 0.3)))))
-               for _ in range(n)]
+    lengths = [
+        min(longest, max(4, round(median * math.exp(rng.gauss(0.0, 0.3))))) for _ in range(n)
+    ]
     lengths[rng.randrange(n)] = longest  # the data set's longest caption
     return lengths
 
 
-def caption_ids(lengths: list[int], end_token_id: int, seed: int = 0,
-                vocab_size: int = VOCAB_SIZE) -> list[list[int]]:
+def caption_ids(
+    lengths: list[int], end_token_id: int, seed: int = 0, vocab_size: int = VOCAB_SIZE
+) -> list[list[int]]:
     """Random caption ids of the given lengths, each ending with the end token (as
     ``LanguagePack.encode_caption`` produces them)."""
     rng = random.Random(seed)

@@ -57,7 +57,7 @@ def build_tiny_models(
     pack: Any, train_captions: list[str], directory: Path, seed: int
 ) -> dict[str, str]:
     """Tokenizer of the pack's class, tiny GPT-2 and tiny CLIP, saved under ``directory``."""
-    from polycap import tiny
+    from polycap.offline import tiny
 
     tokenizer_dir = pack.build_tiny_tokenizer(train_captions, directory / "lm")
     tokenizer = pack.load_tokenizer(str(tokenizer_dir))
@@ -83,9 +83,9 @@ def run_demo(options: DemoOptions, console: Any = None, registries: Any = None) 
 
 def _run_demo(options: DemoOptions, console: Any, registries: Any, started: float) -> DemoResult:
     from polycap.captioning import caption_images
+    from polycap.eval.report import ReportRow, write_report
     from polycap.generation import GenerationConfig
-    from polycap.report import ReportRow, write_report
-    from polycap.synthetic import make_synthetic_set, score_captions
+    from polycap.offline.synthetic import make_synthetic_set, score_captions
     from polycap.training import TrainConfig, train
 
     pack = registries.languages.get(options.language)
@@ -146,7 +146,7 @@ def _run_demo(options: DemoOptions, console: Any, registries: Any, started: floa
     unseen_scores = score_captions(pack, unseen_captions, split.truths) if unseen_captions else None
     comparison = None
     if options.compare:
-        from polycap.compare import compare_on_split
+        from polycap.compositional import compare_on_split
 
         comparison = compare_on_split(
             pack,

@@ -308,7 +308,7 @@ class _Decoder:
                 if not keep:
                     return results
                 image_index = torch.tensor(keep, device=device)
-                row_index = (image_index[:, None] * width + torch.arange(width, device=device))
+                row_index = image_index[:, None] * width + torch.arange(width, device=device)
                 rows = rows.view(b, width)[image_index].view(-1)
                 row_index = row_index.view(-1)
                 active_images = [active_images[i] for i in keep]
@@ -316,9 +316,7 @@ class _Decoder:
                 tokens, prefix = tokens[row_index], prefix[row_index]
             cache = _reorder_cache(cache, rows)
             logits, cache = self.step(prefix, tokens, cache)
-        self._collect(
-            results, active_images, [True] * len(active_images), tokens, scores, lengths
-        )
+        self._collect(results, active_images, [True] * len(active_images), tokens, scores, lengths)
         return results
 
     def _collect(
@@ -397,8 +395,7 @@ def _reorder_cache(cache: Any, rows: torch.Tensor) -> Any:
         cache.reorder_cache(rows)
         return cache
     return tuple(  # legacy tuple-of-tuples cache
-        tuple(tensor.index_select(0, rows.to(tensor.device)) for tensor in layer)
-        for layer in cache
+        tuple(tensor.index_select(0, rows.to(tensor.device)) for tensor in layer) for layer in cache
     )
 
 

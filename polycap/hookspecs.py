@@ -36,7 +36,7 @@ def register_mappers(register: Register) -> None:
 
 @hookspec
 def register_metrics(register: Register) -> None:
-    """Register caption metrics: ``register(name, Metric)`` (see ``polycap.evaluation``)."""
+    """Register caption metrics: ``register(name, Metric)`` (see ``polycap.eval.runner``)."""
 
 
 @hookspec

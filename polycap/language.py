@@ -102,7 +102,7 @@ class LanguagePack:
     def build_tiny_tokenizer(self, texts: Sequence[str], directory: Path) -> Path:
         """Train a small tokenizer of this pack's class on ``texts`` and save it to
         ``directory`` so that :meth:`load_tokenizer` loads it back (tests, demo)."""
-        from polycap import tiny
+        from polycap.offline import tiny
 
         return tiny.build_tokenizer(
             self.tokenizer_kind, [self.normalize(t) for t in texts], directory

@@ -88,9 +88,7 @@ class TransformerMapper(nn.Module):
         self.num_layers = _positive("num_layers", num_layers)
         self.num_heads = _positive("num_heads", num_heads)
         if lm_dim % num_heads:
-            raise BadInput(
-                f"mapper option num_heads={num_heads} must divide the LM width {lm_dim}"
-            )
+            raise BadInput(f"mapper option num_heads={num_heads} must divide the LM width {lm_dim}")
         if not mlp_ratio > 0 or not 0.0 <= dropout < 1.0:
             raise BadInput(f"mapper options mlp_ratio={mlp_ratio}, dropout={dropout} out of range")
         self.mlp_ratio = float(mlp_ratio)

@@ -173,8 +173,10 @@ class Captioner(nn.Module):
         """
         prepared = self._prepare(features.float().cpu())
         self.feature_mean = prepared.mean(dim=0)
-        self.feature_std = prepared.std(dim=0).clamp_min(1e-6) if len(prepared) > 1 else (
-            torch.ones_like(self.feature_mean)
+        self.feature_std = (
+            prepared.std(dim=0).clamp_min(1e-6)
+            if len(prepared) > 1
+            else (torch.ones_like(self.feature_mean))
         )
         self.config["standardize_features"] = True
 
@@ -458,11 +460,7 @@ def atomic_directory(directory: Path, write: Callable[[Path], None]) -> Path:
     directory = Path(os.path.abspath(directory))
     if directory.exists() and not directory.is_dir():
         raise BadInput(f"{directory}: exists and is not a directory")
-    if (
-        directory.is_dir()
-        and not (directory / CONFIG_FILE).is_file()
-        and any(directory.iterdir())
-    ):
+    if directory.is_dir() and not (directory / CONFIG_FILE).is_file() and any(directory.iterdir()):
         raise BadInput(
             f"{directory}: exists and is not a polycap checkpoint; refusing to overwrite it"
         )

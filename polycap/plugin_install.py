@@ -78,8 +78,10 @@ def resolve(name: str, editable: bool = False) -> Target:
         close = difflib.get_close_matches(name.lower(), CURATED, n=1, cutoff=0.5)
         if close:
             message += f" Did you mean {close[0]!r}?"
-        message += (f" Curated: {', '.join(sorted(CURATED))}; other plugins install by "
-                    "distribution name (polycap-xx) or path.")
+        message += (
+            f" Curated: {', '.join(sorted(CURATED))}; other plugins install by "
+            "distribution name (polycap-xx) or path."
+        )
         raise UnknownName(message)
     if "://" in name or name.startswith(("git+", "hg+", "svn+", "bzr+")):
         return Target(name, [name], "pip")
@@ -93,8 +95,14 @@ def resolve(name: str, editable: bool = False) -> Target:
 
 
 def _looks_like_path(name: str) -> bool:
-    return ("/" in name or "\\" in name or name.startswith(".") or name.endswith(".whl")
-            or name.endswith((".tar.gz", ".zip")) or Path(name).exists())
+    return (
+        "/" in name
+        or "\\" in name
+        or name.startswith(".")
+        or name.endswith(".whl")
+        or name.endswith((".tar.gz", ".zip"))
+        or Path(name).exists()
+    )
 
 
 # -- running pip and probing plugins -----------------------------------------------------------
@@ -109,8 +117,9 @@ def run_pip(args: Sequence[str]) -> None:
     """Run pip with its output on the terminal; a failure is :class:`PipFailed`."""
     completed = subprocess.run(pip_command(args), check=False)
     if completed.returncode != 0:
-        raise PipFailed(f"pip {args[0]} failed (exit code {completed.returncode}); "
-                        "its messages are above")
+        raise PipFailed(
+            f"pip {args[0]} failed (exit code {completed.returncode}); its messages are above"
+        )
 
 
 @dataclass
@@ -126,8 +135,9 @@ class Probe:
 
 def probe(python: str | None = None) -> Probe:
     """Load every plugin in a new ``python`` process (default: this one's interpreter)."""
-    completed = subprocess.run([python or sys.executable, "-c", _PROBE], capture_output=True,
-                               text=True, check=False)
+    completed = subprocess.run(
+        [python or sys.executable, "-c", _PROBE], capture_output=True, text=True, check=False
+    )
     lines = completed.stdout.strip().splitlines()
     if completed.returncode != 0 or not lines:
         stderr = [line for line in completed.stderr.strip().splitlines() if line.strip()]
@@ -164,9 +174,14 @@ def plugin_records(host: Any, with_provides: bool = True) -> list[dict[str, Any]
                 provided.setdefault(registry.source(name), []).append(f"{kind} {name}")
     infos = sorted(host.infos.values(), key=lambda info: (info.distribution is None, info.name))
     return [
-        {"name": info.name, "distribution": info.distribution or "polycap (built in)",
-         "version": info.version or polycap.__version__, "hooks": info.hooks,
-         "provides": provided.get(info.name, []), "error": info.error}
+        {
+            "name": info.name,
+            "distribution": info.distribution or "polycap (built in)",
+            "version": info.version or polycap.__version__,
+            "hooks": info.hooks,
+            "provides": provided.get(info.name, []),
+            "error": info.error,
+        }
         for info in infos
     ]
 
@@ -208,9 +223,16 @@ def install(
         on_targets(targets)
     if any(target.origin == "checkout" for target in targets) and _have_setuptools():
         no_build_isolation = True  # build checkout packs with the setuptools already here
-    options = [flag for flag, wanted in (("--upgrade", upgrade), ("--no-deps", no_deps),
-                                         ("--no-build-isolation", no_build_isolation),
-                                         ("--force-reinstall", force_reinstall)) if wanted]
+    options = [
+        flag
+        for flag, wanted in (
+            ("--upgrade", upgrade),
+            ("--no-deps", no_deps),
+            ("--no-build-isolation", no_build_isolation),
+            ("--force-reinstall", force_reinstall),
+        )
+        if wanted
+    ]
     before = prober().by_name()
     pip(["install", *options, *(arg for target in targets for arg in target.pip_args)])
     after = prober()
@@ -244,16 +266,20 @@ def distribution_for(name: str) -> str:
     from polycap.plugins import ENTRY_POINT_GROUP
 
     candidates = [CURATED.get(name.lower(), name)]
-    candidates += [ep.dist.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-                   if ep.name == name and ep.dist is not None]
+    candidates += [
+        ep.dist.name
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        if ep.name == name and ep.dist is not None
+    ]
     for candidate in candidates:
         found = installed_distribution(candidate)
         if found is not None:
             if _canonical(found) == "polycap":
                 raise BadInput("refusing to uninstall polycap itself; use pip for that")
             return found
-    raise BadInput(f"{name}: no installed plugin or distribution by that name "
-                   "(see 'polycap plugins list')")
+    raise BadInput(
+        f"{name}: no installed plugin or distribution by that name (see 'polycap plugins list')"
+    )
 
 
 def uninstall(names: Sequence[str], pip: Callable[[Sequence[str]], None] = run_pip) -> list[str]:
@@ -288,12 +314,16 @@ class NewPack:
 def pack_names(code: str, name: str | None = None) -> dict[str, str]:
     """Template values: code, name, distribution, module, class name, polycap version."""
     if not _CODE.match(code) or len(code) > 24:
-        raise BadInput(f"{code!r} is not a language code: use lower-case letters and digits, "
-                       "optionally with - or _ (e.g. 'uk', 'pt-br')")
+        raise BadInput(
+            f"{code!r} is not a language code: use lower-case letters and digits, "
+            "optionally with - or _ (e.g. 'uk', 'pt-br')"
+        )
     name = (name or code).strip()
     if not name or len(name) > 40 or any(c in name for c in '"\\\n\r'):
-        raise BadInput(f"{name!r} is not usable as a language name (at most 40 "
-                       "characters; no quotes, backslashes or line breaks)")
+        raise BadInput(
+            f"{name!r} is not usable as a language name (at most 40 "
+            "characters; no quotes, backslashes or line breaks)"
+        )
     words = re.findall(r"[A-Za-z0-9]+", name)
     if not words or not words[0][0].isalpha():
         words = re.findall(r"[a-z0-9]+", code)
@@ -346,13 +376,21 @@ def new_pack(code: str, name: str | None = None, directory: Path | None = None) 
     for relative, text in _template_files():
         target = relative.removesuffix(".tmpl")
         target = target.replace("module/", values["module"] + "/").replace(
-            "test_module.py", f"test_{values['module']}.py")
+            "test_module.py", f"test_{values['module']}.py"
+        )
         path = directory / target
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render(text, values), encoding="utf-8")
         files.append(path)
-    return NewPack(directory, values["code"], values["name"], values["distribution"],
-                   values["module"], files, _provider_of(values["code"]))
+    return NewPack(
+        directory,
+        values["code"],
+        values["name"],
+        values["distribution"],
+        values["module"],
+        files,
+        _provider_of(values["code"]),
+    )
 
 
 def _provider_of(code: str) -> str | None:

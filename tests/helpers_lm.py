@@ -68,9 +68,7 @@ def build_tokenizer(directory: Path) -> Path:
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(captions(), vocab_size=320, min_frequency=1, special_tokens=[END])
-    tokenizer = GPT2TokenizerFast(
-        tokenizer_object=bpe, bos_token=END, eos_token=END, unk_token=END
-    )
+    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe, bos_token=END, eos_token=END, unk_token=END)
     tokenizer.save_pretrained(str(directory))
     return directory
 
@@ -159,8 +157,12 @@ def new_captioner(
         pack=pack,
         tokenizer=pack.load_tokenizer(str(tokenizer_dir)),
         lm=pack.load_decoder(str(lm_dir)),
-        encoder_info={"backend": "open_clip", "name": "tiny", "pretrained": None,
-                      "embed_dim": CLIP_DIM},
+        encoder_info={
+            "backend": "open_clip",
+            "name": "tiny",
+            "pretrained": None,
+            "embed_dim": CLIP_DIM,
+        },
         mapper=mapper,
         prefix_length=prefix_length,
         mapper_options=mapper_options,

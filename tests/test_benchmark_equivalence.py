@@ -86,8 +86,13 @@ def test_beam_ranking_matches_generate_beam(trained) -> None:
     config = GenerationConfig(max_length=MAX, beams=5, num_captions=5)
     for image, captions in enumerate(generate_ids(model, features, config)):
         with torch.no_grad():
-            beams = reference.beam(model.lm, model.prefix(features[image : image + 1]),
-                                   model.end_token_id, beam_size=5, entry_length=MAX)
+            beams = reference.beam(
+                model.lm,
+                model.prefix(features[image : image + 1]),
+                model.end_token_id,
+                beam_size=5,
+                entry_length=MAX,
+            )
         ranked: list[list[int]] = []
         for ids in beams:  # polycap returns distinct captions, best first
             ids = reference.strip_stop(ids, model.end_token_id)
@@ -127,14 +132,16 @@ def test_training_loss_and_gradients_match_for_the_same_batch() -> None:
 
     model = new_captioner(prefix_length=4, seed=2).train()
     lengths = workload.caption_lengths(24, median=5, seed=1)
-    ids = workload.caption_ids(lengths, model.end_token_id, seed=1,
-                               vocab_size=model.lm.config.vocab_size)
+    ids = workload.caption_ids(
+        lengths, model.end_token_id, seed=1, vocab_size=model.lm.config.vocab_size
+    )
     rows = [i // 5 for i in range(24)]
     features = workload.random_features(5, 16, seed=5)
     tokens = TokenizedSet(rows, ids)
     dataset = reference.PaddedCaptions(ids, rows, features, model.prefix_length)
-    batch = max(bucketed_batches(tokens.lengths, 6, seed=0),
-                key=lambda b: -max(lengths[i] for i in b))  # shortest batch: most padding
+    batch = max(
+        bucketed_batches(tokens.lengths, 6, seed=0), key=lambda b: -max(lengths[i] for i in b)
+    )  # shortest batch: most padding
     feats, input_ids, mask = collate(batch, tokens, features, model.pad_token_id)
     assert input_ids.shape[1] < dataset.max_seq_len
 
@@ -146,8 +153,11 @@ def test_training_loss_and_gradients_match_for_the_same_batch() -> None:
 
     ours_loss, ours_grads = loss_and_grads(lambda: model(feats, input_ids, mask).loss)
     items = [dataset[i] for i in batch]
-    theirs_loss, theirs_grads = loss_and_grads(lambda: reference.caption_loss(
-        model, *(torch.stack([item[k] for item in items]) for k in range(3))))
+    theirs_loss, theirs_grads = loss_and_grads(
+        lambda: reference.caption_loss(
+            model, *(torch.stack([item[k] for item in items]) for k in range(3))
+        )
+    )
     assert ours_loss == pytest.approx(theirs_loss, rel=1e-5)
     for mine, theirs in zip(ours_grads, theirs_grads, strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)

@@ -26,13 +26,13 @@ def english():
 def setup(english, tiny_clip, tmp_path_factory: pytest.TempPathFactory):
     """A synthetic split with held-out pairs, a bank of its training captions, and an
     untrained tiny captioner on the same encoder (saved as a checkpoint)."""
-    from polycap import tiny
-    from polycap.bank import Bank, build_bank
-    from polycap.compare import DEFAULT_HELDOUT_PAIRS
+    from polycap.compositional import DEFAULT_HELDOUT_PAIRS
     from polycap.data import load_captions
     from polycap.encoding import load_encoder
     from polycap.model import Captioner
-    from polycap.synthetic import make_synthetic_set
+    from polycap.offline import tiny
+    from polycap.offline.synthetic import make_synthetic_set
+    from polycap.retrieval.bank import Bank, build_bank
 
     root = tmp_path_factory.mktemp("compare")
     split = make_synthetic_set(
@@ -59,7 +59,7 @@ def setup(english, tiny_clip, tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_compare_side_by_side(setup, english, tmp_path: Path) -> None:
-    from polycap.compare import compare
+    from polycap.eval.compare import compare
     from polycap.generation import GenerationConfig
 
     result = compare(
@@ -105,7 +105,7 @@ def test_compare_side_by_side(setup, english, tmp_path: Path) -> None:
 
 
 def test_novelty_and_diversity_helpers() -> None:
-    from polycap.metrics.diversity import distinct_n, hash_array, novelty
+    from polycap.eval.metrics.diversity import distinct_n, hash_array, novelty
 
     hashes = hash_array(["a red circle", "two blue squares", "a red circle"])
     assert len(hashes) == 2
@@ -117,7 +117,7 @@ def test_novelty_and_diversity_helpers() -> None:
 
 
 def test_unseen_pair_accuracy_groups_images(english) -> None:
-    from polycap.compare import unseen_pair_accuracy
+    from polycap.compositional import unseen_pair_accuracy
 
     truths = {
         "a.png": ("red", "triangle", 1),
@@ -133,8 +133,8 @@ def test_unseen_pair_accuracy_groups_images(english) -> None:
 
 
 def test_compare_refuses_mismatches(setup, english) -> None:
-    from polycap.compare import compare
     from polycap.encoding import load_encoder
+    from polycap.eval.compare import compare
 
     other = load_encoder(setup["bank"].encoder["name"], pretrained=None)
     other.cache_key = "open_clip:something-else"
@@ -283,10 +283,10 @@ def test_compositional_split_generation_composes_retrieval_cannot(tmp_path: Path
     accuracy 0); generation names some unseen pairs correctly (3 of 30 when this was written)."""
     import torch
 
-    from polycap.compare import DEFAULT_HELDOUT_PAIRS, compare_on_split
+    from polycap.compositional import DEFAULT_HELDOUT_PAIRS, compare_on_split
     from polycap.demo import build_tiny_models
     from polycap.model import Captioner
-    from polycap.synthetic import make_synthetic_set
+    from polycap.offline.synthetic import make_synthetic_set
     from polycap.training import TrainConfig, train
 
     pack = shape_first_english(english)

@@ -12,7 +12,7 @@ import pytest
 from cli_runner import run_cli
 
 from polycap.errors import BadInput
-from polycap.evaluation import (
+from polycap.eval.runner import (
     ClipOptions,
     EvalContext,
     evaluate,
@@ -165,7 +165,7 @@ def test_rouge_l_by_hand() -> None:
 
 def test_wer_matches_jiwer() -> None:
     jiwer = pytest.importorskip("jiwer")
-    from polycap.metrics.wer import corpus_wer
+    from polycap.eval.metrics.wer import corpus_wer
 
     refs = ["the cat sat on the mat", "a red circle", "two blue squares on a dark background"]
     hyps = ["the cat sit on mat", "a red red circle", "blue squares on the background"]
@@ -259,7 +259,7 @@ def test_meteor_runs_for_english_with_java() -> None:
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory):
     """A few synthetic images with English captions (train file: 8 images, 2 captions each)."""
-    from polycap.synthetic import make_synthetic_set
+    from polycap.offline.synthetic import make_synthetic_set
 
     return make_synthetic_set(english(), tmp_path_factory.mktemp("shapes"), 10, seed=1)
 
@@ -454,7 +454,7 @@ def test_cli_eval_bad_input(tmp_path: Path, shapes, capsys) -> None:
 
 def test_clipscore_does_not_start_a_download_by_default(shapes) -> None:
     from polycap.data import load_captions
-    from polycap.metrics.clipscore import weights_cached
+    from polycap.eval.metrics.clipscore import weights_cached
 
     options = ClipOptions()  # xlm-roberta-base-ViT-B-32 / laion5b_s13b_b90k
     if weights_cached(options.spec, options.pretrained):

@@ -64,8 +64,9 @@ def test_greedy_learns_the_captions_and_stops_per_sequence(trained) -> None:
 )
 @pytest.mark.parametrize("which", ["trained", "random"])
 def test_kv_cache_gives_the_same_tokens_as_no_cache(config, which, trained, random_model) -> None:
-    model, features = (trained[0], trained[1]) if which == "trained" else (
-        random_model, features_for(5))
+    model, features = (
+        (trained[0], trained[1]) if which == "trained" else (random_model, features_for(5))
+    )
     no_cache = GenerationConfig(**{**config.to_json(), "use_cache": False})
     assert generate_ids(model, features, config) == generate_ids(model, features, no_cache)
 
@@ -131,8 +132,7 @@ def test_sampling_is_reproducible_and_distinct(random_model) -> None:
 
 def test_sampling_a_confident_model_returns_fewer_rather_than_duplicates(trained) -> None:
     model, features, _ = trained
-    config = GenerationConfig(max_length=MAX, sample=True, seed=0, num_captions=3,
-                              temperature=0.05)
+    config = GenerationConfig(max_length=MAX, sample=True, seed=0, num_captions=3, temperature=0.05)
     for captions in generate_ids(model, features[:2], config):
         assert 1 <= len(captions) <= 3
         assert len({tuple(c) for c in captions}) == len(captions)

@@ -16,8 +16,11 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 def hook_specs() -> dict[str, object]:
     """Every function in polycap.hookspecs marked with @hookspec."""
-    return {name: function for name, function in vars(hookspecs).items()
-            if inspect.isfunction(function) and hasattr(function, "polycap_spec")}
+    return {
+        name: function
+        for name, function in vars(hookspecs).items()
+        if inspect.isfunction(function) and hasattr(function, "polycap_spec")
+    }
 
 
 def signature_text(function) -> str:
@@ -25,7 +28,8 @@ def signature_text(function) -> str:
     signature = inspect.signature(function)
     parameters = ", ".join(
         f"{p.name}: {p.annotation}" if p.annotation is not inspect.Parameter.empty else p.name
-        for p in signature.parameters.values())
+        for p in signature.parameters.values()
+    )
     return f"def {function.__name__}({parameters}) -> {signature.return_annotation}"
 
 
@@ -48,11 +52,13 @@ def test_hook_is_documented(name: str, hooks_doc: str) -> None:
     assert f"\n## {name}\n" in hooks_doc, f"docs/hooks.md has no section '## {name}'"
     section = hooks_doc.split(f"\n## {name}\n", 1)[1].split("\n## ", 1)[0]
     assert signature_text(function) in section, (
-        f"docs/hooks.md: the signature of {name} should read: {signature_text(function)}")
+        f"docs/hooks.md: the signature of {name} should read: {signature_text(function)}"
+    )
     docstring = inspect.getdoc(function) or ""
     assert docstring, f"hook {name} has no docstring"
     assert squash(docstring) in squash(section), (
-        f"docs/hooks.md: the section on {name} should quote its docstring: {docstring!r}")
+        f"docs/hooks.md: the section on {name} should quote its docstring: {docstring!r}"
+    )
 
 
 def test_no_documented_hook_is_missing_from_hookspecs(hooks_doc: str) -> None:
@@ -66,8 +72,8 @@ def test_languages_doc_lists_every_installed_pack() -> None:
     table = (DOCS / "languages.md").read_text(encoding="utf-8")
     languages = PluginHost().registries.languages
     for code, pack in languages.items():
-        row = next((line for line in table.splitlines() if line.startswith(f"| `{code}` |")),
-                   None)
+        row = next((line for line in table.splitlines() if line.startswith(f"| `{code}` |")), None)
         assert row is not None, f"docs/languages.md has no row for {code!r}"
         assert f"`{pack.default_lm}`" in row, (
-            f"docs/languages.md: the row for {code} should name its decoder {pack.default_lm}")
+            f"docs/languages.md: the row for {code} should name its decoder {pack.default_lm}"
+        )

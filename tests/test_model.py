@@ -146,7 +146,10 @@ def test_checkpoint_is_self_describing(tmp_path: Path) -> None:
     record = json.loads((directory / "polycap.json").read_text())
     assert record["polycap_version"] == polycap.__version__
     assert record["encoder"] == {
-        "backend": "open_clip", "name": "tiny", "pretrained": None, "embed_dim": 16
+        "backend": "open_clip",
+        "name": "tiny",
+        "pretrained": None,
+        "embed_dim": 16,
     }
     assert record["mapper"]["kind"] == "transformer"
     assert record["mapper"]["options"]["num_layers"] == 1

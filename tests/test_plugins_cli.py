@@ -23,27 +23,43 @@ from polycap import plugin_install
 from polycap.errors import BadInput, UnknownName
 from polycap.plugin_install import Probe
 
-ENV = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1",
-       "PYTHONWARNINGS": "ignore"}
+ENV = {
+    **os.environ,
+    "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+    "PIP_NO_INPUT": "1",
+    "PYTHONWARNINGS": "ignore",
+}
 
 
-def polycap_cli(*args: str, python: str | Path = sys.executable,
-                cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def polycap_cli(
+    *args: str, python: str | Path = sys.executable, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """``python -m polycap ARGS`` in a new process, as a user would run it."""
-    return subprocess.run([str(python), "-m", "polycap", *args], capture_output=True, text=True,
-                          env=ENV, cwd=cwd, check=False, timeout=600)
+    return subprocess.run(
+        [str(python), "-m", "polycap", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=cwd,
+        check=False,
+        timeout=600,
+    )
 
 
 def fresh_venv(directory: Path) -> Path:
     """A new venv that sees this one's packages behind its own; returns its python."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(directory)], check=True)
     python = directory / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-    site = subprocess.run([str(python), "-c",
-                           "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     parent = sysconfig.get_paths()["purelib"]
     Path(site, "_polycap_parent_env.pth").write_text(
-        f"import site; site.addsitedir({parent!r})\n", encoding="utf-8")
+        f"import site; site.addsitedir({parent!r})\n", encoding="utf-8"
+    )
     return python
 
 
@@ -109,18 +125,31 @@ def test_cli_unknown_name_exits_2_with_one_line() -> None:
 
 
 def _record(name: str, error: str | None = None, version: str = "0.1.0") -> dict:
-    return {"name": name, "distribution": f"polycap-{name}", "version": version,
-            "hooks": ["register_languages"], "provides": [] if error else [f"language pack {name}"],
-            "error": error}
+    return {
+        "name": name,
+        "distribution": f"polycap-{name}",
+        "version": version,
+        "hooks": ["register_languages"],
+        "provides": [] if error else [f"language pack {name}"],
+        "error": error,
+    }
 
 
 def test_install_reports_what_a_fresh_process_sees(tmp_path) -> None:
-    probes = iter([Probe([_record("ru")]), Probe([_record("ru"), _record("uk"),
-                                                  _record("bad", "ImportError: no libfoo")])])
+    probes = iter(
+        [
+            Probe([_record("ru")]),
+            Probe([_record("ru"), _record("uk"), _record("bad", "ImportError: no libfoo")]),
+        ]
+    )
     calls: list[list[str]] = []
-    report = plugin_install.install([str(tmp_path)], no_deps=True, no_build_isolation=True,
-                                    pip=lambda args: calls.append(list(args)),
-                                    prober=lambda: next(probes))
+    report = plugin_install.install(
+        [str(tmp_path)],
+        no_deps=True,
+        no_build_isolation=True,
+        pip=lambda args: calls.append(list(args)),
+        prober=lambda: next(probes),
+    )
     assert calls == [["install", "--no-deps", "--no-build-isolation", str(tmp_path)]]
     assert [r["name"] for r in report.changed] == ["uk", "bad"]
     assert [r["name"] for r in report.broken] == ["bad"]
@@ -165,8 +194,12 @@ def test_new_pack_writes_a_clean_pack(tmp_path) -> None:
     made = plugin_install.new_pack("pt-br", "Brazilian Portuguese", tmp_path / "pack")
     assert (made.distribution, made.module) == ("polycap-pt-br", "polycap_pt_br")
     names = sorted(str(p.relative_to(made.directory)) for p in made.files)
-    assert names == ["README.md", "polycap_pt_br/__init__.py", "pyproject.toml",
-                     "tests/test_polycap_pt_br.py"]
+    assert names == [
+        "README.md",
+        "polycap_pt_br/__init__.py",
+        "pyproject.toml",
+        "tests/test_polycap_pt_br.py",
+    ]
     module = (made.directory / "polycap_pt_br" / "__init__.py").read_text(encoding="utf-8")
     assert "class BrazilianPortuguesePack(LanguagePack)" in module
     assert 'register("pt-br", PACK)' in module
@@ -177,9 +210,22 @@ def test_new_pack_writes_a_clean_pack(tmp_path) -> None:
             compile(path.read_text(encoding="utf-8"), str(path), "exec")
     ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
     if Path(ruff).exists():
-        checked = subprocess.run([ruff, "check", "--no-cache", "--isolated", "--line-length",
-                                  "100", "--select", "E,F,W,I,B,UP,SIM", str(made.directory)],
-                                 capture_output=True, text=True, check=False)
+        checked = subprocess.run(
+            [
+                ruff,
+                "check",
+                "--no-cache",
+                "--isolated",
+                "--line-length",
+                "100",
+                "--select",
+                "E,F,W,I,B,UP,SIM",
+                str(made.directory),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert checked.returncode == 0, checked.stdout
 
 
@@ -202,12 +248,20 @@ def test_new_pack_refuses_bad_codes_and_used_directories(tmp_path) -> None:
 @pytest.mark.slow
 def test_new_pack_installs_lists_and_passes_its_tests(tmp_path) -> None:
     started = time.perf_counter()
-    made = polycap_cli("plugins", "new", "xx", "--name", "Testish", "--dir",
-                       str(tmp_path / "polycap-xx"))
+    made = polycap_cli(
+        "plugins", "new", "xx", "--name", "Testish", "--dir", str(tmp_path / "polycap-xx")
+    )
     assert made.returncode == 0, made.stderr
     python = fresh_venv(tmp_path / "venv")
-    installed = polycap_cli("plugins", "install", "-e", "--no-deps", "--no-build-isolation",
-                            str(tmp_path / "polycap-xx"), python=python)
+    installed = polycap_cli(
+        "plugins",
+        "install",
+        "-e",
+        "--no-deps",
+        "--no-build-isolation",
+        str(tmp_path / "polycap-xx"),
+        python=python,
+    )
     assert installed.returncode == 0, installed.stdout + installed.stderr
     assert "Added plugin 'xx' (polycap-xx 0.1.0): language pack xx" in installed.stdout
 
@@ -216,9 +270,15 @@ def test_new_pack_installs_lists_and_passes_its_tests(tmp_path) -> None:
     assert records["xx"]["distribution"] == "polycap-xx"
     assert records["xx"]["provides"] == ["language pack xx"] and records["xx"]["error"] is None
 
-    tests = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                            "tests"], cwd=tmp_path / "polycap-xx", capture_output=True,
-                           text=True, env=ENV, check=False, timeout=600)
+    tests = subprocess.run(
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=tmp_path / "polycap-xx",
+        capture_output=True,
+        text=True,
+        env=ENV,
+        check=False,
+        timeout=600,
+    )
     assert tests.returncode == 0, tests.stdout[-3000:]
     assert "8 passed" in tests.stdout
     print(f"plugins new -> passing pack: {time.perf_counter() - started:.1f} s")
@@ -251,11 +311,13 @@ def test_installing_a_plugin_that_fails_to_import(tmp_path) -> None:
     (package / "polycap_broken").mkdir(parents=True)
     (package / "pyproject.toml").write_text(BROKEN_PYPROJECT)
     (package / "polycap_broken" / "__init__.py").write_text(
-        'raise ImportError("polycap_broken needs libfoo, which is missing")\n')
+        'raise ImportError("polycap_broken needs libfoo, which is missing")\n'
+    )
     python = fresh_venv(tmp_path / "venv")
 
-    installed = polycap_cli("plugins", "install", "-e", "--no-deps", "--no-build-isolation",
-                            str(package), python=python)
+    installed = polycap_cli(
+        "plugins", "install", "-e", "--no-deps", "--no-build-isolation", str(package), python=python
+    )
     assert installed.returncode == 1
     message = " ".join(installed.stderr.split())
     assert "plugin 'broken' (polycap-broken 0.0.1) fails to load" in message

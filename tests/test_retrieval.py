@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from cli_runner import run_cli
 
-from polycap.bank import Bank, build_bank
 from polycap.data import CaptionSet, load_captions
 from polycap.errors import BadInput
 from polycap.plugins import get_registries
-from polycap.retrieval import consensus_order, retrieve, retrieve_images, top_k
+from polycap.retrieval.bank import Bank, build_bank
+from polycap.retrieval.search import consensus_order, retrieve, retrieve_images, top_k
 
 
 def flat(text: str) -> str:
@@ -28,7 +28,7 @@ def english():
 
 @pytest.fixture(scope="module")
 def shapes(english, tmp_path_factory: pytest.TempPathFactory):
-    from polycap.synthetic import make_synthetic_set
+    from polycap.offline.synthetic import make_synthetic_set
 
     return make_synthetic_set(english, tmp_path_factory.mktemp("shapes"), 24, seed=2)
 

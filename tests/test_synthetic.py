@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from polycap.builtin.english import ENGLISH
-from polycap.synthetic import COLOURS, PAIRS, draw_image, make_synthetic_set, score_captions
+from polycap.offline.synthetic import COLOURS, PAIRS, draw_image, make_synthetic_set, score_captions
 
 HELDOUT = (("red", "triangle"), ("blue", "square"))
 

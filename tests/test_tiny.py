@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from polycap import tiny
 from polycap.builtin.english import ENGLISH
+from polycap.offline import tiny
 
 TEXTS = {
     "bpe": ["there are two red circles", "a single blue square", "three yellow triangles"] * 10,

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from polycap.builtin.english import ENGLISH
 from polycap.demo import build_tiny_models
 from polycap.errors import BadInput, UnknownName
-from polycap.synthetic import make_synthetic_set
+from polycap.offline.synthetic import make_synthetic_set
 from polycap.training import TRAINER_STATE, TrainConfig, latest_checkpoint, train
 
 

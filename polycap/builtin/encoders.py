@@ -50,7 +50,7 @@ def load_open_clip(model: str, pretrained: str | None, device: str = "cpu") -> O
 def _register_polycap_configs(model: str) -> None:
     """polycap's own tiny config (demo, tests) is known in every process, not only the one
     that built it, so demo checkpoints load in a new shell."""
-    from polycap import tiny
+    from polycap.offline import tiny
 
     if model == tiny.TINY_CLIP_NAME:
         tiny.register_tiny_clip_config()

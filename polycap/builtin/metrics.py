@@ -7,10 +7,10 @@ from polycap.hookspecs import Register, hookimpl
 
 @hookimpl
 def register_metrics(register: Register) -> None:
-    """Each metric object under its name (see ``polycap.evaluation.Metric``)."""
-    from polycap.metrics.clipscore import ClipScore
-    from polycap.metrics.reference import Bleu, Chrf, CiderD, Meteor, RougeL, Spice
-    from polycap.metrics.wer import Wer
+    """Each metric object under its name (see ``polycap.eval.runner.Metric``)."""
+    from polycap.eval.metrics.clipscore import ClipScore
+    from polycap.eval.metrics.reference import Bleu, Chrf, CiderD, Meteor, RougeL, Spice
+    from polycap.eval.metrics.wer import Wer
 
     for metric in (Bleu(), Meteor(), RougeL(), CiderD(), Spice(), Chrf(), Wer(), ClipScore()):
         register(metric.name, metric)

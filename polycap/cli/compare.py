@@ -13,7 +13,7 @@ from polycap.cli.output import (
     print_not_applicable,
     print_table,
 )
-from polycap.evaluation import DEFAULT_CLIP_ENCODER, DEFAULT_CLIP_PRETRAINED
+from polycap.eval.runner import DEFAULT_CLIP_ENCODER, DEFAULT_CLIP_PRETRAINED
 
 
 def compare_command(
@@ -49,13 +49,13 @@ def compare_command(
     json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Retrieval vs generation: [bold]polycap compare test.json -m runs/ja -b bank/[/]."""
-    from polycap.bank import Bank
     from polycap.captioning import load_captioner
-    from polycap.compare import compare
     from polycap.data import load_captions
-    from polycap.evaluation import ClipOptions
+    from polycap.eval.compare import compare
+    from polycap.eval.runner import ClipOptions
     from polycap.generation import GenerationConfig
     from polycap.plugins import get_registries
+    from polycap.retrieval.bank import Bank
     from polycap.training import resolve_device
 
     names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None

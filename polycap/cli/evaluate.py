@@ -14,7 +14,7 @@ from polycap.cli.output import (
     print_not_applicable,
     print_table,
 )
-from polycap.evaluation import DEFAULT_CLIP_ENCODER, DEFAULT_CLIP_PRETRAINED, PREDICTIONS_HELP
+from polycap.eval.runner import DEFAULT_CLIP_ENCODER, DEFAULT_CLIP_PRETRAINED, PREDICTIONS_HELP
 
 
 def eval_command(
@@ -65,7 +65,7 @@ def eval_command(
     """
     from polycap.data import load_captions
     from polycap.errors import BadInput
-    from polycap.evaluation import ClipOptions, context_for, evaluate, load_predictions
+    from polycap.eval.runner import ClipOptions, context_for, evaluate, load_predictions
     from polycap.plugins import get_registries
 
     if (predictions is None) == (model is None):
@@ -96,7 +96,7 @@ def eval_command(
             notes,
         )
     else:
-        from polycap.evaluation import match_predictions
+        from polycap.eval.runner import match_predictions
 
         pack = registries.languages.get(lang or "")
         matched = match_predictions(refs, load_predictions(predictions), predictions, partial)
@@ -147,7 +147,7 @@ def _predict(
     notes: list[str],
 ) -> tuple[Any, Any, dict[str, Any]]:
     from polycap.captioning import caption_images, load_captioner
-    from polycap.evaluation import Matched
+    from polycap.eval.runner import Matched
     from polycap.generation import GenerationConfig
 
     captioner = load_captioner(model, device=device, expected_language=lang)

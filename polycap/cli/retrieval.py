@@ -38,10 +38,10 @@ def index_command(
     json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Build a caption bank: [bold]polycap index train.json --lang ja --out bank/[/]."""
-    from polycap.bank import build_bank
     from polycap.data import load_captions
     from polycap.encoding import load_encoder
     from polycap.plugins import get_registries
+    from polycap.retrieval.bank import build_bank
     from polycap.training import resolve_device
 
     pack = get_registries().languages.get(lang)
@@ -125,9 +125,9 @@ def retrieve_command(
     json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Caption images by retrieval: [bold]polycap retrieve photo.jpg --bank bank/ --k 3[/]."""
-    from polycap.bank import Bank
     from polycap.images import expand_image_paths
-    from polycap.retrieval import retrieve_images
+    from polycap.retrieval.bank import Bank
+    from polycap.retrieval.search import retrieve_images
     from polycap.training import resolve_device
 
     opened = Bank.open(bank)

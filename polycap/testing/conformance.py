@@ -9,8 +9,8 @@ Two ways to use it:
   that names the pack, the text and what was expected.
 
 The loader checks build a tokenizer of the pack's own class with ``pack.build_tiny_tokenizer``
-and a tiny GPT-2 with :func:`polycap.tiny.build_gpt2`, save both to a temporary directory and
-load them back through ``pack.load_tokenizer`` / ``pack.load_decoder``: the same code that
+and a tiny GPT-2 with :func:`polycap.offline.tiny.build_gpt2`, save both to a temporary directory
+and load them back through ``pack.load_tokenizer`` / ``pack.load_decoder``: the same code that
 loads the real decoder from the hub, with no network.
 """
 
@@ -56,12 +56,19 @@ def _fresh_host() -> Any:
 def _entry_point(code: str, distribution: str) -> importlib.metadata.EntryPoint:
     from polycap.plugins import ENTRY_POINT_GROUP
 
-    found = [ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-             if ep.name == code]
-    _require(bool(found), f"no entry point {code!r} in group {ENTRY_POINT_GROUP!r}: is "
-                          f"{distribution} installed (pip install -e .)?")
-    mine = [ep for ep in found
-            if ep.dist is not None and _canonical(ep.dist.name) == _canonical(distribution)]
+    found = [
+        ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == code
+    ]
+    _require(
+        bool(found),
+        f"no entry point {code!r} in group {ENTRY_POINT_GROUP!r}: is "
+        f"{distribution} installed (pip install -e .)?",
+    )
+    mine = [
+        ep
+        for ep in found
+        if ep.dist is not None and _canonical(ep.dist.name) == _canonical(distribution)
+    ]
     names = ", ".join(sorted({ep.dist.name for ep in found if ep.dist is not None}))
     _require(bool(mine), f"entry point {code!r} belongs to {names}, not to {distribution}")
     return mine[0]
@@ -98,13 +105,20 @@ def check_plugin_metadata(code: str, distribution: str | None = None) -> Languag
     languages = host.registries.languages
     info = host.infos[code]
     _require(info.error is None, f"plugin {code!r} failed: {info.error}")
-    _require("register_languages" in info.hooks,
-             f"plugin {code!r} does not implement register_languages (hooks: {info.hooks})")
-    _require(code in languages, f"plugin {code!r} registers no language pack {code!r} "
-                                f"(it registers: {', '.join(languages.names()) or 'nothing'})")
+    _require(
+        "register_languages" in info.hooks,
+        f"plugin {code!r} does not implement register_languages (hooks: {info.hooks})",
+    )
+    _require(
+        code in languages,
+        f"plugin {code!r} registers no language pack {code!r} "
+        f"(it registers: {', '.join(languages.names()) or 'nothing'})",
+    )
     pack = languages.get(code)
-    _require(isinstance(pack, LanguagePack), f"{code!r} is a {type(pack).__name__}, "
-                                             "not a polycap.language.LanguagePack")
+    _require(
+        isinstance(pack, LanguagePack),
+        f"{code!r} is a {type(pack).__name__}, not a polycap.language.LanguagePack",
+    )
     _require(pack.code == code, f"pack registered as {code!r} says its code is {pack.code!r}")
     return pack
 
@@ -116,16 +130,19 @@ def load_pack(code: str, distribution: str | None = None) -> LanguagePack:
 
 def check_pack_fields(pack: LanguagePack) -> None:
     """Code, name, decoder id, segmenter and tokenizer kind are filled in and valid."""
-    from polycap.tiny import TOKENIZER_KINDS
+    from polycap.offline.tiny import TOKENIZER_KINDS
 
     _require(bool(_CODE.match(pack.code)), f"pack code {pack.code!r} is not a lower-case code")
     _require(bool(pack.name.strip()), f"pack {pack.code!r} has no name")
     _require(bool(pack.default_lm.strip()), f"pack {pack.code!r} has no default decoder")
-    _require(bool(pack.segmenter.strip()),
-             f"pack {pack.code!r} does not name its evaluation segmenter")
-    _require(pack.tokenizer_kind in TOKENIZER_KINDS,
-             f"pack {pack.code!r}: tokenizer_kind {pack.tokenizer_kind!r} is not one of "
-             f"{', '.join(TOKENIZER_KINDS)}")
+    _require(
+        bool(pack.segmenter.strip()), f"pack {pack.code!r} does not name its evaluation segmenter"
+    )
+    _require(
+        pack.tokenizer_kind in TOKENIZER_KINDS,
+        f"pack {pack.code!r}: tokenizer_kind {pack.tokenizer_kind!r} is not one of "
+        f"{', '.join(TOKENIZER_KINDS)}",
+    )
 
 
 # -- tiny models -----------------------------------------------------------------------------
@@ -146,7 +163,7 @@ def training_texts(pack: LanguagePack, samples: Sequence[str], seed: int = 0) ->
 def build_tiny_decoder(pack: LanguagePack, texts: Sequence[str], directory: Path) -> Path:
     """A tokenizer of the pack's class trained on ``texts`` plus a tiny GPT-2 sized to it,
     saved together in ``directory`` like a hub repository. Returns ``directory``."""
-    from polycap import tiny
+    from polycap.offline import tiny
 
     tokenizer_dir = Path(pack.build_tiny_tokenizer(list(texts), Path(directory)))
     tokenizer = pack.load_tokenizer(str(tokenizer_dir))
@@ -161,71 +178,102 @@ def check_round_trip(pack: LanguagePack, tokenizer: Any, texts: Sequence[str]) -
     _require(len(texts) > 0, f"pack {pack.code!r}: no sample texts to round-trip")
     for text in texts:
         expected = pack.normalize(text)
-        _require(pack.normalize(expected) == expected,
-                 f"pack {pack.code!r}: normalize is not idempotent on {text!r}")
+        _require(
+            pack.normalize(expected) == expected,
+            f"pack {pack.code!r}: normalize is not idempotent on {text!r}",
+        )
         ids = pack.encode_caption(tokenizer, text)
-        _require(all(isinstance(i, int) for i in ids),
-                 f"pack {pack.code!r}: encode_caption({text!r}) gave non-int ids {ids!r}")
+        _require(
+            all(isinstance(i, int) for i in ids),
+            f"pack {pack.code!r}: encode_caption({text!r}) gave non-int ids {ids!r}",
+        )
         decoded = pack.decode_caption(tokenizer, ids)
-        _require(decoded == expected, f"pack {pack.code!r}: round trip of {text!r} gave "
-                                      f"{decoded!r}, expected {expected!r}")
+        _require(
+            decoded == expected,
+            f"pack {pack.code!r}: round trip of {text!r} gave {decoded!r}, expected {expected!r}",
+        )
 
 
 def check_end_of_caption(pack: LanguagePack, tokenizer: Any, text: str, other: str) -> None:
     """Encoding ends with the end token (once); decoding stops there and shows no specials."""
     end = pack.end_token_id(tokenizer)
-    _require(isinstance(end, int) and 0 <= end < len(tokenizer),
-             f"pack {pack.code!r}: end token id {end!r} is not in the vocabulary")
-    _require(isinstance(pack.pad_token_id(tokenizer), int),
-             f"pack {pack.code!r}: pad_token_id is not an int")
+    _require(
+        isinstance(end, int) and 0 <= end < len(tokenizer),
+        f"pack {pack.code!r}: end token id {end!r} is not in the vocabulary",
+    )
+    _require(
+        isinstance(pack.pad_token_id(tokenizer), int),
+        f"pack {pack.code!r}: pad_token_id is not an int",
+    )
     ids = pack.encode_caption(tokenizer, text)
-    _require(ids[-1] == end, f"pack {pack.code!r}: encode_caption({text!r}) ends with "
-                             f"{ids[-1]}, not the end token {end}")
-    _require(end not in ids[:-1],
-             f"pack {pack.code!r}: end token {end} inside the caption {text!r}: {ids}")
+    _require(
+        ids[-1] == end,
+        f"pack {pack.code!r}: encode_caption({text!r}) ends with "
+        f"{ids[-1]}, not the end token {end}",
+    )
+    _require(
+        end not in ids[:-1],
+        f"pack {pack.code!r}: end token {end} inside the caption {text!r}: {ids}",
+    )
     expected = pack.normalize(text)
     tail = pack.encode_caption(tokenizer, other)
     after_end = pack.decode_caption(tokenizer, [*ids, *tail])
-    _require(after_end == expected, f"pack {pack.code!r}: decoding did not stop at the end "
-                                    f"token: got {after_end!r}, expected {expected!r}")
+    _require(
+        after_end == expected,
+        f"pack {pack.code!r}: decoding did not stop at the end "
+        f"token: got {after_end!r}, expected {expected!r}",
+    )
     unfinished = pack.decode_caption(tokenizer, ids[:-1])
-    _require(unfinished == expected, f"pack {pack.code!r}: a caption without end token "
-                                     f"decodes to {unfinished!r}, expected {expected!r}")
+    _require(
+        unfinished == expected,
+        f"pack {pack.code!r}: a caption without end token "
+        f"decodes to {unfinished!r}, expected {expected!r}",
+    )
     specials = [token for token in getattr(tokenizer, "all_special_tokens", []) if token]
     junk = [*ids[:-1], *(i for i in getattr(tokenizer, "all_special_ids", []) if i != end)]
     decoded = pack.decode_caption(tokenizer, junk)
     leaked = [token for token in specials if token in decoded]
-    _require(not leaked, f"pack {pack.code!r}: special tokens {leaked} leak into the decoded "
-                         f"caption {decoded!r}")
+    _require(
+        not leaked,
+        f"pack {pack.code!r}: special tokens {leaked} leak into the decoded caption {decoded!r}",
+    )
 
 
-def check_loader(pack: LanguagePack, directory: Path, text: str,
-                 tokenizer_class: str | None = None) -> None:
+def check_loader(
+    pack: LanguagePack, directory: Path, text: str, tokenizer_class: str | None = None
+) -> None:
     """Tokenizer and decoder load from a local directory; one forward pass works; a missing
     directory is a clear one-line error, not a traceback."""
     import torch
 
     tokenizer = pack.load_tokenizer(str(directory))
     if tokenizer_class is not None:
-        _require(type(tokenizer).__name__ == tokenizer_class,
-                 f"pack {pack.code!r} loaded a {type(tokenizer).__name__}, "
-                 f"expected {tokenizer_class}")
+        _require(
+            type(tokenizer).__name__ == tokenizer_class,
+            f"pack {pack.code!r} loaded a {type(tokenizer).__name__}, expected {tokenizer_class}",
+        )
     decoder = pack.load_decoder(str(directory))
-    _require(decoder.config.vocab_size >= len(tokenizer),
-             f"pack {pack.code!r}: decoder vocabulary ({decoder.config.vocab_size}) is smaller "
-             f"than the tokenizer's ({len(tokenizer)})")
+    _require(
+        decoder.config.vocab_size >= len(tokenizer),
+        f"pack {pack.code!r}: decoder vocabulary ({decoder.config.vocab_size}) is smaller "
+        f"than the tokenizer's ({len(tokenizer)})",
+    )
     ids = pack.encode_caption(tokenizer, text)
     with torch.no_grad():
         logits = decoder(input_ids=torch.tensor([ids])).logits
-    _require(tuple(logits.shape[:2]) == (1, len(ids)),
-             f"pack {pack.code!r}: unexpected logits shape {tuple(logits.shape)}")
+    _require(
+        tuple(logits.shape[:2]) == (1, len(ids)),
+        f"pack {pack.code!r}: unexpected logits shape {tuple(logits.shape)}",
+    )
     missing = str(Path(directory) / "no-such-model")
     for loader in (pack.load_tokenizer, pack.load_decoder):
         try:
             loader(missing)
         except PolycapError as error:
-            _require("\n" not in str(error) and "no-such-model" in str(error),
-                     f"pack {pack.code!r}: unclear error for a missing model: {error}")
+            _require(
+                "\n" not in str(error) and "no-such-model" in str(error),
+                f"pack {pack.code!r}: unclear error for a missing model: {error}",
+            )
         else:
             raise AssertionError(f"pack {pack.code!r}: {loader.__name__} loaded a missing path")
 
@@ -236,43 +284,60 @@ def check_eval_tokenize(pack: LanguagePack, cases: Sequence[tuple[str, Sequence[
     _require(pack.eval_tokenize("") == [], f"pack {pack.code!r}: eval_tokenize('') is not []")
     for text, expected in cases:
         got = pack.eval_tokenize(text)
-        _require(isinstance(got, list) and all(isinstance(t, str) for t in got),
-                 f"pack {pack.code!r}: eval_tokenize({text!r}) is not a list of str: {got!r}")
-        _require(all(t and not any(c.isspace() for c in t) for t in got),
-                 f"pack {pack.code!r}: eval_tokenize({text!r}) has empty or spaced tokens {got}")
-        _require(got == list(expected), f"pack {pack.code!r} ({pack.segmenter}): "
-                                        f"eval_tokenize({text!r}) gave {got}, "
-                                        f"expected {list(expected)}")
+        _require(
+            isinstance(got, list) and all(isinstance(t, str) for t in got),
+            f"pack {pack.code!r}: eval_tokenize({text!r}) is not a list of str: {got!r}",
+        )
+        _require(
+            all(t and not any(c.isspace() for c in t) for t in got),
+            f"pack {pack.code!r}: eval_tokenize({text!r}) has empty or spaced tokens {got}",
+        )
+        _require(
+            got == list(expected),
+            f"pack {pack.code!r} ({pack.segmenter}): "
+            f"eval_tokenize({text!r}) gave {got}, "
+            f"expected {list(expected)}",
+        )
 
 
 def check_demo_lexicon(pack: LanguagePack, seeds: int = 5) -> None:
     """The demo vocabulary covers every colour and shape, and every caption it writes names
     exactly its own colour and shape as the demo's scorer sees them."""
-    from polycap.synthetic import score_captions
+    from polycap.offline.synthetic import score_captions
 
     demo = pack.demo
     _require(isinstance(demo, DemoLexicon), f"pack {pack.code!r} has no DemoLexicon")
     assert isinstance(demo, DemoLexicon)  # for type checkers
-    _require(set(demo.colour_terms) == set(DEMO_COLOURS),
-             f"pack {pack.code!r}: colour_terms keys {sorted(demo.colour_terms)}, "
-             f"expected {sorted(DEMO_COLOURS)}")
-    _require(set(demo.shape_terms) == set(DEMO_SHAPES),
-             f"pack {pack.code!r}: shape_terms keys {sorted(demo.shape_terms)}, "
-             f"expected {sorted(DEMO_SHAPES)}")
+    _require(
+        set(demo.colour_terms) == set(DEMO_COLOURS),
+        f"pack {pack.code!r}: colour_terms keys {sorted(demo.colour_terms)}, "
+        f"expected {sorted(DEMO_COLOURS)}",
+    )
+    _require(
+        set(demo.shape_terms) == set(DEMO_SHAPES),
+        f"pack {pack.code!r}: shape_terms keys {sorted(demo.shape_terms)}, "
+        f"expected {sorted(DEMO_SHAPES)}",
+    )
     for colour in DEMO_COLOURS:
         for shape in DEMO_SHAPES:
             for count in (1, 2, 3):
                 for seed in range(seeds):
                     caption = demo.describe(colour, shape, count, random.Random(seed))
-                    _require(isinstance(caption, str) and bool(caption.strip()),
-                             f"pack {pack.code!r}: empty demo caption for {colour} {shape}")
+                    _require(
+                        isinstance(caption, str) and bool(caption.strip()),
+                        f"pack {pack.code!r}: empty demo caption for {colour} {shape}",
+                    )
                     scores = score_captions(pack, {"x": caption}, {"x": (colour, shape, count)})
-                    _require(scores["pair_accuracy"] == 1.0,
-                             f"pack {pack.code!r}: demo caption {caption!r} for {count} {colour} "
-                             f"{shape} is not scored as naming exactly that colour and shape")
+                    _require(
+                        scores["pair_accuracy"] == 1.0,
+                        f"pack {pack.code!r}: demo caption {caption!r} for {count} {colour} "
+                        f"{shape} is not scored as naming exactly that colour and shape",
+                    )
                     again = demo.describe(colour, shape, count, random.Random(seed))
-                    _require(again == caption,
-                             f"pack {pack.code!r}: describe() ignores its random generator")
+                    _require(
+                        again == caption,
+                        f"pack {pack.code!r}: describe() ignores its random generator",
+                    )
 
 
 # -- the pytest suite ------------------------------------------------------------------------

@@ -10,10 +10,10 @@ import polycap_ja
 import pytest
 from polycap_ja import JAPANESE
 
-from polycap import tiny
 from polycap.errors import BadInput
+from polycap.offline import tiny
+from polycap.offline.synthetic import score_captions
 from polycap.plugins import PluginHost
-from polycap.synthetic import score_captions
 
 TEXTS = [
     JAPANESE.demo.describe(colour, shape, count, random.Random(seed))

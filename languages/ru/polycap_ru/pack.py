@@ -31,8 +31,13 @@ from polycap_ru.demo import RUSSIAN_DEMO
 
 END_TOKEN = "</s>"
 # ruGPT-3's special tokens, in vocabulary order (ids 0..4)
-SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>",
-                  "unk_token": "<unk>", "mask_token": "<mask>"}
+SPECIAL_TOKENS = {
+    "pad_token": "<pad>",
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "mask_token": "<mask>",
+}
 _WORDS = re.compile(r"\w+(?:-\w+)*|[^\w\s]")
 
 
@@ -68,8 +73,7 @@ def fold_yo(text: str) -> str:
     return text.replace("ё", "е").replace("Ё", "Е")
 
 
-def build_rugpt_style_tokenizer(texts: Sequence[str], directory: Path,
-                                merges: int = 300) -> Path:
+def build_rugpt_style_tokenizer(texts: Sequence[str], directory: Path, merges: int = 300) -> Path:
     """Train a small GPT-2 byte-level BPE on ``texts`` with ``<pad> <s> </s> <unk> <mask>`` as
     ids 0-4 and write it to ``directory`` in the files ``GPT2Tokenizer`` reads."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -92,12 +96,20 @@ def build_rugpt_style_tokenizer(texts: Sequence[str], directory: Path,
     )
     backend.train_from_iterator(texts, trainer=trainer)
     backend.model.save(str(directory))  # vocab.json + merges.txt
-    config = {"tokenizer_class": "GPT2Tokenizer", "add_bos_token": False,
-              "add_prefix_space": False, "errors": "replace", **SPECIAL_TOKENS}
-    for name, data in (("tokenizer_config.json", config),
-                       ("special_tokens_map.json", SPECIAL_TOKENS)):
-        (directory / name).write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n",
-                                      encoding="utf-8")
+    config = {
+        "tokenizer_class": "GPT2Tokenizer",
+        "add_bos_token": False,
+        "add_prefix_space": False,
+        "errors": "replace",
+        **SPECIAL_TOKENS,
+    }
+    for name, data in (
+        ("tokenizer_config.json", config),
+        ("special_tokens_map.json", SPECIAL_TOKENS),
+    ):
+        (directory / name).write_text(
+            json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
     return directory
 
 

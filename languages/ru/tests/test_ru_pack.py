@@ -46,19 +46,37 @@ def test_end_token_is_rugpt_eos(pack, tmp_path) -> None:
     tokenizer = pack.load_tokenizer(str(build_rugpt_style_tokenizer(["два круга"] * 3, tmp_path)))
     assert type(tokenizer).__name__ == "GPT2Tokenizer"
     assert [tokenizer.convert_ids_to_tokens(i) for i in range(5)] == [
-        "<pad>", "<s>", "</s>", "<unk>", "<mask>"]
+        "<pad>",
+        "<s>",
+        "</s>",
+        "<unk>",
+        "<mask>",
+    ]
     assert pack.end_token_id(tokenizer) == 2
     assert pack.pad_token_id(tokenizer) == 0
     assert pack.encode_caption(tokenizer, "два круга")[-1] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "merges.txt", "special_tokens_map.json", "tokenizer_config.json", "vocab.json"]
+        "merges.txt",
+        "special_tokens_map.json",
+        "tokenizer_config.json",
+        "vocab.json",
+    ]
 
 
-@pytest.mark.parametrize(("count", "expected"), [
-    (1, "красный круг"), (2, "красных круга"), (3, "красных круга"), (4, "красных круга"),
-    (5, "красных кругов"), (11, "красных кругов"), (12, "красных кругов"),
-    (21, "красный круг"), (22, "красных круга"),
-])
+@pytest.mark.parametrize(
+    ("count", "expected"),
+    [
+        (1, "красный круг"),
+        (2, "красных круга"),
+        (3, "красных круга"),
+        (4, "красных круга"),
+        (5, "красных кругов"),
+        (11, "красных кругов"),
+        (12, "красных кругов"),
+        (21, "красный круг"),
+        (22, "красных круга"),
+    ],
+)
 def test_numeral_agreement(count: int, expected: str) -> None:
     from polycap_ru.demo import agree
 
@@ -67,8 +85,9 @@ def test_numeral_agreement(count: int, expected: str) -> None:
 
 def test_demo_captions_are_grammatical(pack) -> None:
     rng = random.Random(0)
-    captions = {pack.demo.describe("yellow", "triangle", n, rng)
-                for n in (1, 2, 3) for _ in range(20)}
+    captions = {
+        pack.demo.describe("yellow", "triangle", n, rng) for n in (1, 2, 3) for _ in range(20)
+    }
     assert "один жёлтый треугольник" in captions
     assert "два жёлтых треугольника" in captions
     assert "три жёлтых треугольника на тёмном фоне" in captions

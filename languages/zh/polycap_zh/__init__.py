@@ -6,8 +6,7 @@ from polycap.hookspecs import Register, hookimpl
 from polycap_zh.demo import CHINESE_DEMO, describe
 from polycap_zh.pack import CHINESE, SEGMENTERS, ChinesePack
 
-__all__ = ["CHINESE", "CHINESE_DEMO", "SEGMENTERS", "ChinesePack", "describe",
-           "register_languages"]
+__all__ = ["CHINESE", "CHINESE_DEMO", "SEGMENTERS", "ChinesePack", "describe", "register_languages"]
 
 
 @hookimpl

@@ -39,8 +39,10 @@ from polycap_zh.demo import CHINESE_DEMO
 SEGMENTERS = ("jieba", "characters")
 # CJK radicals, symbols and punctuation, kana, bopomofo, ideographs, compatibility forms,
 # full-width forms, supplementary ideographs
-_WIDE = (r"\u2e80-\u2fff\u3000-\u303f\u3040-\u30ff\u3100-\u312f\u3400-\u4dbf\u4e00-\u9fff"
-         r"\uf900-\ufaff\ufe30-\ufe4f\uff00-\uffef\U00020000-\U0003134f")
+_WIDE = (
+    r"\u2e80-\u2fff\u3000-\u303f\u3040-\u30ff\u3100-\u312f\u3400-\u4dbf\u4e00-\u9fff"
+    r"\uf900-\ufaff\ufe30-\ufe4f\uff00-\uffef\U00020000-\U0003134f"
+)
 _SPACES = re.compile(r"\s+")
 _SPACE_NEXT_TO_WIDE = re.compile(rf"(?<=[{_WIDE}])\x20|\x20(?=[{_WIDE}])")
 _CHARACTER_TOKENS = re.compile(r"[0-9a-z\u00c0-\u024f]+|\S")
@@ -98,8 +100,9 @@ class ChinesePack(LanguagePack):
     def with_segmenter(self, segmenter: str) -> ChinesePack:
         """A copy of this pack that evaluates with ``segmenter`` (``jieba`` / ``characters``)."""
         if segmenter not in SEGMENTERS:
-            raise UnknownName(f"No Chinese segmenter {segmenter!r}. "
-                              f"Choose one of: {', '.join(SEGMENTERS)}.")
+            raise UnknownName(
+                f"No Chinese segmenter {segmenter!r}. Choose one of: {', '.join(SEGMENTERS)}."
+            )
         return dataclasses.replace(self, segmenter=segmenter)
 
 

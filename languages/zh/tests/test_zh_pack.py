@@ -22,10 +22,14 @@ class TestChineseConformance(LanguagePackConformance):
     )
     eval_cases = (
         ("一只猫坐在窗台上晒太阳。", ["一只", "猫", "坐在", "窗台上", "晒太阳", "。"]),
-        ("两个孩子在公园里放风筝，天空很蓝。",
-         ["两个", "孩子", "在", "公园", "里", "放风筝", ",", "天空", "很", "蓝", "。"]),
-        ("深色背景上有一个黄色的三角形",
-         ["深色", "背景", "上", "有", "一个", "黄色", "的", "三角形"]),
+        (
+            "两个孩子在公园里放风筝，天空很蓝。",
+            ["两个", "孩子", "在", "公园", "里", "放风筝", ",", "天空", "很", "蓝", "。"],
+        ),
+        (
+            "深色背景上有一个黄色的三角形",
+            ["深色", "背景", "上", "有", "一个", "黄色", "的", "三角形"],
+        ),
         ("一个男人拿着 iPhone 手机", ["一个", "男人", "拿", "着", "iphone", "手机"]),
     )
 
@@ -53,8 +57,15 @@ def test_decoding_has_no_spaces_or_special_tokens(pack, tokenizer) -> None:
     caption = "图中有两个绿色的正方形，在深色背景上。"
     ids = pack.encode_caption(tokenizer, caption)
     assert ids[-1] == tokenizer.sep_token_id
-    noisy = [tokenizer.cls_token_id, *ids[:3], tokenizer.unk_token_id, tokenizer.pad_token_id,
-             *ids[3:], tokenizer.mask_token_id, *ids]
+    noisy = [
+        tokenizer.cls_token_id,
+        *ids[:3],
+        tokenizer.unk_token_id,
+        tokenizer.pad_token_id,
+        *ids[3:],
+        tokenizer.mask_token_id,
+        *ids,
+    ]
     decoded = pack.decode_caption(tokenizer, noisy)
     assert decoded == caption
     assert " " not in decoded
@@ -66,8 +77,24 @@ def test_decoding_has_no_spaces_or_special_tokens(pack, tokenizer) -> None:
 def test_wordpieces_and_latin_words(pack, tmp_path) -> None:
     from transformers import BertTokenizer
 
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "拿", "着", "手", "机", "iphone",
-             "11", "t", "-", "shirt", "##s", "，"]
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "拿",
+        "着",
+        "手",
+        "机",
+        "iphone",
+        "11",
+        "t",
+        "-",
+        "shirt",
+        "##s",
+        "，",
+    ]
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     tokenizer = BertTokenizer.from_pretrained(str(tmp_path), do_lower_case=True)
     ids = pack.encode_caption(tokenizer, "拿着 iPhone 11 手机，t-shirts")
@@ -81,7 +108,20 @@ def test_segmenters(pack) -> None:
     chars = pack.with_segmenter("characters")
     assert chars.segmenter == "characters" and pack.segmenter == "jieba"
     assert chars.eval_tokenize(text) == [
-        "两", "个", "红", "色", "的", "圆", "形", ",", "拿", "着", "iphone", "11", "。"]
+        "两",
+        "个",
+        "红",
+        "色",
+        "的",
+        "圆",
+        "形",
+        ",",
+        "拿",
+        "着",
+        "iphone",
+        "11",
+        "。",
+    ]
     assert chars.eval_tokenize("") == []
     from polycap.errors import UnknownName
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from polycap.evaluation import EvalContext, MetricScores
+from polycap.eval.runner import EvalContext, MetricScores
 
 
 def edit_distance(reference: Sequence[str], hypothesis: Sequence[str]) -> int:

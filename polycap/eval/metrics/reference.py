@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from polycap.evaluation import EvalContext, MetricScores, MetricUnavailable
+from polycap.eval.runner import EvalContext, MetricScores, MetricUnavailable
 
 
 def _missing(module: str, extra: str = "eval") -> str | None:

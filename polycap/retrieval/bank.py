@@ -194,7 +194,7 @@ class Bank:
         )
 
     def caption_hashes(self) -> Any:
-        """Sorted int64 hashes of every caption (see ``polycap.metrics.diversity``)."""
+        """Sorted int64 hashes of every caption (see ``polycap.eval.metrics.diversity``)."""
         import numpy as np
 
         return np.load(self.path / "captions.hashes.npy")
@@ -249,7 +249,7 @@ def build_bank(
     """
     import numpy as np
 
-    from polycap.metrics.diversity import hash_array
+    from polycap.eval.metrics.diversity import hash_array
 
     started = time.perf_counter()
     if dtype not in DTYPES:

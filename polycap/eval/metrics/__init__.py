@@ -1,4 +1,4 @@
-"""Metric implementations behind ``polycap.evaluation`` (one module per family).
+"""Metric implementations behind ``polycap.eval.runner`` (one module per family).
 
 ``reference``: BLEU, chrF (sacrebleu), ROUGE-L, CIDEr-D, METEOR, SPICE (pycocoevalcap);
 ``wer``: word error rate; ``clipscore``: CLIPScore / RefCLIPScore; ``diversity``: distinct-n

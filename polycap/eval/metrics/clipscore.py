@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from polycap.errors import BadInput
-from polycap.evaluation import EvalContext, MetricScores, MetricUnavailable
+from polycap.eval.runner import EvalContext, MetricScores, MetricUnavailable
 
 W = 2.5
 ENGLISH_PROMPT = "A photo depicts "

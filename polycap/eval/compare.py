@@ -6,8 +6,7 @@ throughput counts captions per second from embeddings to text. Novelty is the sh
 captions not among the training captions (the bank's captions, compared after the pack's
 normalisation); diversity is distinct-1/2 over the pack's evaluation tokens.
 
-:func:`compare_on_split` runs this on the synthetic compositional split (colour-shape pairs
-seen only in the test set) and adds the accuracy on seen and unseen pairs.
+:func:`polycap.compositional.compare_on_split` runs this on the synthetic compositional split.
 """
 
 from __future__ import annotations
@@ -19,14 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from polycap.errors import BadInput
-from polycap.evaluation import ClipOptions, EvalContext, EvalResult, evaluate, image_keys
+from polycap.eval.runner import ClipOptions, EvalContext, EvalResult, evaluate, image_keys
 
-DEFAULT_HELDOUT_PAIRS: tuple[tuple[str, str], ...] = (
-    ("red", "triangle"),
-    ("green", "circle"),
-    ("blue", "square"),
-)
-SPLIT_METRICS = ("bleu", "rouge-l", "cider-d", "chrf", "wer")
 SUMMARY_COLUMNS = (
     "BLEU-4",
     "METEOR",
@@ -165,7 +158,7 @@ class Comparison:
     ) -> Path:
         """An HTML report: the table, then each image with its references, retrieved and
         generated captions (``marks``: method -> image key -> badge -> ok)."""
-        from polycap.report import ReportRow, write_report
+        from polycap.eval.report import ReportRow, write_report
 
         rows = []
         for i, (image, key) in enumerate(zip(self.images, self.keys, strict=True)):
@@ -219,7 +212,7 @@ def compare(
     """Caption ``heldout`` (a CaptionSet) by retrieval from ``bank`` and by ``model``, with one
     encoder (the model's; the bank must have been built with it), and score both alike."""
     from polycap.encoding import encode_images
-    from polycap.retrieval import DEFAULT_CHUNK, check_encoder
+    from polycap.retrieval.search import DEFAULT_CHUNK, check_encoder
 
     if model is None and bank is None:
         raise BadInput("compare needs a model, a bank, or both")
@@ -258,7 +251,7 @@ def compare(
     methods: list[MethodResult] = []
     try:
         if bank is not None:
-            from polycap.retrieval import retrieve
+            from polycap.retrieval.search import retrieve
 
             started = time.perf_counter()
             found = retrieve(
@@ -317,7 +310,7 @@ def compare(
                 )
             )
     finally:
-        from polycap.metrics.reference import release
+        from polycap.eval.metrics.reference import release
 
         release(shared_cache)
 
@@ -372,7 +365,7 @@ def _score_method(
     registries: Any,
     hashes: Any,
 ) -> MethodResult:
-    from polycap.metrics.diversity import distinct_n, novelty
+    from polycap.eval.metrics.diversity import distinct_n, novelty
 
     captions = [pack.normalize(texts[0]) if texts else "" for texts in outputs]
     ctx = EvalContext(pack, keys, captions, references, images, clip, cache)
@@ -394,132 +387,3 @@ def _score_method(
         distinct_n(tokens, 2),
         len(set(captions)) / len(captions) if captions else 0.0,
     )
-
-
-# -- the synthetic compositional split ------------------------------------------------------------
-
-
-@dataclass
-class SplitComparison:
-    """:class:`Comparison` on the synthetic split, plus pair accuracy on seen / unseen pairs."""
-
-    comparison: Comparison
-    pair_scores: dict[str, dict[str, dict[str, float]]]
-    heldout_pairs: tuple[tuple[str, str], ...]
-    bank_path: Path
-    report: Path | None = None
-
-    def table(self) -> tuple[list[str], list[list[str]]]:
-        """The comparison table (pair accuracies are rows in it)."""
-        return self.comparison.table()
-
-    def to_json(self) -> dict[str, Any]:
-        data = self.comparison.to_json(per_image=True)
-        data["pair_accuracy"] = self.pair_scores
-        data["heldout_pairs"] = [list(p) for p in self.heldout_pairs]
-        data["report"] = str(self.report) if self.report else None
-        return data
-
-
-def unseen_pair_accuracy(
-    pack: Any,
-    captions: dict[str, str],
-    truths: dict[str, tuple[str, str, int]],
-    heldout_pairs: Sequence[tuple[str, str]],
-) -> dict[str, dict[str, float]]:
-    """``score_captions`` on the images whose (colour, shape) pair was held out of training
-    ("unseen") and on the others ("seen"); captions keyed by image file name."""
-    from polycap.synthetic import score_captions
-
-    held = {tuple(p) for p in heldout_pairs}
-    groups: dict[str, dict[str, str]] = {"seen": {}, "unseen": {}}
-    for name, caption in captions.items():
-        colour, shape, _ = truths[name]
-        groups["unseen" if (colour, shape) in held else "seen"][name] = caption
-    return {group: score_captions(pack, chosen, truths) for group, chosen in groups.items()}
-
-
-def compare_on_split(
-    pack: Any,
-    split: Any,
-    model: Any,
-    workdir: Path,
-    mode: str = "image",
-    consensus: bool = False,
-    k: int = 5,
-    generation: Any = None,
-    metrics: Sequence[str] | None = SPLIT_METRICS,
-    report: bool = True,
-    cache_dir: Path | None = None,
-    registries: Any = None,
-    device: str = "cpu",
-) -> SplitComparison:
-    """Retrieval (bank of the training captions, the model's encoder) vs generation on the
-    test images of a :class:`~polycap.synthetic.SyntheticSplit`, with seen/unseen pair
-    accuracy. Writes ``workdir/bank`` and ``workdir/compare.html``."""
-    from polycap.bank import Bank, build_bank
-    from polycap.captioning import encoder_for
-    from polycap.data import load_captions
-    from polycap.generation import GenerationConfig
-
-    workdir = Path(workdir)
-    encoder = encoder_for(model, device=device)
-    train = load_captions(split.train_file)
-    heldout = load_captions(split.test_file)
-    bank_path = workdir / "bank"
-    build_bank(
-        train,
-        encoder,
-        bank_path,
-        pack,
-        dtype="float32",
-        cache_dir=cache_dir,
-        force=True,
-        progress=False,
-    )
-    bank = Bank.open(bank_path)
-    generation = generation or GenerationConfig(max_length=24)
-    comparison = compare(
-        heldout,
-        pack,
-        model=model,
-        bank=bank,
-        generation=generation,
-        mode=mode,
-        k=k,
-        consensus=consensus,
-        metrics=metrics,
-        cache_dir=cache_dir,
-        registries=registries,
-        encoder=encoder,
-        device=device,
-    )
-    pair_scores: dict[str, dict[str, dict[str, float]]] = {}
-    marks: dict[str, dict[str, dict[str, bool]]] = {}
-    names = [p.name for p in comparison.images]
-    held = tuple(split.heldout_pairs)
-    for method in comparison.methods:
-        captions = dict(zip(names, method.captions, strict=True))
-        scores = unseen_pair_accuracy(pack, captions, split.truths, held)
-        pair_scores[method.name] = scores
-        method.extra["seen-pair accuracy %"] = 100 * scores["seen"]["pair_accuracy"]
-        if held:
-            method.extra["unseen-pair accuracy %"] = 100 * scores["unseen"]["pair_accuracy"]
-        marks[method.name] = {
-            key: {"pair": _pair_ok(pack, captions[name], split.truths[name])}
-            for key, name in zip(comparison.keys, names, strict=True)
-        }
-    path = None
-    if report:
-        path = comparison.write_report(
-            workdir / "compare.html",
-            f"Retrieval vs generation on unseen colour-shape pairs ({pack.name})",
-            marks,
-        )
-    return SplitComparison(comparison, pair_scores, held, bank_path, path)
-
-
-def _pair_ok(pack: Any, caption: str, truth: tuple[str, str, int]) -> bool:
-    from polycap.synthetic import score_captions
-
-    return score_captions(pack, {"x": caption}, {"x": truth})["pair_accuracy"] == 1.0

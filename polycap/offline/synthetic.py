@@ -32,8 +32,8 @@ IMAGE_SIZE = 128
 _SUPERSAMPLE = 2  # draw at 2x and downsample: smooth edges, same colours inside the shapes
 # Largest shape radius as a fraction of the image side, by count; each shape's radius is drawn
 # from [SIZE_JITTER, 1] x that. Shapes stay large so that shape is visible to a frozen encoder.
-MAX_RADIUS = {1: 0.32, 2: 0.24, 3: 0.20}
-SIZE_JITTER = 0.75
+MAX_RADIUS = {1: 0.36, 2: 0.26, 3: 0.21}
+SIZE_JITTER = 0.9
 
 Truth = tuple[str, str, int]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,9 @@ RINNA_SPECIALS = ("<unk>", "<s>", "</s>", "[PAD]", "[CLS]", "[SEP]", "[MASK]")
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 TINY_CLIP_NAME = "polycap-tiny-vit"
-# Vision tower tuned so that a probe on its *random* features tells colour and shape apart
-# (see tests/test_tiny.py and the report of the founding session); text tower minimal.
+# Vision tower sized so that its *random* features tell the synthetic images' colour and shape
+# apart (tests/test_tiny.py trains a probe on them); the text tower is minimal (open_clip
+# requires one).
 TINY_CLIP_CONFIG: dict[str, Any] = {
     "embed_dim": 64,
     "vision_cfg": {
@@ -238,9 +240,15 @@ def build_clip(
     directory = Path(directory)
     name = register_tiny_clip_config(directory, name)
     weights = directory / f"{name}-seed{seed}.pt"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = open_clip.create_model(name, pretrained=None)
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.setLevel(logging.ERROR)  # open_clip warns "no pretrained weights": intended here
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = open_clip.create_model(name, pretrained=None)
+    finally:
+        root_logger.setLevel(level)
     temp = weights.with_suffix(".pt.tmp")
     torch.save(model.state_dict(), temp)
     temp.replace(weights)

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the evaluation runner, prediction files, compare and HTML reports."""

@@ -1,0 +1,1 @@
+"""Retrieval: caption banks and nearest-neighbour search."""
