@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from polycap.atomic import atomic_file, write_text
 from polycap.errors import BadInput
+from polycap.progress import progress_bar
 
 if TYPE_CHECKING:
     import torch
@@ -188,24 +189,14 @@ class FeatureCache:
         import numpy as np
         import torch
 
-        path = self._file(digest)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(temporary, "wb") as handle:
-                np.save(handle, feature.detach().to("cpu", torch.float32).numpy())
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        with atomic_file(self._file(digest)) as temporary, open(temporary, "wb") as handle:
+            np.save(handle, feature.detach().to("cpu", torch.float32).numpy())
 
     def write_readme(self) -> None:
         """A note saying which encoder the folder belongs to (for people browsing the cache)."""
         note = self.directory / "encoder.txt"
         if not note.exists():
-            self.directory.mkdir(parents=True, exist_ok=True)
-            temporary = note.with_name(f".encoder.{uuid.uuid4().hex[:8]}.tmp")
-            temporary.write_text(f"{self.cache_key}\nembed_dim={self.embed_dim}\n")
-            os.replace(temporary, note)
+            write_text(note, f"{self.cache_key}\nembed_dim={self.embed_dim}\n")
 
 
 @dataclass
@@ -321,7 +312,7 @@ def encode_images(
         advance(len(pending))
         pending.clear()
 
-    with _progress_bar(progress, len(unique)) as advance:
+    with progress_bar("encoding images", len(unique), progress) as advance:
         for loaded, cached in _prefetch(unique, encoder, cache, workers):
             if loaded.error is not None:
                 skipped.append((loaded.path, loaded.error))
@@ -343,40 +334,3 @@ def encode_images(
     return EncodedImages(
         [unique[index] for index in kept], features, skipped, counts["cache"], counts["encoded"]
     )
-
-
-class _progress_bar:
-    """A rich progress bar on stderr (or nothing); the context value is ``advance(n)``."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled = enabled
-        self.total = total
-        self.progress: Any = None
-
-    def __enter__(self) -> Any:
-        if not self.enabled:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("encoding images"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self.progress.__enter__()
-        task = self.progress.add_task("encode", total=self.total)
-        return lambda n: self.progress.advance(task, n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.__exit__(*exc)

@@ -9,7 +9,6 @@ exists for tests and for LMs without a cache.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -17,6 +16,8 @@ from typing import Any
 import torch
 
 from polycap.errors import BadInput
+from polycap.lm_keywords import lm_keywords
+from polycap.progress import progress_bar
 
 MAX_SAMPLE_RETRIES = 3
 
@@ -129,7 +130,7 @@ def caption_features(
         generator = torch.Generator(device=model.device).manual_seed(config.seed)
     results: list[list[str]] = []
     starts = range(0, features.shape[0], batch_size)
-    with _Progress(progress, len(starts), features.shape[0]) as advance:
+    with progress_bar("captioning", features.shape[0], progress and len(starts) > 1) as advance:
         for start in starts:
             batch = features[start : start + batch_size]
             for captions in generate_ids(model, batch, config, generator=generator):
@@ -153,7 +154,8 @@ class _Decoder:
         self.config = config
         self.end = int(model.end_token_id)
         self.pad = int(model.pad_token_id)
-        self.keep_kwarg, self.cache_kwarg = _lm_kwargs(self.lm)
+        keywords = lm_keywords(self.lm)
+        self.keep_kwarg, self.cache_kwarg = keywords.keep, keywords.cache
 
     # -- LM calls ---------------------------------------------------------------------------
     def _call(self, **kwargs: Any) -> Any:
@@ -368,18 +370,6 @@ def _cut(ids: list[int], end: int) -> list[int]:
     return ids[: ids.index(end)] if end in ids else ids
 
 
-def _lm_kwargs(lm: Any) -> tuple[str | None, str]:
-    """The LM's keywords (they changed across transformers versions) for computing only the
-    last logits (``logits_to_keep`` / ``num_logits_to_keep`` / none) and for passing the KV
-    cache (``cache`` in transformers 5.x, ``past_key_values`` before)."""
-    try:
-        parameters = inspect.signature(lm.forward).parameters
-    except (TypeError, ValueError):
-        return None, "past_key_values"
-    keep = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in parameters), None)
-    return keep, "cache" if "cache" in parameters else "past_key_values"
-
-
 def _output_cache(out: Any) -> Any:
     """The KV cache an LM call returned (``cache`` or, before transformers 5.x,
     ``past_key_values``)."""
@@ -407,27 +397,3 @@ def _select_cache(cache: Any, rows: torch.Tensor) -> Any:
         cache.batch_select_indices(rows)
         return cache
     return _reorder_cache(cache, rows)
-
-
-class _Progress:
-    """A rich progress bar over images (or nothing); yields ``advance(n)``."""
-
-    def __init__(self, enabled: bool, batches: int, total: int) -> None:
-        self.enabled = enabled and batches > 1
-        self.total = total
-        self.bar: Any = None
-
-    def __enter__(self) -> Callable[[int], None]:
-        if not self.enabled:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import Progress
-
-        self.bar = Progress(transient=True, console=Console(stderr=True))
-        self.bar.start()
-        task = self.bar.add_task("captioning", total=self.total)
-        return lambda n: self.bar.update(task, advance=n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()

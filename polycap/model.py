@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from polycap.atomic import atomic_folder
 from polycap.errors import BadInput, UnknownName
+from polycap.lm_keywords import lm_keywords
 
 CONFIG_FILE = "polycap.json"
 MAPPER_FILE = "mapper.safetensors"
@@ -237,11 +236,9 @@ class Captioner(nn.Module):
     def _logits_to_keep(self, positions: int) -> dict[str, int]:
         """``logits_to_keep`` when the LM takes it: the output projection (vocabulary-sized)
         then runs on the caption positions only, not on the prefix positions."""
-        if not hasattr(self, "_keeps_logits"):
-            import inspect
-
-            self._keeps_logits = "logits_to_keep" in inspect.signature(self.lm.forward).parameters
-        return {"logits_to_keep": positions} if self._keeps_logits else {}
+        if not hasattr(self, "_lm_keywords"):
+            self._lm_keywords = lm_keywords(self.lm)
+        return self._lm_keywords.keep_last(positions)
 
     # -- saving -----------------------------------------------------------------------------
     def save(
@@ -464,19 +461,6 @@ def atomic_directory(directory: Path, write: Callable[[Path], None]) -> Path:
         raise BadInput(
             f"{directory}: exists and is not a polycap checkpoint; refusing to overwrite it"
         )
-    parent = directory.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=parent))
-    try:
+    with atomic_folder(directory) as temp:
         write(temp)
-        if directory.exists():
-            old = parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(directory, old)
-            os.replace(temp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(temp, directory)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
     return directory

@@ -27,6 +27,7 @@ from typing import Any
 
 import polycap
 from polycap.errors import BadInput, PolycapError, UnknownName
+from polycap.plugins import canonical_name
 
 CURATED: dict[str, str] = {"ja": "polycap-ja", "ru": "polycap-ru", "zh": "polycap-zh"}
 _SHORT_NAME = re.compile(r"^[A-Za-z]{2,3}$")
@@ -274,7 +275,7 @@ def distribution_for(name: str) -> str:
     for candidate in candidates:
         found = installed_distribution(candidate)
         if found is not None:
-            if _canonical(found) == "polycap":
+            if canonical_name(found) == "polycap":
                 raise BadInput("refusing to uninstall polycap itself; use pip for that")
             return found
     raise BadInput(
@@ -289,10 +290,6 @@ def uninstall(names: Sequence[str], pip: Callable[[Sequence[str]], None] = run_p
     distributions = list(dict.fromkeys(distribution_for(name) for name in names))
     pip(["uninstall", "-y", *distributions])
     return distributions
-
-
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 # -- a new pack ---------------------------------------------------------------------------------

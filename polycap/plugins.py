@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import re
 import sys
 from dataclasses import dataclass, field
 from functools import cache
@@ -146,6 +147,11 @@ class PluginHost:
         """Let every plugin add its commands to ``app``."""
         for impl in self.pm.hook.register_commands.get_hookimpls():
             self._call_guarded(impl.plugin_name, impl.function, app)
+
+
+def canonical_name(distribution: str) -> str:
+    """A distribution name as pip compares it: ``Polycap_JA`` -> ``polycap-ja``."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
 
 
 def hook_label(function: Any) -> str:

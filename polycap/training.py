@@ -319,23 +319,9 @@ class Trainer:
         return TrainResult(final, state["history"], skipped)
 
     def progress_bar(self) -> Any:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+        from polycap.progress import rich_progress
 
-        return Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-            disable=not self.config.progress,
-            transient=True,
-        )
+        return rich_progress(self.console, enabled=self.config.progress)
 
     def train_batch(self, model: Any, batch: tuple[torch.Tensor, ...], scaler: Any) -> float:
         features, input_ids, mask = (t.to(self.device) for t in batch)

@@ -159,3 +159,15 @@ def test_encode_a_missing_image(capsys, tmp_path):
 def test_demo_for_an_unknown_language(capsys, tmp_path):
     result = run_cli(["demo", "--lang", "tlh", "--workdir", str(tmp_path)], capsys)
     assert_one_line_error(result, "No language pack 'tlh'")
+
+
+def test_output_is_one_option_with_its_old_spellings_hidden(capsys, tmp_path):
+    for command in ("train", "index", "demo"):
+        shown = run_cli([command, "--help"], capsys).out
+        assert "--output" in shown and "--out " not in shown and "--workdir" not in shown
+    result = run_cli(["demo", "--lang", "tlh", "--output", str(tmp_path)], capsys)
+    assert_one_line_error(result, "No language pack 'tlh'")
+    result = run_cli(["demo", "-o", str(tmp_path), "--workdir", str(tmp_path)], capsys)
+    assert_one_line_error(result, "--output is given twice")
+    result = run_cli(["index", str(tmp_path / "c.json"), "--lang", "en"], capsys)
+    assert_one_line_error(result, "missing option --output/-o")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from polycap.cli.options import BatchSize, Device, JsonOutput, MaxLength
 from polycap.cli.output import (
     console,
     print_json,
@@ -23,11 +24,11 @@ def caption_command(
     top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="Sampling: nucleus probability mass."),
     temperature: float = typer.Option(1.0, min=0.01, help="Sampling temperature."),
     num_captions: int = typer.Option(1, min=1, help="Distinct captions per image."),
-    max_length: int = typer.Option(30, min=1, help="Most tokens per caption."),
+    max_length: MaxLength = 30,
     seed: int | None = typer.Option(None, help="Seed for sampling."),
-    batch_size: int = typer.Option(64, min=1),
-    device: str = typer.Option("auto", help="cpu, cuda … (auto: GPU if any)."),
-    json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    batch_size: BatchSize = 64,
+    device: Device = "auto",
+    json_output: JsonOutput = False,
 ) -> None:
     """Caption images: [bold]polycap caption photos/ --model runs/ja[/]."""
     from polycap.captioning import caption_images, load_captioner

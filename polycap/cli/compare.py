@@ -6,6 +6,20 @@ from pathlib import Path
 
 import typer
 
+from polycap.cli.options import (
+    BatchSize,
+    Beams,
+    CacheDir,
+    ClipDownload,
+    ClipPretrained,
+    DataFormat,
+    Device,
+    Images,
+    JsonOutput,
+    MaxLength,
+    Metrics,
+    split_names,
+)
 from polycap.cli.output import (
     console,
     err_console,
@@ -22,31 +36,27 @@ def compare_command(
     bank: Path = typer.Option(
         ..., "--bank", "-b", help="Bank of the training captions, built with the model's encoder."
     ),
-    images: Path | None = typer.Option(
-        None, "--images", help="Folder the held-out file's image names are relative to."
-    ),
-    data_format: str | None = typer.Option(None, "--format", help="Held-out file format."),
+    images: Images = None,
+    data_format: DataFormat = None,
     mode: str = typer.Option("image", help="Retrieval mode: image (kNN) or text."),
     consensus: bool = typer.Option(
         False, "--consensus", help="Image mode: consensus re-ranking of the neighbours' captions."
     ),
     k: int = typer.Option(5, "--k", "-k", min=1, help="Retrieved captions shown per image."),
     neighbours: int | None = typer.Option(None, min=1, help="Image mode: neighbours to pool."),
-    beams: int = typer.Option(1, min=1, help="Generation: beam width."),
-    max_length: int = typer.Option(30, min=1, help="Generation: most tokens per caption."),
-    metrics: str | None = typer.Option(None, help="Comma-separated metric names (default: all)."),
+    beams: Beams = 1,
+    max_length: MaxLength = 30,
+    metrics: Metrics = None,
     clip_encoder: str = typer.Option(DEFAULT_CLIP_ENCODER, help="CLIPScore encoder."),
-    clip_pretrained: str = typer.Option(DEFAULT_CLIP_PRETRAINED, help="CLIPScore weights."),
-    clip_download: bool = typer.Option(
-        False, "--clip-download", help="Download the CLIPScore weights if not cached yet."
-    ),
+    clip_pretrained: ClipPretrained = DEFAULT_CLIP_PRETRAINED,
+    clip_download: ClipDownload = False,
     report: Path | None = typer.Option(
         None, "--report", help="Write an HTML report with every image and its captions."
     ),
-    batch_size: int = typer.Option(64, min=1),
-    device: str = typer.Option("auto", help="cpu, cuda … (auto: GPU if any)."),
-    cache_dir: Path | None = typer.Option(None, help="Image feature cache."),
-    json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    batch_size: BatchSize = 64,
+    device: Device = "auto",
+    cache_dir: CacheDir = None,
+    json_output: JsonOutput = False,
 ) -> None:
     """Retrieval vs generation: [bold]polycap compare test.json -m runs/ja -b bank/[/]."""
     from polycap.captioning import load_captioner
@@ -58,7 +68,7 @@ def compare_command(
     from polycap.retrieval.bank import Bank
     from polycap.training import resolve_device
 
-    names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    names = split_names(metrics)
     registries = get_registries()
     for name in names or ():
         registries.metrics.get(name)
@@ -69,7 +79,7 @@ def compare_command(
     refs = load_captions(heldout, images_dir=images, format=data_format)
     clip = ClipOptions(
         spec=clip_encoder,
-        pretrained=None if clip_pretrained.lower() == "none" else clip_pretrained,
+        pretrained=clip_pretrained,
         device=torch_device,
         batch_size=batch_size,
         cache_dir=cache_dir,

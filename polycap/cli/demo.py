@@ -3,27 +3,34 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from polycap.cli.options import JsonOutput, Lang, chosen_output, output_alias, output_option
 from polycap.cli.output import console, print_json, print_table
 
 
 def demo_command(
-    lang: str = typer.Option("ja", "--lang", "-l", help="Language of the synthetic captions."),
-    workdir: Path = typer.Option(
-        Path("polycap-demo"), "--workdir", "-o", help="Where data, models and the report go."
-    ),
+    lang: Lang = "ja",
+    output: Annotated[
+        Path | None, output_option("Where data, models and the report go [default: polycap-demo].")
+    ] = None,
+    workdir: Annotated[Path | None, output_alias("--workdir")] = None,
     images: int = typer.Option(1200, min=50, help="Synthetic images to draw."),
     epochs: int = typer.Option(20, min=1),
     seed: int = typer.Option(0),
     compare: bool = typer.Option(
         True, "--compare/--no-compare", help="End with retrieval vs generation on unseen pairs."
     ),
-    json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    json_output: JsonOutput = False,
 ) -> None:
     """Run the offline demo end to end (no downloads): data, tiny models, training, captions."""
     from polycap.demo import DemoOptions, run_demo
+
+    if output is None and workdir is None:
+        output = Path("polycap-demo")
+    workdir = chosen_output(output, workdir)
 
     options = DemoOptions(
         language=lang,

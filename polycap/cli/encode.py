@@ -6,6 +6,15 @@ from pathlib import Path
 
 import typer
 
+from polycap.cli.options import (
+    BatchSize,
+    CacheDir,
+    Device,
+    Encoder,
+    Images,
+    JsonOutput,
+    Pretrained,
+)
 from polycap.cli.output import print_json, print_table
 
 
@@ -14,13 +23,13 @@ def encode_command(
     data: Path | None = typer.Option(
         None, "--data", "-d", help="Or: the images of a caption file."
     ),
-    images: Path | None = typer.Option(None, "--images", help="Image folder for --data."),
-    encoder: str = typer.Option("ViT-B-32", help="open_clip model name (or backend:model)."),
-    pretrained: str = typer.Option("openai", help="Pretrained tag, local weights file, or 'none'."),
-    batch_size: int = typer.Option(64, min=1),
-    cache_dir: Path | None = typer.Option(None, help="Feature cache (default ~/.cache/polycap)."),
-    device: str = typer.Option("auto", help="cpu, cuda … (auto: GPU if any)."),
-    json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    images: Images = None,
+    encoder: Encoder = "ViT-B-32",
+    pretrained: Pretrained = "openai",
+    batch_size: BatchSize = 64,
+    cache_dir: CacheDir = None,
+    device: Device = "auto",
+    json_output: JsonOutput = False,
 ) -> None:
     """Encode images once into the feature cache: [bold]polycap encode --data captions.json[/]."""
     from polycap.data import load_captions
@@ -36,7 +45,7 @@ def encode_command(
         raise BadInput("nothing to encode: give images, folders or --data")
     image_encoder = load_encoder(
         encoder,
-        pretrained=None if pretrained.lower() == "none" else pretrained,
+        pretrained=pretrained,
         device=str(resolve_device(device)),
     )
     result = encode_images(

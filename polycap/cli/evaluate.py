@@ -7,6 +7,20 @@ from typing import Any
 
 import typer
 
+from polycap.cli.options import (
+    BatchSize,
+    Beams,
+    CacheDir,
+    ClipDownload,
+    ClipPretrained,
+    DataFormat,
+    Device,
+    Images,
+    JsonOutput,
+    MaxLength,
+    Metrics,
+    split_names,
+)
 from polycap.cli.output import (
     console,
     err_console,
@@ -28,22 +42,14 @@ def eval_command(
     lang: str | None = typer.Option(
         None, "--lang", "-l", help="Language pack (default: the model's; needed with -p)."
     ),
-    images: Path | None = typer.Option(
-        None, "--images", help="Folder the reference file's image names are relative to."
-    ),
-    data_format: str | None = typer.Option(None, "--format", help="Reference file format."),
-    metrics: str | None = typer.Option(
-        None, help="Comma-separated metric names (default: all; see 'polycap plugins list')."
-    ),
+    images: Images = None,
+    data_format: DataFormat = None,
+    metrics: Metrics = None,
     clip_encoder: str = typer.Option(
         DEFAULT_CLIP_ENCODER, help="CLIPScore encoder: open_clip name (text tower needed)."
     ),
-    clip_pretrained: str = typer.Option(
-        DEFAULT_CLIP_PRETRAINED, help="CLIPScore weights: tag, local file, or 'none'."
-    ),
-    clip_download: bool = typer.Option(
-        False, "--clip-download", help="Download the CLIPScore weights if not cached yet."
-    ),
+    clip_pretrained: ClipPretrained = DEFAULT_CLIP_PRETRAINED,
+    clip_download: ClipDownload = False,
     clip_prompt: str | None = typer.Option(
         None, help="Text before each caption for CLIPScore (default: 'A photo depicts' for en)."
     ),
@@ -51,12 +57,12 @@ def eval_command(
         False, "--partial", help="Score only the reference images that have a prediction."
     ),
     per_image: bool = typer.Option(False, "--per-image", help="Also show per-image scores."),
-    beams: int = typer.Option(1, min=1, help="With --model: beam width."),
-    max_length: int = typer.Option(30, min=1, help="With --model: most tokens per caption."),
-    batch_size: int = typer.Option(64, min=1),
-    device: str = typer.Option("auto", help="cpu, cuda … (auto: GPU if any)."),
-    cache_dir: Path | None = typer.Option(None, help="Image feature cache."),
-    json_output: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    beams: Beams = 1,
+    max_length: MaxLength = 30,
+    batch_size: BatchSize = 64,
+    device: Device = "auto",
+    cache_dir: CacheDir = None,
+    json_output: JsonOutput = False,
 ) -> None:
     """Score captions: [bold]polycap eval test.json --model runs/ja[/] (or -p preds.json -l ja).
 
@@ -72,7 +78,7 @@ def eval_command(
         raise BadInput("give either --predictions FILE or --model CHECKPOINT")
     if predictions is not None and lang is None:
         raise BadInput("--lang is required with --predictions (the captions' language)")
-    names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    names = split_names(metrics)
     registries = get_registries()
     if names:
         for name in names:
@@ -108,7 +114,7 @@ def eval_command(
             )
     clip = ClipOptions(
         spec=clip_encoder,
-        pretrained=None if clip_pretrained.lower() == "none" else clip_pretrained,
+        pretrained=clip_pretrained,
         prompt=clip_prompt,
         device=torch_device,
         batch_size=batch_size,

@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from polycap.cli.options import (
+    BatchSize,
+    CacheDir,
+    DataFormat,
+    Device,
+    Encoder,
+    Images,
+    JsonOutput,
+    Lang,
+    Pretrained,
+    chosen_output,
+    output_alias,
+    output_option,
+)
 from polycap.cli.output import (
     console,
     err_console,
@@ -16,39 +31,39 @@ from polycap.cli.output import (
 
 
 def index_command(
-    captions: Path = typer.Argument(
-        ..., help="Caption file: captions.json, COCO json, CSV/TSV or JSONL."
-    ),
-    out: Path = typer.Option(..., "--out", "-o", help="Bank folder to create."),
-    lang: str = typer.Option(..., "--lang", "-l", help="Language of the captions (pack code)."),
-    images: Path | None = typer.Option(
-        None, "--images", help="Folder the caption file's image names are relative to."
-    ),
-    data_format: str | None = typer.Option(None, "--format", help="Caption file format."),
-    encoder: str = typer.Option("ViT-B-32", help="open_clip model name (or backend:model)."),
-    pretrained: str = typer.Option("openai", help="Pretrained tag, local weights file, or 'none'."),
+    captions: Annotated[
+        Path, typer.Argument(help="Caption file: captions.json, COCO json, CSV/TSV or JSONL.")
+    ],
+    lang: Lang,
+    output: Annotated[Path | None, output_option("Bank folder to create.")] = None,
+    out: Annotated[Path | None, output_alias("--out")] = None,
+    images: Images = None,
+    data_format: DataFormat = None,
+    encoder: Encoder = "ViT-B-32",
+    pretrained: Pretrained = "openai",
     dtype: str = typer.Option("float16", help="Embedding storage: float16 or float32."),
     text: bool = typer.Option(
         True, "--text/--no-text", help="Also embed the captions (text mode; needs a text tower)."
     ),
-    batch_size: int = typer.Option(64, min=1),
-    device: str = typer.Option("auto", help="cpu, cuda … (auto: GPU if any)."),
-    cache_dir: Path | None = typer.Option(None, help="Image feature cache."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing bank at --out."),
-    json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    batch_size: BatchSize = 64,
+    device: Device = "auto",
+    cache_dir: CacheDir = None,
+    force: bool = typer.Option(False, "--force", help="Replace an existing bank at --output."),
+    json_output: JsonOutput = False,
 ) -> None:
-    """Build a caption bank: [bold]polycap index train.json --lang ja --out bank/[/]."""
+    """Build a caption bank: [bold]polycap index train.json --lang ja -o bank/[/]."""
     from polycap.data import load_captions
     from polycap.encoding import load_encoder
     from polycap.plugins import get_registries
     from polycap.retrieval.bank import build_bank
     from polycap.training import resolve_device
 
+    out = chosen_output(output, out)
     pack = get_registries().languages.get(lang)
     caption_set = load_captions(captions, images_dir=images, format=data_format)
     image_encoder = load_encoder(
         encoder,
-        pretrained=None if pretrained.lower() == "none" else pretrained,
+        pretrained=pretrained,
         device=str(resolve_device(device)),
     )
     stats = build_bank(
@@ -119,10 +134,10 @@ def retrieve_command(
         help="Image mode: nearest images to take captions from (default: k; 10 with --consensus).",
     ),
     chunk_size: int = typer.Option(16384, min=1, help="Bank rows searched at a time."),
-    batch_size: int = typer.Option(64, min=1),
-    device: str = typer.Option("auto", help="cpu, cuda … (auto: GPU if any)."),
-    cache_dir: Path | None = typer.Option(None, help="Image feature cache."),
-    json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    batch_size: BatchSize = 64,
+    device: Device = "auto",
+    cache_dir: CacheDir = None,
+    json_output: JsonOutput = False,
 ) -> None:
     """Caption images by retrieval: [bold]polycap retrieve photo.jpg --bank bank/ --k 3[/]."""
     from polycap.images import expand_image_paths

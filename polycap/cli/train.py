@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from polycap.cli.options import Pretrained
 from polycap.cli.output import console, print_json, print_table
 
 
@@ -24,9 +25,7 @@ def train_command(
         None, "--format", help="Caption file format (default: by suffix/content)."
     ),
     encoder: str = typer.Option("ViT-B-32", help="open_clip model name (or backend:model)."),
-    pretrained: str = typer.Option(
-        "openai", help="open_clip pretrained tag, a local weights file, or 'none'."
-    ),
+    pretrained: Pretrained = "openai",
     lm: str | None = typer.Option(
         None, help="Decoder hub id or local folder (default: the pack's)."
     ),
@@ -75,7 +74,7 @@ def train_command(
         images_dir=images,
         data_format=data_format,
         encoder=encoder,
-        pretrained=None if pretrained.lower() == "none" else pretrained,
+        pretrained=pretrained,
         lm=lm,
         mapper=mapper,
         mapper_options=mapper_options,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from polycap.atomic import write_text
 
 
 @dataclass
@@ -86,8 +87,4 @@ def write_report(
     summary_header: Sequence[str] = (),
 ) -> Path:
     """Write the report atomically (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(render_report(title, rows, summary, summary_header), encoding="utf-8")
-    os.replace(temporary, path)
-    return path
+    return write_text(path, render_report(title, rows, summary, summary_header))

@@ -9,16 +9,15 @@ compositional test: the model has seen "red" and "triangle", never "red triangle
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from polycap.atomic import write_json
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 45, 40),
@@ -180,8 +179,8 @@ def make_synthetic_set(
 
     train_file = directory / "train_captions.json"
     test_file = directory / "test_captions.json"
-    _write_json(train_file, records["train"])
-    _write_json(test_file, records["test"])
+    write_json(train_file, records["train"])
+    write_json(test_file, records["test"])
     return SyntheticSplit(
         directory=directory,
         image_dir=image_dir,
@@ -214,18 +213,6 @@ def _distinct_captions(
         if len(texts) == n:
             break
     return texts
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, ensure_ascii=False, indent=1)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 # -- scoring ---------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from polycap.atomic import atomic_file
+
 TOKENIZER_KINDS = ("bpe", "sentencepiece", "char")
 GPT2_EOS = "<|endoftext|>"
 RINNA_SPECIALS = ("<unk>", "<s>", "</s>", "[PAD]", "[CLS]", "[SEP]", "[MASK]")
@@ -249,9 +251,8 @@ def build_clip(
             model = open_clip.create_model(name, pretrained=None)
     finally:
         root_logger.setLevel(level)
-    temp = weights.with_suffix(".pt.tmp")
-    torch.save(model.state_dict(), temp)
-    temp.replace(weights)
+    with atomic_file(weights) as temporary:
+        torch.save(model.state_dict(), temporary)
     return name, weights
 
 

@@ -24,12 +24,12 @@ import json
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from polycap.atomic import swap_into_place, temporary_folder
 from polycap.errors import BadInput
 
 BANK_FORMAT = "polycap-bank"
@@ -276,9 +276,7 @@ def build_bank(
         raise BadInput(f"{captions.source or 'captions'}: every caption is empty")
     texts_unique = list(ids)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    work.mkdir()
+    work = temporary_folder(out)
     try:
         write_lines(work / "captions.txt", texts_unique)
         np.save(work / "captions.hashes.npy", hash_array(texts_unique))
@@ -324,7 +322,7 @@ def build_bank(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         (work / META).write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
-        _move_into_place(work, out)
+        swap_into_place(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -430,17 +428,6 @@ def _write_image_embeddings(
     np.save(work / "image_captions.ptr.npy", pointer)
     np.save(work / "image_captions.ids.npy", ids)
     return rows, skipped
-
-
-def _move_into_place(work: Path, out: Path) -> None:
-    """Rename the finished folder to ``out``, replacing an old bank there."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-        os.replace(work, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(work, out)
 
 
 def _polycap_version() -> str:

@@ -28,6 +28,7 @@ import pytest
 
 from polycap.errors import PolycapError
 from polycap.language import DemoLexicon, LanguagePack
+from polycap.plugins import canonical_name
 
 DEMO_COLOURS = ("red", "green", "blue", "yellow")
 DEMO_SHAPES = ("circle", "square", "triangle")
@@ -38,10 +39,6 @@ def _require(condition: bool, message: str) -> None:
     """``assert`` that survives ``python -O``."""
     if not condition:
         raise AssertionError(message)
-
-
-def _canonical(distribution: str) -> str:
-    return re.sub(r"[-_.]+", "-", distribution).lower()
 
 
 # -- finding the pack ------------------------------------------------------------------------
@@ -67,7 +64,7 @@ def _entry_point(code: str, distribution: str) -> importlib.metadata.EntryPoint:
     mine = [
         ep
         for ep in found
-        if ep.dist is not None and _canonical(ep.dist.name) == _canonical(distribution)
+        if ep.dist is not None and canonical_name(ep.dist.name) == canonical_name(distribution)
     ]
     names = ", ".join(sorted({ep.dist.name for ep in found if ep.dist is not None}))
     _require(bool(mine), f"entry point {code!r} belongs to {names}, not to {distribution}")

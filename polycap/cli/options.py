@@ -1,0 +1,89 @@
+"""Options shared by the commands, spelt once (``typing.Annotated`` types for Typer).
+
+A command declares ``device: Device = "auto"``; names, short flags and help live here. The
+output folder or file of every command is ``--output/-o``; older spellings (``--out``,
+``--workdir``) stay accepted as hidden aliases (:func:`output_alias`, :func:`chosen_output`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from polycap.errors import BadInput
+
+
+def none_or_text(value: str | None) -> str | None:
+    """``"none"`` (any case) -> None: how options say "no weights" / "nothing"."""
+    return None if value is None or value.lower() == "none" else value
+
+
+def split_names(value: str | None) -> list[str] | None:
+    """``"bleu, cider"`` -> ``["bleu", "cider"]``; absent -> None (= all)."""
+    return [name.strip() for name in value.split(",") if name.strip()] if value else None
+
+
+def output_option(help: str) -> typer.models.OptionInfo:
+    """``--output/-o`` with this command's ``help``."""
+    return typer.Option("--output", "-o", help=help)
+
+
+def output_alias(spelling: str) -> typer.models.OptionInfo:
+    """A hidden old spelling of ``--output`` (e.g. ``--out``), kept for scripts and docs."""
+    return typer.Option(spelling, hidden=True, help="Same as --output.")
+
+
+def chosen_output(output: Path | None, *aliases: Path | None) -> Path:
+    """The output folder given as ``--output`` or one of its aliases; BadInput if none."""
+    given = [path for path in (output, *aliases) if path is not None]
+    if len(given) > 1:
+        raise BadInput("--output is given twice (once as an old spelling); give it once")
+    if not given:
+        raise BadInput("missing option --output/-o")
+    return given[0]
+
+
+Lang = Annotated[str, typer.Option("--lang", "-l", help="Language pack code, e.g. ja, ru, zh.")]
+Images = Annotated[
+    Path | None,
+    typer.Option("--images", help="Folder the caption file's image names are relative to."),
+]
+DataFormat = Annotated[
+    str | None, typer.Option("--format", help="Caption file format (default: by suffix/content).")
+]
+Encoder = Annotated[str, typer.Option("--encoder", help="open_clip model name (or backend:model).")]
+Pretrained = Annotated[
+    str | None,
+    typer.Option(
+        "--pretrained",
+        parser=none_or_text,
+        help="open_clip pretrained tag, a local weights file, or 'none'.",
+    ),
+]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1)]
+Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1 … (auto: GPU if any).")]
+CacheDir = Annotated[
+    Path | None, typer.Option("--cache-dir", help="Image feature cache (default ~/.cache/polycap).")
+]
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Metrics = Annotated[
+    str | None,
+    typer.Option(
+        "--metrics", help="Comma-separated metric names (default: all; see 'polycap plugins list')."
+    ),
+]
+ClipPretrained = Annotated[
+    str | None,
+    typer.Option(
+        "--clip-pretrained",
+        parser=none_or_text,
+        help="CLIPScore weights: tag, local file, or 'none'.",
+    ),
+]
+ClipDownload = Annotated[
+    bool, typer.Option("--clip-download", help="Download the CLIPScore weights if not cached yet.")
+]
+Beams = Annotated[int, typer.Option("--beams", min=1, help="Beam width (1 = greedy).")]
+MaxLength = Annotated[int, typer.Option("--max-length", min=1, help="Most tokens per caption.")]
