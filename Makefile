@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PACKS := $(wildcard languages/*/pyproject.toml)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench bench-quick clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,9 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.run
+
+bench-quick: setup
+	$(BIN)/python -m benchmarks.run --quick
 
 clean:
 	rm -rf $(VENV) polycap-demo .pytest_cache

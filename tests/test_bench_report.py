@@ -1,0 +1,52 @@
+"""benchmarks/report.py: generated sections replace only their own markers; JSON keeps each
+section's latest run with its provenance. No timing."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # benchmarks/ lives beside polycap/, not installed
+    sys.path.insert(0, str(ROOT))
+report = importlib.import_module("benchmarks.report")
+run = importlib.import_module("benchmarks.run")
+
+
+def test_a_section_replaces_only_the_text_between_its_markers() -> None:
+    doc = "# B\n\nprose 1\n<!-- bench:a -->\nold a\n<!-- /bench:a -->\nprose 2\n"
+    doc += "<!-- bench:b -->\nold b\n<!-- /bench:b -->\n"
+    new = report.replace_section(doc, "a", "| x |\n|---|\n| 1 |")
+    assert "old a" not in new and "| 1 |" in new and "old b" in new
+    assert new.index("prose 1") < new.index("| 1 |") < new.index("prose 2")
+    again = report.replace_section(new, "a", "second")
+    assert again.count("<!-- bench:a -->") == 1 and "| 1 |" not in again
+    appended = report.replace_section(doc, "c", "c body")
+    assert appended.startswith(doc.rstrip("\n")) and appended.endswith("<!-- /bench:c -->\n")
+
+
+def test_write_records_provenance_in_the_doc_and_the_json(tmp_path: Path) -> None:
+    doc, data = tmp_path / "bench.md", tmp_path / "bench.json"
+    doc.write_text("# B\n<!-- bench:one -->\n<!-- /bench:one -->\nkept\n", encoding="utf-8")
+    report.write([report.Section("one", "body 1", {"x": 1})], "cmd", doc, data)
+    report.write([report.Section("two", "body 2", {"y": 2})], "cmd2", doc, data)
+    text = doc.read_text(encoding="utf-8")
+    assert "body 1" in text and "body 2" in text and "kept" in text
+    assert "`cmd`" in text and "commit `" in text and "torch" in text
+    stored = json.loads(data.read_text(encoding="utf-8"))
+    assert stored["one"]["data"] == {"x": 1} and stored["two"]["data"] == {"y": 2}
+    assert stored["one"]["provenance"]["command"] == "cmd"
+
+
+def test_section_names_and_options() -> None:
+    with pytest.raises(ValueError):
+        report.Section("Bad Name", "")
+    options = run.Options(device="cuda:1", quick=False)
+    assert options.section_name("decoding") == "decoding-cuda"
+    assert run.Options(quick=True).section_name("decoding") == "decoding-quick"
+    assert run.Options(only={"greedy"}).wants("greedy") and not run.Options(only=set()).wants("x")
+    assert {"features", "train", "memory"} <= set(run.names(run.modules()))
