@@ -1,4 +1,12 @@
-"""Reading images: one decoded RGB image or one clear line saying why not."""
+"""Reading images: one decoded RGB image, as a person sees it, or one clear line saying why not.
+
+"As a person sees it": the EXIF orientation is applied; 16-bit and 32-bit greyscale are scaled
+to 8 bits (not clipped to white); float images in [0, 1] are scaled to [0, 255]; palette,
+greyscale, bilevel and CMYK images become RGB (Pillow's conversions; ICC profiles are not
+applied); transparent pixels are composited onto white, as an image viewer on a page shows them.
+Images with more pixels than :func:`max_pixels` (a decompression-bomb guard; the CLI's
+``--max-pixels``) are refused before they are decoded.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +23,29 @@ if TYPE_CHECKING:
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default bomb limit (about 9459 x 9459)
+BACKGROUND = (255, 255, 255)  # what transparent pixels are shown on
+ORIENTATION_TAG = 0x0112  # EXIF "Orientation"
+
+_limit = {"pixels": DEFAULT_MAX_PIXELS}
+
+
+def max_pixels() -> int:
+    """The most pixels (width x height) an image may have; larger ones are refused."""
+    return _limit["pixels"]
+
+
+def set_max_pixels(limit: int) -> None:
+    """Change the decompression-bomb limit for this process (the CLI's ``--max-pixels``)."""
+    if limit < 1:
+        raise BadInput(f"--max-pixels must be at least 1, not {limit}")
+    _limit["pixels"] = int(limit)
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """The image at ``path``, fully decoded, in RGB.
+    """The image at ``path``, fully decoded, in RGB, as a person sees it.
 
-    Missing, unreadable, corrupt and truncated files raise
+    Missing, unreadable, corrupt, truncated and too-large files raise
     ``BadInput("<path>: not a readable image (<reason>)")``.
     """
     path = Path(path)
@@ -39,23 +64,66 @@ def decode_image(data: bytes, path: str | Path = "<bytes>") -> Image.Image:
     """Decode image bytes (read from ``path``, named in errors) into an RGB image."""
     from PIL import Image
 
+    Image.MAX_IMAGE_PIXELS = None  # our own limit is checked below, without PIL's warnings
     try:
         image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels():
+            raise BadInput(
+                f"{path}: not a readable image ({width}x{height} = {width * height:,} pixels, "
+                f"more than the limit of {max_pixels():,}; raise it with --max-pixels)"
+            )
         image.load()  # decode everything now: truncated files fail here, not later
-        if image.mode == "P" and "transparency" in image.info:
-            image = image.convert("RGBA")  # avoids PIL's palette-transparency warning
-        return image.convert("RGB")
+        return to_rgb(image)
+    except BadInput:
+        raise
     except Exception as error:  # PIL raises many kinds (OSError, SyntaxError, ValueError, ...)
         raise BadInput(f"{path}: not a readable image ({_reason(error)})") from None
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` upright, 8 bits per channel, transparency composited onto white."""
+    from PIL import ImageOps
+
+    if image.getexif().get(ORIENTATION_TAG, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    image = _to_8_bits(image)
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("LA", "La", "PA", "RGBa"):
+        image = image.convert("RGBA")
+    if image.mode == "RGBA":
+        from PIL import Image
+
+        background = Image.new("RGB", image.size, BACKGROUND)
+        background.paste(image, mask=image.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def _to_8_bits(image: Image.Image) -> Image.Image:
+    """16/32-bit integer and float greyscale -> 8-bit "L" (PIL's own convert clips them)."""
+    if not (image.mode.startswith("I") or image.mode.startswith("F")):
+        return image
+    import numpy as np
+    from PIL import Image
+
+    values = np.asarray(image).astype(np.float64)
+    if image.mode.startswith("F"):
+        finite = values[np.isfinite(values)]
+        if finite.size and finite.min() >= 0.0 and finite.max() <= 1.0:
+            values = values * 255.0  # floats in [0, 1]: the usual convention
+    elif image.mode.startswith("I;16") or values.max(initial=0) > 255:
+        values = values / 257.0  # 16-bit range (65535 -> 255)
+    values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+
+
 def _reason(error: Exception) -> str:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     if isinstance(error, UnidentifiedImageError):
         return "unknown or corrupt image format"
-    if isinstance(error, Image.DecompressionBombError):
-        return "too many pixels"
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return text or type(error).__name__
 

@@ -11,6 +11,7 @@ from PIL import Image
 
 from polycap.builtin.english import ENGLISH
 from polycap.demo import build_tiny_models
+from polycap.images import DEFAULT_MAX_PIXELS, set_max_pixels
 
 CAPTIONS = ["a red circle", "two blue squares", "a green triangle", "three yellow circles"] * 5
 
@@ -171,3 +172,22 @@ def test_output_is_one_option_with_its_old_spellings_hidden(capsys, tmp_path):
     assert_one_line_error(result, "--output is given twice")
     result = run_cli(["index", str(tmp_path / "c.json"), "--lang", "en"], capsys)
     assert_one_line_error(result, "missing option --output/-o")
+
+
+def test_encode_names_skipped_images_and_why_in_table_output(capsys, tmp_path, tiny_clip, images):
+    big = tmp_path / "big.png"
+    Image.new("RGB", (100, 100), (0, 0, 0)).save(big)
+    args = ["encode", str(images["good"]), str(big), str(images["corrupt"])]
+    args += ["--encoder", tiny_clip.name, "--pretrained", str(tiny_clip.weights)]
+    try:
+        result = run_cli([*args, "--max-pixels", "2000", "--device", "cpu"], capsys)
+    finally:
+        set_max_pixels(DEFAULT_MAX_PIXELS)  # the option sets a process-wide limit
+    assert result.code == 0, result.err
+    assert "Traceback" not in result.err and "DecompressionBomb" not in result.err
+    line = next(line for line in result.err.splitlines() if "Skipped" in line)
+    assert "Skipped 2 unreadable image(s):" in line
+    assert "big.png (100x100 = 10,000 pixels, more than the limit of 2,000" in line
+    assert "corrupt.png (" in line
+    result = run_cli([*args, "--max-pixels", "0"], capsys)
+    assert result.code == 2 and "--max-pixels" in result.err

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from polycap.cli.options import BatchSize, Device, JsonOutput, MaxLength
+from polycap.cli.options import MAX_PIXELS, BatchSize, Device, JsonOutput, MaxLength, MaxPixels
 from polycap.cli.output import (
     console,
     print_json,
@@ -28,6 +28,7 @@ def caption_command(
     seed: int | None = typer.Option(None, help="Seed for sampling."),
     batch_size: BatchSize = 64,
     device: Device = "auto",
+    max_pixels: MaxPixels = MAX_PIXELS,
     json_output: JsonOutput = False,
 ) -> None:
     """Caption images: [bold]polycap caption photos/ --model runs/ja[/]."""

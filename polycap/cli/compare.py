@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from polycap.cli.options import (
+    MAX_PIXELS,
     BatchSize,
     Beams,
     CacheDir,
@@ -17,15 +18,16 @@ from polycap.cli.options import (
     Images,
     JsonOutput,
     MaxLength,
+    MaxPixels,
     Metrics,
     split_names,
 )
 from polycap.cli.output import (
     console,
-    err_console,
     print_json,
     print_not_applicable,
     print_table,
+    report_skipped,
 )
 from polycap.eval.runner import DEFAULT_CLIP_ENCODER, DEFAULT_CLIP_PRETRAINED
 
@@ -55,6 +57,7 @@ def compare_command(
     ),
     batch_size: BatchSize = 64,
     device: Device = "auto",
+    max_pixels: MaxPixels = MAX_PIXELS,
     cache_dir: CacheDir = None,
     json_output: JsonOutput = False,
 ) -> None:
@@ -122,7 +125,6 @@ def compare_command(
         highlight=False,
     )
     print_not_applicable(result.not_applicable)
-    if result.skipped:
-        err_console.print(f"[yellow]Skipped {len(result.skipped)} unreadable image(s)[/]")
+    report_skipped(result.skipped)
     if written:
         console.print(f"Report: [bold]{written}[/]")

@@ -7,15 +7,17 @@ from pathlib import Path
 import typer
 
 from polycap.cli.options import (
+    MAX_PIXELS,
     BatchSize,
     CacheDir,
     Device,
     Encoder,
     Images,
     JsonOutput,
+    MaxPixels,
     Pretrained,
 )
-from polycap.cli.output import print_json, print_table
+from polycap.cli.output import print_json, print_table, report_skipped
 
 
 def encode_command(
@@ -29,6 +31,7 @@ def encode_command(
     batch_size: BatchSize = 64,
     cache_dir: CacheDir = None,
     device: Device = "auto",
+    max_pixels: MaxPixels = MAX_PIXELS,
     json_output: JsonOutput = False,
 ) -> None:
     """Encode images once into the feature cache: [bold]polycap encode --data captions.json[/]."""
@@ -74,3 +77,4 @@ def encode_command(
             )
         ],
     )
+    report_skipped(result.skipped)

@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from polycap.cli.options import (
+    MAX_PIXELS,
     BatchSize,
     Beams,
     CacheDir,
@@ -18,11 +19,13 @@ from polycap.cli.options import (
     Images,
     JsonOutput,
     MaxLength,
+    MaxPixels,
     Metrics,
     split_names,
 )
 from polycap.cli.output import (
     console,
+    describe_skipped,
     err_console,
     print_json,
     print_not_applicable,
@@ -61,6 +64,7 @@ def eval_command(
     max_length: MaxLength = 30,
     batch_size: BatchSize = 64,
     device: Device = "auto",
+    max_pixels: MaxPixels = MAX_PIXELS,
     cache_dir: CacheDir = None,
     json_output: JsonOutput = False,
 ) -> None:
@@ -168,10 +172,7 @@ def _predict(
         cache_dir=cache_dir,
     )
     if done.skipped:
-        notes.append(
-            f"{len(done.skipped)} unreadable reference images were skipped "
-            f"(first: {done.skipped[0][0]})"
-        )
+        notes.append(f"skipped {describe_skipped(done.skipped)} (references left out)")
     by_image = refs.by_image()
     matched = Matched(
         list(done.paths),

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from polycap.errors import BadInput
+from polycap.images import DEFAULT_MAX_PIXELS, set_max_pixels
 
 
 def none_or_text(value: str | None) -> str | None:
@@ -87,3 +88,20 @@ ClipDownload = Annotated[
 ]
 Beams = Annotated[int, typer.Option("--beams", min=1, help="Beam width (1 = greedy).")]
 MaxLength = Annotated[int, typer.Option("--max-length", min=1, help="Most tokens per caption.")]
+
+
+def _apply_max_pixels(value: int) -> int:
+    set_max_pixels(value)
+    return value
+
+
+MAX_PIXELS = DEFAULT_MAX_PIXELS  # the default of MaxPixels
+MaxPixels = Annotated[
+    int,
+    typer.Option(
+        "--max-pixels",
+        min=1,
+        callback=_apply_max_pixels,
+        help="Skip images with more pixels than this (width x height; a decompression-bomb guard).",
+    ),
+]

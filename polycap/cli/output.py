@@ -35,13 +35,17 @@ def fail(message: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
+def describe_skipped(skipped: Sequence[tuple[Any, str]], shown: int = 5) -> str:
+    """``3 unreadable image(s): a.png (reason), b.png (reason) and 1 more``."""
+    named = ", ".join(f"{path} ({reason})" for path, reason in skipped[:shown])
+    more = f" and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return f"{len(skipped)} unreadable image(s): {named}{more}"
+
+
 def report_skipped(skipped: Sequence[tuple[Any, str]]) -> None:
-    """One yellow line on stderr naming the unreadable images (the first five)."""
+    """One yellow line on stderr naming the unreadable images (the first five) and why."""
     if skipped:
-        err_console.print(
-            f"[yellow]Skipped {len(skipped)} unreadable image(s)[/]: "
-            + ", ".join(str(path) for path, _ in skipped[:5])
-        )
+        err_console.print(f"[yellow]Skipped[/] {describe_skipped(skipped)}", highlight=False)
 
 
 def print_not_applicable(not_applicable: dict[str, str]) -> None:

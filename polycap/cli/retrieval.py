@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from polycap.cli.options import (
+    MAX_PIXELS,
     BatchSize,
     CacheDir,
     DataFormat,
@@ -16,6 +17,7 @@ from polycap.cli.options import (
     Images,
     JsonOutput,
     Lang,
+    MaxPixels,
     Pretrained,
     chosen_output,
     output_alias,
@@ -23,7 +25,6 @@ from polycap.cli.options import (
 )
 from polycap.cli.output import (
     console,
-    err_console,
     print_json,
     print_table,
     report_skipped,
@@ -47,6 +48,7 @@ def index_command(
     ),
     batch_size: BatchSize = 64,
     device: Device = "auto",
+    max_pixels: MaxPixels = MAX_PIXELS,
     cache_dir: CacheDir = None,
     force: bool = typer.Option(False, "--force", help="Replace an existing bank at --output."),
     json_output: JsonOutput = False,
@@ -108,11 +110,7 @@ def index_command(
             )
         ],
     )
-    if stats.skipped:
-        err_console.print(
-            f"[yellow]Skipped {len(stats.skipped)} unreadable image(s)[/]: "
-            + ", ".join(str(p) for p, _ in stats.skipped[:5])
-        )
+    report_skipped(stats.skipped)
 
 
 def retrieve_command(
@@ -136,6 +134,7 @@ def retrieve_command(
     chunk_size: int = typer.Option(16384, min=1, help="Bank rows searched at a time."),
     batch_size: BatchSize = 64,
     device: Device = "auto",
+    max_pixels: MaxPixels = MAX_PIXELS,
     cache_dir: CacheDir = None,
     json_output: JsonOutput = False,
 ) -> None:
