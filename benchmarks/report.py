@@ -23,6 +23,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from polycap.atomic import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 JSON = ROOT / "docs" / "benchmarks.json"
@@ -146,7 +148,7 @@ def write(
     text = doc.read_text(encoding="utf-8") if doc.exists() else "# Benchmarks\n"
     for section in sections:
         text = replace_section(text, section.name, f"{line}\n\n{section.markdown.strip()}")
-    _atomic_write(doc, text)
+    write_text(doc, text)
     if json_path is None:
         return
     stored: dict[str, Any] = {}
@@ -157,14 +159,7 @@ def write(
             stored = {}
     for section in sections:
         stored[section.name] = {"provenance": info, "data": section.data}
-    _atomic_write(json_path, json.dumps(stored, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    write_text(json_path, json.dumps(stored, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def table(columns: list[str], rows: list[list[str]], align: str = "") -> str:

@@ -2,16 +2,21 @@
 
 Every image of a batch is decoded at once. The prefix goes through the LM once; after that
 each step feeds one token per sequence and reuses the cached keys/values. Sequences that end
-(end token) are dropped from the batch, so the work shrinks as captions finish. The
-``use_cache=False`` path re-runs the whole sequence each step and gives the same tokens; it
-exists for tests and for LMs without a cache.
+(end token) are dropped from the batch, so the work shrinks as captions finish (transformers'
+``generate`` keeps them to the end: on captions of COCO-like lengths this is what makes these
+loops faster; docs/benchmarks.md). The ``use_cache=False`` path re-runs the whole sequence each
+step and gives the same tokens; it exists for tests and for LMs without a cache.
+
+The loops (:func:`decode`) talk to the decoder only through :class:`DecoderStep`
+(``start(prefix)``, ``step(tokens, past)``, ``select(past, rows)``), so another runtime (an ONNX
+Runtime session) reuses them unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -77,18 +82,105 @@ class GenerationConfig:
         return "sample" if self.sample else "beam" if self.beams > 1 else "greedy"
 
 
+# -- the model call the decoding loops use ------------------------------------------------------
+LogitsHook = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``hook(step, rows, scores) -> scores``: change the scores of the token chosen at ``step``
+(0 = the first caption token). ``rows[i]``: which input row (image) score row ``i`` belongs to,
+as rows leave the batch. Greedy and sampling pass float32 logits (before temperature and
+top-k/top-p), beam search log-probabilities: where transformers' ``generate`` applies its
+logits processors."""
+
+
+class DecoderStep(Protocol):
+    """One decoder behind the decoding loops: anything that turns prefix embeddings and tokens
+    into next-token logits, keeping its own state ("past") between calls. Implemented here for
+    Hugging Face causal LMs (:class:`CachedLM`, :class:`UncachedLM`); an ONNX Runtime session
+    can implement it too and reuse :func:`decode`."""
+
+    def start(self, prefix: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """``prefix`` ``[N, P, D]`` embeddings -> logits ``[N, V]`` for the first token, past."""
+        ...
+
+    def step(self, tokens: torch.Tensor, past: Any) -> tuple[torch.Tensor, Any]:
+        """``tokens`` ``[N]``, the newest token of each row -> next logits ``[N, V]``, past."""
+        ...
+
+    def select(self, past: Any, rows: torch.Tensor) -> Any:
+        """``past`` with its rows taken from ``rows`` (pruning finished rows; reordering and
+        repeating for beams)."""
+        ...
+
+
+class CachedLM:
+    """A Hugging Face causal LM with its KV cache: the prefix once, then one token a step."""
+
+    def __init__(self, lm: Any) -> None:
+        self.lm = lm
+        self.keywords = lm_keywords(lm)
+
+    def start(self, prefix: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        out = self.lm(inputs_embeds=prefix, use_cache=True, **self.keywords.keep_last(1))
+        return out.logits[:, -1], _output_cache(out)
+
+    def step(self, tokens: torch.Tensor, past: Any) -> tuple[torch.Tensor, Any]:
+        out = self.lm(
+            input_ids=tokens[:, None],
+            use_cache=True,
+            **{self.keywords.cache: past},
+            **self.keywords.keep_last(1),
+        )
+        return out.logits[:, -1], _output_cache(out)
+
+    def select(self, past: Any, rows: torch.Tensor) -> Any:
+        return _reorder_cache(past, rows)
+
+
+class UncachedLM:
+    """The same LM without a cache: every step re-runs prefix + all tokens so far (for tests,
+    and for LMs without a cache). Its past is ``(prefix, tokens)``."""
+
+    def __init__(self, lm: Any) -> None:
+        self.lm = lm
+        self.keywords = lm_keywords(lm)
+
+    def _logits(self, embeds: torch.Tensor) -> torch.Tensor:
+        out = self.lm(inputs_embeds=embeds, use_cache=False, **self.keywords.keep_last(1))
+        return out.logits[:, -1]
+
+    def start(self, prefix: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        empty = torch.empty((prefix.shape[0], 0), dtype=torch.long, device=prefix.device)
+        return self._logits(prefix), (prefix, empty)
+
+    def step(self, tokens: torch.Tensor, past: Any) -> tuple[torch.Tensor, Any]:
+        prefix, history = past
+        history = torch.cat([history, tokens[:, None]], dim=1)
+        embeds = torch.cat([prefix, self.lm.get_input_embeddings()(history)], dim=1)
+        return self._logits(embeds), (prefix, history)
+
+    def select(self, past: Any, rows: torch.Tensor) -> Any:
+        prefix, history = past
+        return prefix.index_select(0, rows), history.index_select(0, rows)
+
+
+def decoder_step(model: Any, config: GenerationConfig) -> DecoderStep:
+    """The decoder call for ``model`` (a Captioner) under ``config``."""
+    return CachedLM(model.lm) if config.use_cache else UncachedLM(model.lm)
+
+
 # -- public entry points ------------------------------------------------------------------------
 def generate_ids(
     model: Any,
     features: torch.Tensor,
     config: GenerationConfig | None = None,
     generator: torch.Generator | None = None,
+    logits_hook: LogitsHook | None = None,
 ) -> list[list[list[int]]]:
     """Token ids per image, per caption (best first), without the end token.
 
     ``features``: ``[B, clip_dim]`` image embeddings (one image: ``[clip_dim]``).
     ``generator``: the random source for sampling (default: a new one seeded with
-    ``config.seed``, or torch's global one when the seed is None).
+    ``config.seed``, or torch's global one when the seed is None). ``logits_hook``: see
+    :data:`LogitsHook`.
     """
     config = config or GenerationConfig()
     config.validate()
@@ -100,17 +192,41 @@ def generate_ids(
     model.eval()
     try:
         with torch.inference_mode():
-            decoder = _Decoder(model, config)
             prefix = model.prefix(features.to(model.device))
-            if config.sample:
-                if generator is None and config.seed is not None:
-                    generator = torch.Generator(device=prefix.device).manual_seed(config.seed)
-                return decoder.sample(prefix, generator)
-            if config.beams > 1:
-                return decoder.beam(prefix)
-            return [[row] for row in decoder.rows(prefix, decoder.greedy_pick)]
+            if config.sample and generator is None and config.seed is not None:
+                generator = torch.Generator(device=prefix.device).manual_seed(config.seed)
+            return decode(
+                decoder_step(model, config),
+                prefix,
+                config,
+                end_token_id=int(model.end_token_id),
+                pad_token_id=int(model.pad_token_id),
+                generator=generator,
+                logits_hook=logits_hook,
+            )
     finally:
         model.train(was_training)
+
+
+def decode(
+    decoder: DecoderStep,
+    prefix: torch.Tensor,
+    config: GenerationConfig,
+    *,
+    end_token_id: int,
+    pad_token_id: int,
+    generator: torch.Generator | None = None,
+    logits_hook: LogitsHook | None = None,
+) -> list[list[list[int]]]:
+    """Decode ``prefix`` ``[N, P, D]`` with ``decoder``: token ids per row, per caption (best
+    first), without the end token. The loop behind :func:`generate_ids`, for any
+    :class:`DecoderStep`."""
+    loop = _Loop(decoder, config, end_token_id, pad_token_id, logits_hook)
+    if config.sample:
+        return loop.sample(prefix, generator)
+    if config.beams > 1:
+        return loop.beam(prefix)
+    return [[row] for row in loop.rows(prefix, loop.greedy_pick)]
 
 
 def caption_features(
@@ -144,62 +260,48 @@ def caption_features(
     return results
 
 
-# -- the decoder --------------------------------------------------------------------------------
-class _Decoder:
-    """One decoding run: the LM, special ids and how to call the LM with or without a cache."""
+# -- the decoding loops -------------------------------------------------------------------------
+class _Loop:
+    """One decoding run over a :class:`DecoderStep`: greedy, sampling or beam search."""
 
-    def __init__(self, model: Any, config: GenerationConfig) -> None:
-        self.model = model
-        self.lm = model.lm
+    def __init__(
+        self,
+        decoder: DecoderStep,
+        config: GenerationConfig,
+        end: int,
+        pad: int,
+        logits_hook: LogitsHook | None = None,
+    ) -> None:
+        self.decoder = decoder
         self.config = config
-        self.end = int(model.end_token_id)
-        self.pad = int(model.pad_token_id)
-        keywords = lm_keywords(self.lm)
-        self.keep_kwarg, self.cache_kwarg = keywords.keep, keywords.cache
-
-    # -- LM calls ---------------------------------------------------------------------------
-    def _call(self, **kwargs: Any) -> Any:
-        if self.keep_kwarg:
-            kwargs[self.keep_kwarg] = 1
-        return self.lm(**kwargs)
-
-    def start(self, prefix: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """Run the prefix; the logits for the first token and the cache (None without one)."""
-        out = self._call(inputs_embeds=prefix, use_cache=self.config.use_cache)
-        return out.logits[:, -1], _output_cache(out) if self.config.use_cache else None
-
-    def step(
-        self, prefix: torch.Tensor, tokens: torch.Tensor, cache: Any
-    ) -> tuple[torch.Tensor, Any]:
-        """Logits for the next token after ``tokens`` ``[N, t]`` (of which only the last is
-        new when there is a cache)."""
-        if cache is not None:
-            kwargs = {self.cache_kwarg: cache}
-            out = self._call(input_ids=tokens[:, -1:], use_cache=True, **kwargs)
-            return out.logits[:, -1], _output_cache(out)
-        embeds = torch.cat([prefix, self.model.embed_tokens(tokens)], dim=1)
-        out = self._call(inputs_embeds=embeds, use_cache=False)
-        return out.logits[:, -1], None
+        self.end = end
+        self.pad = pad
+        self.hook = logits_hook
 
     # -- greedy and sampling: independent rows ----------------------------------------------
-    def greedy_pick(self, logits: torch.Tensor) -> torch.Tensor:
+    def greedy_pick(self, logits: torch.Tensor, active: torch.Tensor, total: int) -> torch.Tensor:
         return logits.argmax(dim=-1)
 
     def rows(
-        self, prefix: torch.Tensor, pick: Callable[[torch.Tensor], torch.Tensor]
+        self,
+        prefix: torch.Tensor,
+        pick: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
     ) -> list[list[int]]:
-        """Decode each row of ``prefix`` on its own (``pick`` chooses the next tokens); rows
-        that reach the end token leave the batch."""
+        """Decode each row of ``prefix`` on its own (``pick(logits, active, n)`` chooses the
+        next tokens of the ``active`` rows of ``n``); rows that reach the end token leave the
+        batch."""
         n = prefix.shape[0]
         max_length = self.config.max_length
-        out = torch.full((n, max_length), self.pad, dtype=torch.long, device=prefix.device)
+        device = prefix.device
+        out = torch.full((n, max_length), self.pad, dtype=torch.long, device=device)
         lengths = [max_length] * n
-        active = torch.arange(n, device=prefix.device)
+        active = torch.arange(n, device=device)
         active_list = list(range(n))
-        logits, cache = self.start(prefix)
-        tokens = torch.empty((n, 0), dtype=torch.long, device=prefix.device)
+        logits, past = self.decoder.start(prefix)
         for step in range(max_length):
-            chosen = pick(logits)
+            if self.hook is not None:
+                logits = self.hook(step, active, logits.float())
+            chosen = pick(logits, active, n)
             out[active, step] = chosen
             done_list = (chosen == self.end).tolist()
             for i, flag in enumerate(done_list):
@@ -207,31 +309,34 @@ class _Decoder:
                     lengths[active_list[i]] = step
             if step + 1 == max_length:
                 break
-            tokens = torch.cat([tokens, chosen[:, None]], dim=1)
             if any(done_list):
                 keep = [i for i, flag in enumerate(done_list) if not flag]
                 if not keep:
                     break
-                index = torch.tensor(keep, device=prefix.device)
+                index = torch.tensor(keep, device=device)
                 active_list = [active_list[i] for i in keep]
-                active = active[index]
-                tokens = tokens[index]
-                prefix = prefix[index]
-                cache = _select_cache(cache, index)
-            logits, cache = self.step(prefix, tokens, cache)
+                active, chosen = active[index], chosen[index]
+                past = self.decoder.select(past, index)
+            logits, past = self.decoder.step(chosen, past)
         table = out.tolist()
         return [table[i][: lengths[i]] for i in range(n)]
 
     def sample_pick(
         self, generator: torch.Generator | None
-    ) -> Callable[[torch.Tensor], torch.Tensor]:
+    ) -> Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]:
+        """Ancestral sampling by the exponential race: ``argmax(p / E)``, ``E ~ Exp(1)``
+        drawn for all ``n`` rows every step (finished ones too), so a row's draws do not
+        depend on which other rows are still running. This is how ``torch.multinomial``
+        draws one sample, so transformers' ``generate`` (which keeps finished rows) samples
+        the same tokens from the same seed."""
         config = self.config
 
-        def pick(logits: torch.Tensor) -> torch.Tensor:
-            scores = logits.float() / config.temperature
-            scores = filter_logits(scores, config.top_k, config.top_p)
+        def pick(logits: torch.Tensor, active: torch.Tensor, total: int) -> torch.Tensor:
+            scores = filter_logits(logits.float() / config.temperature, config.top_k, config.top_p)
             probs = torch.softmax(scores, dim=-1)
-            return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            noise = torch.empty((total, probs.shape[-1]), device=probs.device)
+            noise.exponential_(1.0, generator=generator)
+            return (probs / noise.index_select(0, active)).argmax(dim=-1)
 
         return pick
 
@@ -271,13 +376,13 @@ class _Decoder:
         device = prefix.device
         results: list[list[list[int]]] = [[] for _ in range(images)]
         active_images = list(range(images))
+        image_rows = torch.arange(images, device=device)
         # every beam of an image starts from the same prefix: run it once per image, then give
-        # each beam a copy of its image's logits and cache (not width copies of the prefix)
-        logits, cache = self.start(prefix)
+        # each beam a copy of its image's logits and past (not width copies of the prefix)
+        logits, past = self.decoder.start(prefix)
         expand = torch.arange(images, device=device).repeat_interleave(width)
         logits = logits.index_select(0, expand)
-        cache = _reorder_cache(cache, expand)
-        prefix = prefix.repeat_interleave(width, dim=0)
+        past = self.decoder.select(past, expand)
         vocab = logits.shape[-1]
         scores = torch.zeros(images, width, device=device)
         scores[:, 1:] = float("-inf")  # all beams start equal: expand from the first only
@@ -288,8 +393,10 @@ class _Decoder:
         filler[self.end] = 0.0  # a finished beam's one continuation: free, ignored later
         for step in range(config.max_length):
             b = len(active_images)
-            logp = torch.log_softmax(logits.float(), dim=-1).view(b, width, vocab)
-            logp = torch.where(finished[..., None], filler, logp)
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            if self.hook is not None:
+                logp = self.hook(step, image_rows.repeat_interleave(width), logp)
+            logp = torch.where(finished[..., None], filler, logp.view(b, width, vocab))
             new_lengths = lengths + (~finished).float()
             totals = scores[..., None] + logp
             ranked = (totals / new_lengths[..., None]).view(b, width * vocab)
@@ -314,10 +421,11 @@ class _Decoder:
                 rows = rows.view(b, width)[image_index].view(-1)
                 row_index = row_index.view(-1)
                 active_images = [active_images[i] for i in keep]
+                image_rows = image_rows[image_index]
                 scores, lengths, finished = scores[keep], lengths[keep], finished[keep]
-                tokens, prefix = tokens[row_index], prefix[row_index]
-            cache = _reorder_cache(cache, rows)
-            logits, cache = self.step(prefix, tokens, cache)
+                tokens = tokens[row_index]
+            past = self.decoder.select(past, rows)
+            logits, past = self.decoder.step(tokens[:, -1], past)
         self._collect(results, active_images, [True] * len(active_images), tokens, scores, lengths)
         return results
 
@@ -350,19 +458,28 @@ class _Decoder:
             results[active_images[i]] = chosen
 
 
+class _Decoder(_Loop):
+    """The loops over a Captioner's own LM (kept for callers of the earlier private API)."""
+
+    def __init__(self, model: Any, config: GenerationConfig) -> None:
+        super().__init__(
+            decoder_step(model, config), config, int(model.end_token_id), int(model.pad_token_id)
+        )
+
+
 # -- helpers ------------------------------------------------------------------------------------
 def filter_logits(scores: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Mask (to -inf) all but the ``top_k`` best tokens and the smallest set whose probability
-    reaches ``top_p`` (the token that crosses it included; at least one token is kept)."""
+    reaches ``top_p`` (the token that crosses it included; at least one token is kept).
+    transformers' own top-k and top-p warpers, so sampling filters exactly as ``generate``."""
     if top_k > 0 and top_k < scores.shape[-1]:
-        threshold = scores.topk(top_k, dim=-1).values[..., -1:]
-        scores = scores.masked_fill(scores < threshold, float("-inf"))
+        from transformers.generation.logits_process import TopKLogitsWarper
+
+        scores = TopKLogitsWarper(top_k)(None, scores)
     if top_p < 1.0:
-        ordered, order = scores.sort(dim=-1, descending=True)
-        probs = torch.softmax(ordered, dim=-1)
-        before = probs.cumsum(dim=-1) - probs  # probability mass ranked above each token
-        ordered = ordered.masked_fill(before >= top_p, float("-inf"))
-        scores = torch.full_like(scores, float("-inf")).scatter(-1, order, ordered)
+        from transformers.generation.logits_process import TopPLogitsWarper
+
+        scores = TopPLogitsWarper(top_p)(None, scores)
     return scores
 
 
@@ -387,13 +504,3 @@ def _reorder_cache(cache: Any, rows: torch.Tensor) -> Any:
     return tuple(  # legacy tuple-of-tuples cache
         tuple(tensor.index_select(0, rows.to(tensor.device)) for tensor in layer) for layer in cache
     )
-
-
-def _select_cache(cache: Any, rows: torch.Tensor) -> Any:
-    """The cache restricted to ``rows`` (sequences still being decoded)."""
-    if cache is None:
-        return None
-    if hasattr(cache, "batch_select_indices"):
-        cache.batch_select_indices(rows)
-        return cache
-    return _reorder_cache(cache, rows)
