@@ -47,12 +47,9 @@ def load_captioner(path: Path, device: str = "cpu", expected_language: str | Non
 
 def encoder_for(model: Any, device: str = "cpu") -> Any:
     """The image encoder a checkpoint was trained on, loaded as recorded."""
-    from polycap.encoding import load_encoder
+    from polycap.encoding import EncoderSpec
 
-    info = model.config["encoder"]
-    backend = info.get("backend", "open_clip")
-    spec = info["name"] if backend == "open_clip" else f"{backend}:{info['name']}"
-    return load_encoder(spec, pretrained=info.get("pretrained"), device=device)
+    return EncoderSpec.from_json(model.config["encoder"]).load(device)
 
 
 def caption_images(

@@ -6,10 +6,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from polycap.eval.compare import Comparison, compare
 from polycap.offline.synthetic import score_captions
+
+if TYPE_CHECKING:
+    from polycap.language import LanguagePack
+    from polycap.plugins import Registries
 
 DEFAULT_HELDOUT_PAIRS: tuple[tuple[str, str], ...] = (
     ("red", "triangle"),
@@ -42,7 +46,7 @@ class SplitComparison:
 
 
 def unseen_pair_accuracy(
-    pack: Any,
+    pack: LanguagePack,
     captions: dict[str, str],
     truths: dict[str, tuple[str, str, int]],
     heldout_pairs: Sequence[tuple[str, str]],
@@ -58,7 +62,7 @@ def unseen_pair_accuracy(
 
 
 def compare_on_split(
-    pack: Any,
+    pack: LanguagePack,
     split: Any,
     model: Any,
     workdir: Path,
@@ -69,7 +73,7 @@ def compare_on_split(
     metrics: Sequence[str] | None = SPLIT_METRICS,
     report: bool = True,
     cache_dir: Path | None = None,
-    registries: Any = None,
+    registries: Registries | None = None,
     device: str = "cpu",
 ) -> SplitComparison:
     """Retrieval (bank of the training captions, the model's encoder) vs generation on the
@@ -137,5 +141,5 @@ def compare_on_split(
     return SplitComparison(comparison, pair_scores, held, bank_path, path)
 
 
-def _pair_ok(pack: Any, caption: str, truth: tuple[str, str, int]) -> bool:
+def _pair_ok(pack: LanguagePack, caption: str, truth: tuple[str, str, int]) -> bool:
     return score_captions(pack, {"x": caption}, {"x": truth})["pair_accuracy"] == 1.0

@@ -11,9 +11,13 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from polycap.errors import BadInput
+
+if TYPE_CHECKING:
+    from polycap.language import LanguagePack
+    from polycap.plugins import Registries
 
 
 @dataclass
@@ -54,7 +58,7 @@ class DemoResult:
 
 
 def build_tiny_models(
-    pack: Any, train_captions: list[str], directory: Path, seed: int
+    pack: LanguagePack, train_captions: list[str], directory: Path, seed: int
 ) -> dict[str, str]:
     """Tokenizer of the pack's class, tiny GPT-2 and tiny CLIP, saved under ``directory``."""
     from polycap.offline import tiny
@@ -66,7 +70,9 @@ def build_tiny_models(
     return {"lm": str(lm_dir), "encoder": clip_name, "pretrained": str(clip_weights)}
 
 
-def run_demo(options: DemoOptions, console: Any = None, registries: Any = None) -> DemoResult:
+def run_demo(
+    options: DemoOptions, console: Any = None, registries: Registries | None = None
+) -> DemoResult:
     """Synthetic data → tiny models → training → captions for held-out images → scores + HTML."""
     import torch
 
@@ -81,7 +87,9 @@ def run_demo(options: DemoOptions, console: Any = None, registries: Any = None) 
         torch.set_num_threads(threads)
 
 
-def _run_demo(options: DemoOptions, console: Any, registries: Any, started: float) -> DemoResult:
+def _run_demo(
+    options: DemoOptions, console: Any, registries: Registries | None, started: float
+) -> DemoResult:
     from polycap.captioning import caption_images
     from polycap.eval.report import ReportRow, write_report
     from polycap.generation import GenerationConfig

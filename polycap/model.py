@@ -17,18 +17,23 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from polycap.atomic import atomic_folder
+from polycap.encoding import EncoderSpec
 from polycap.errors import BadInput, UnknownName
 from polycap.lm_keywords import lm_keywords
+
+if TYPE_CHECKING:
+    from polycap.language import LanguagePack
+    from polycap.plugins import Registries
 
 CONFIG_FILE = "polycap.json"
 MAPPER_FILE = "mapper.safetensors"
@@ -48,7 +53,7 @@ class CaptionerOutput:
     logits: torch.Tensor
 
 
-def _registries(registries: Any) -> Any:
+def _registries(registries: Registries | None) -> Registries:
     if registries is not None:
         return registries
     from polycap.plugins import get_registries
@@ -69,7 +74,12 @@ class Captioner(nn.Module):
     """
 
     def __init__(
-        self, pack: Any, tokenizer: Any, lm: nn.Module, mapper: nn.Module, config: dict[str, Any]
+        self,
+        pack: LanguagePack,
+        tokenizer: Any,
+        lm: nn.Module,
+        mapper: nn.Module,
+        config: dict[str, Any],
     ) -> None:
         super().__init__()
         self.pack = pack
@@ -92,10 +102,10 @@ class Captioner(nn.Module):
     @classmethod
     def build(
         cls,
-        pack: Any,
+        pack: LanguagePack,
         tokenizer: Any,
         lm: nn.Module,
-        encoder_info: dict[str, Any],
+        encoder_info: EncoderSpec | Mapping[str, Any],
         mapper: str = "mlp",
         prefix_length: int = 10,
         mapper_options: dict[str, Any] | None = None,
@@ -103,31 +113,31 @@ class Captioner(nn.Module):
         normalize_features: bool = True,
         lm_source: str | None = None,
         save_lm: bool | None = None,
-        registries: Any = None,
+        registries: Registries | None = None,
     ) -> Captioner:
         """A fresh captioner: a new ``mapper`` (registered kind) in front of ``lm``.
 
-        ``encoder_info``: ``{backend, name, pretrained, embed_dim}`` of the image encoder.
+        ``encoder_info``: the image encoder's :class:`EncoderSpec` (or its JSON record).
         ``lm_source``: hub id or path the LM came from (default: its ``name_or_path``);
         local paths are stored absolute. ``save_lm``: bundle the LM weights in checkpoints
         (default: only when ``train_lm``).
         """
-        if "embed_dim" not in encoder_info:
+        encoder = (
+            encoder_info
+            if isinstance(encoder_info, EncoderSpec)
+            else EncoderSpec.from_json(encoder_info)
+        )
+        if encoder.embed_dim is None:
             raise BadInput("encoder_info needs 'embed_dim' (the image-embedding size)")
         mapper_class = _registries(registries).mappers.get(mapper)
-        clip_dim = int(encoder_info["embed_dim"])
+        clip_dim = encoder.embed_dim
         width = lm_width(lm)
         built = mapper_class(clip_dim, width, prefix_length, **(mapper_options or {}))
         source = lm_source or getattr(lm, "name_or_path", None) or ""
         if source and Path(source).exists():
             source = str(Path(source).resolve())
         config = {
-            "encoder": {
-                "backend": encoder_info.get("backend", "open_clip"),
-                "name": encoder_info.get("name"),
-                "pretrained": encoder_info.get("pretrained"),
-                "embed_dim": clip_dim,
-            },
+            "encoder": encoder.to_json(cache_key=False),
             "mapper": {
                 "kind": mapper,
                 "options": built.options(),
@@ -293,7 +303,7 @@ class Captioner(nn.Module):
         device: str | torch.device = "cpu",
         *,
         expected_language: str | None = None,
-        registries: Any = None,
+        registries: Registries | None = None,
         dtype: Any = None,
     ) -> Captioner:
         """Load a checkpoint written by :meth:`save`, in eval mode, on ``device``.

@@ -12,13 +12,24 @@ import re
 import sys
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from polycap import hookspecs
 from polycap.errors import DuplicateName
 from polycap.registry import Registry
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from polycap.data import CaptionFormat
+    from polycap.encoding import ImageEncoder
+    from polycap.eval.runner import Metric
+    from polycap.language import LanguagePack
+
+    EncoderLoader = Callable[[str, str | None, str], ImageEncoder]
+    MapperClass = Callable[..., Any]  # cls(clip_dim, lm_dim, prefix_length, **options) -> Module
 
 ENTRY_POINT_GROUP = "polycap"
 BUILTIN_PLUGINS = (
@@ -52,11 +63,11 @@ class PluginInfo:
 class Registries:
     """All registries, filled by the hooks of every loaded plugin."""
 
-    languages: Registry[Any]
-    encoders: Registry[Any]
-    mappers: Registry[Any]
-    metrics: Registry[Any]
-    datasets: Registry[Any]
+    languages: Registry[LanguagePack]
+    encoders: Registry[EncoderLoader]
+    mappers: Registry[MapperClass]
+    metrics: Registry[Metric]
+    datasets: Registry[CaptionFormat]
 
 
 class PluginHost:

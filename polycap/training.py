@@ -9,12 +9,17 @@ import random
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from polycap.batching import bucketed_batches, padded_batches
+from polycap.encoding import EncoderSpec
 from polycap.errors import BadInput
+
+if TYPE_CHECKING:
+    from polycap.language import LanguagePack
+    from polycap.plugins import Registries
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE = "trainer_state.pt"
@@ -123,7 +128,7 @@ def collate(
 
 
 def tokenize_records(
-    records: list[Any], row_of: dict[Path, int], pack: Any, tokenizer: Any, max_tokens: int
+    records: list[Any], row_of: dict[Path, int], pack: LanguagePack, tokenizer: Any, max_tokens: int
 ) -> TokenizedSet:
     """Token ids per caption (end token kept when truncated) for records whose image encoded."""
     rows: list[int] = []
@@ -154,7 +159,9 @@ def latest_checkpoint(output: Path) -> Path | None:
 class Trainer:
     """One training run: prepares data and model, runs epochs, writes checkpoints."""
 
-    def __init__(self, config: TrainConfig, registries: Any = None, console: Any = None) -> None:
+    def __init__(
+        self, config: TrainConfig, registries: Registries | None = None, console: Any = None
+    ) -> None:
         from polycap.plugins import get_registries
 
         self.config = config
@@ -193,12 +200,7 @@ class Trainer:
         val = tokenize_records(val_set.records, row_of, self.pack, tokenizer, config.max_tokens)
         if not train.token_ids:
             raise BadInput(f"{config.data}: no training captions left after skipping bad images")
-        encoder_info = {
-            "backend": getattr(encoder, "backend", "open_clip"),
-            "name": encoder.name,
-            "pretrained": encoder.pretrained,
-            "embed_dim": encoder.embed_dim,
-        }
+        encoder_info = encoder.encoder_spec
         self.say(
             f"{len(captions.records)} captions of {len(captions.images())} images; "
             f"train {len(train.token_ids)} / validation {len(val.token_ids)} captions; "
@@ -206,7 +208,7 @@ class Trainer:
         )
         return train, val, encoded.features, (tokenizer, encoder_info), len(encoded.skipped)
 
-    def build_model(self, tokenizer: Any, encoder_info: dict[str, Any]) -> Any:
+    def build_model(self, tokenizer: Any, encoder_info: EncoderSpec) -> Any:
         from polycap.model import Captioner
 
         config = self.config
@@ -407,7 +409,10 @@ class Trainer:
 
 
 def train(
-    config: TrainConfig, resume: bool = False, registries: Any = None, console: Any = None
+    config: TrainConfig,
+    resume: bool = False,
+    registries: Registries | None = None,
+    console: Any = None,
 ) -> TrainResult:
     """Run one training job; see :class:`TrainConfig`."""
     return Trainer(config, registries=registries, console=console).run(resume=resume)

@@ -98,6 +98,18 @@ def test_load_encoder_from_local_weights(tiny_clip: TinyClip, encoder: ImageEnco
     torch.testing.assert_close(features, again.encode_images(pixels[None]))
 
 
+def test_encoder_spec_is_the_one_record_saved_and_reopened(encoder: ImageEncoder) -> None:
+    from polycap.encoding import EncoderSpec
+
+    spec = encoder.encoder_spec
+    assert EncoderSpec.from_json(spec.to_json()) == spec
+    assert "cache_key" not in spec.to_json(cache_key=False)
+    reopened = spec.load()
+    assert type(reopened) is type(encoder) and reopened.encoder_spec == spec
+    with pytest.raises(BadInput, match="without a 'name'"):
+        EncoderSpec.from_json({"backend": "open_clip"})
+
+
 def test_weights_file_content_decides_cache_key(tiny_clip: TinyClip, tmp_path: Path) -> None:
     copy = shutil.copy(tiny_clip.weights, tmp_path / "copy.pt")
     other = save_tiny_clip_weights(tmp_path / "other.pt", seed=1)

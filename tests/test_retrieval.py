@@ -290,3 +290,38 @@ def test_cli_index_and_retrieve(tmp_path: Path, shapes, tiny_clip, capsys) -> No
     assert "Traceback" not in (result.err)
     result = run_cli(["retrieve", str(image), "--bank", str(tmp_path)], capsys)
     assert result.code == 2 and "not a caption bank" in flat(result.err)
+
+
+def test_a_bank_built_with_a_plugin_encoder_reopens_with_that_encoder(
+    shapes, english, tiny_clip, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    from polycap import plugins
+    from polycap.builtin.encoders import OpenClipEncoder, load_open_clip
+    from polycap.hookspecs import hookimpl
+
+    class ToyEncoder(OpenClipEncoder):
+        backend = "toy"
+
+    def load_toy(model: str, pretrained: str | None, device: str = "cpu") -> ToyEncoder:
+        encoder = load_open_clip(model, pretrained, device)
+        encoder.__class__ = ToyEncoder
+        return encoder
+
+    @hookimpl
+    def register_encoders(register) -> None:
+        register("toy", load_toy)
+
+    host = plugins.PluginHost(load_entry_points=False)
+    host.add_plugin(types.SimpleNamespace(register_encoders=register_encoders), "polycap-toy")
+    monkeypatch.setattr(plugins, "get_host", lambda: host)
+    from polycap.encoding import load_encoder
+
+    encoder = load_encoder(f"toy:{tiny_clip.name}", pretrained=tiny_clip.weights)
+    assert isinstance(encoder, ToyEncoder) and encoder.spec == f"toy:{tiny_clip.name}"
+    out = tmp_path / "toy-bank"
+    build_bank(load_captions(shapes.train_file), encoder, out, english, progress=False)
+    reopened = Bank.open(out).load_encoder()
+    assert isinstance(reopened, ToyEncoder)
+    assert reopened.encoder_spec == encoder.encoder_spec

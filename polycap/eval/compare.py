@@ -15,10 +15,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from polycap.errors import BadInput
 from polycap.eval.runner import ClipOptions, EvalContext, EvalResult, evaluate, image_keys
+
+if TYPE_CHECKING:
+    from polycap.language import LanguagePack
+    from polycap.plugins import Registries
 
 SUMMARY_COLUMNS = (
     "BLEU-4",
@@ -191,7 +195,7 @@ def _cell(result: EvalResult, column: str) -> str:
 
 def compare(
     heldout: Any,
-    pack: Any,
+    pack: LanguagePack,
     model: Any = None,
     bank: Any = None,
     generation: Any = None,
@@ -206,7 +210,7 @@ def compare(
     device: str = "cpu",
     cache_dir: Path | None = None,
     progress: bool = False,
-    registries: Any = None,
+    registries: Registries | None = None,
     encoder: Any = None,
 ) -> Comparison:
     """Caption ``heldout`` (a CaptionSet) by retrieval from ``bank`` and by ``model``, with one
@@ -355,14 +359,14 @@ def _score_method(
     label: str,
     outputs: list[list[str]],
     seconds: float,
-    pack: Any,
+    pack: LanguagePack,
     keys: list[str],
     references: list[list[str]],
     images: list[Path],
     clip: ClipOptions,
     cache: dict[str, Any],
     metrics: Sequence[str] | None,
-    registries: Any,
+    registries: Registries | None,
     hashes: Any,
 ) -> MethodResult:
     from polycap.eval.metrics.diversity import distinct_n, novelty

@@ -15,9 +15,13 @@ import importlib.metadata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from polycap.errors import BadInput
+
+if TYPE_CHECKING:
+    from polycap.language import LanguagePack
+    from polycap.plugins import Registries
 
 DEFAULT_CLIP_ENCODER = "xlm-roberta-base-ViT-B-32"
 DEFAULT_CLIP_PRETRAINED = "laion5b_s13b_b90k"
@@ -60,7 +64,7 @@ class ClipOptions:
 class EvalContext:
     """What every metric sees: one prediction and one or more references per image."""
 
-    pack: Any
+    pack: LanguagePack
     keys: list[str]
     predictions: list[str]
     references: list[list[str]]
@@ -163,7 +167,7 @@ class EvalResult:
 # -- running metrics ---------------------------------------------------------------------------
 
 
-def metric_registry(registries: Any = None) -> Any:
+def metric_registry(registries: Registries | None = None) -> Any:
     """The metrics registry (from the process-wide plugin host unless given)."""
     if registries is None:
         from polycap.plugins import get_registries
@@ -173,7 +177,7 @@ def metric_registry(registries: Any = None) -> Any:
 
 
 def evaluate(
-    ctx: EvalContext, metrics: Sequence[str] | None = None, registries: Any = None
+    ctx: EvalContext, metrics: Sequence[str] | None = None, registries: Registries | None = None
 ) -> EvalResult:
     """Run ``metrics`` (names; default: every registered one) over ``ctx``."""
     registry = metric_registry(registries)
@@ -237,7 +241,9 @@ COLUMN_ORDER = {
 }
 
 
-def versions(pack: Any = None, registries: Any = None) -> dict[str, str]:
+def versions(
+    pack: LanguagePack | None = None, registries: Registries | None = None
+) -> dict[str, str]:
     """Versions of the packages scores depend on (those installed), and the language pack's."""
     found: dict[str, str] = {}
     for name in VERSION_PACKAGES:
@@ -250,7 +256,7 @@ def versions(pack: Any = None, registries: Any = None) -> dict[str, str]:
     return found
 
 
-def _pack_version(pack: Any) -> str:
+def _pack_version(pack: LanguagePack) -> str:
     try:
         from polycap.plugins import get_host
 
@@ -469,7 +475,10 @@ def _reference_lookup(references: Any, source: Path | None) -> dict[str, Path]:
 
 
 def context_for(
-    pack: Any, matched: Matched, clip: ClipOptions | None = None, keys: Sequence[str] | None = None
+    pack: LanguagePack,
+    matched: Matched,
+    clip: ClipOptions | None = None,
+    keys: Sequence[str] | None = None,
 ) -> EvalContext:
     """An :class:`EvalContext` from matched predictions (keys default to image file names,
     or full paths where two images share a name)."""

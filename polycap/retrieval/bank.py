@@ -27,10 +27,14 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from polycap.atomic import swap_into_place, temporary_folder
+from polycap.encoding import EncoderSpec
 from polycap.errors import BadInput
+
+if TYPE_CHECKING:
+    from polycap.language import LanguagePack
 
 BANK_FORMAT = "polycap-bank"
 BANK_VERSION = 1
@@ -203,12 +207,13 @@ class Bank:
         """All captions, streamed from disk."""
         return iter(LineFile(self.path / "captions.txt"))
 
-    def load_encoder(self, device: str = "cpu") -> Any:
-        """The encoder the bank was built with, loaded as recorded."""
-        from polycap.encoding import load_encoder
+    @property
+    def encoder_spec(self) -> EncoderSpec:
+        return EncoderSpec.from_json(self.meta["encoder"])
 
-        info = self.encoder
-        return load_encoder(info["name"], pretrained=info.get("pretrained"), device=device)
+    def load_encoder(self, device: str = "cpu") -> Any:
+        """The encoder the bank was built with, from its recorded backend."""
+        return self.encoder_spec.load(device)
 
 
 # -- building ------------------------------------------------------------------------------------
@@ -231,7 +236,7 @@ def build_bank(
     captions: Any,
     encoder: Any,
     out: str | Path,
-    pack: Any,
+    pack: LanguagePack,
     dtype: str = "float16",
     batch_size: int = 64,
     text_batch_size: int = 256,
@@ -307,7 +312,7 @@ def build_bank(
             "format": BANK_FORMAT,
             "version": BANK_VERSION,
             "language": pack.code,
-            "encoder": {**encoder.info(), "backend": getattr(encoder, "backend", None)},
+            "encoder": encoder.encoder_spec.to_json(),
             "embed_dim": int(encoder.embed_dim),
             "dtype": dtype,
             "captions": len(texts_unique),

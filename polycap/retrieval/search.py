@@ -20,9 +20,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from polycap.errors import BadInput
+
+if TYPE_CHECKING:
+    from polycap.language import LanguagePack
 
 MODES = ("text", "image")
 DEFAULT_CHUNK = 16384
@@ -164,7 +167,7 @@ def retrieve(
     consensus: bool = False,
     neighbours: int | None = None,
     chunk_size: int = DEFAULT_CHUNK,
-    pack: Any = None,
+    pack: LanguagePack | None = None,
 ) -> list[list[Retrieved]]:
     """Top-``k`` captions for each row of ``features`` (raw image embeddings, [B, D])."""
     if mode not in MODES:
@@ -204,7 +207,7 @@ def retrieve(
 
 
 def _rank_candidates(
-    bank: Any, candidates: list[tuple[int, float, str]], k: int, consensus: bool, pack: Any
+    bank: Any, candidates: list[tuple[int, float, str]], k: int, consensus: bool, pack: LanguagePack
 ) -> list[Retrieved]:
     first: dict[int, tuple[float, str]] = {}
     for cid, score, image in candidates:
@@ -236,7 +239,7 @@ def retrieve_images(
     device: str = "cpu",
     cache_dir: Path | None = None,
     progress: bool = True,
-    pack: Any = None,
+    pack: LanguagePack | None = None,
 ) -> RetrievedImages:
     """Encode ``paths`` with the bank's encoder (or ``encoder``) and retrieve for each."""
     from polycap.encoding import encode_images
