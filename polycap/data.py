@@ -78,13 +78,28 @@ class CaptionSet:
 # -- loading -----------------------------------------------------------------------------
 
 
+_outside = {"allowed": False}
+
+
+def allow_images_outside(allowed: bool) -> None:
+    """Whether records may name images outside their image folder, for this process (the
+    CLI's ``--allow-outside-images``); :func:`load_captions` refuses them by default."""
+    _outside["allowed"] = bool(allowed)
+
+
 def load_captions(
-    path: str | Path, images_dir: str | Path | None = None, format: str | None = None
+    path: str | Path,
+    images_dir: str | Path | None = None,
+    format: str | None = None,
+    allow_outside: bool | None = None,
 ) -> CaptionSet:
     """Read a caption file; images that do not exist are skipped, counted and warned about.
 
     ``format`` is a registered format name; without it the format is chosen by suffix and,
-    where several formats share a suffix, by sniffing the file's start.
+    where several formats share a suffix, by sniffing the file's start. A record whose image
+    resolves outside the image folder (``images_dir``, else the caption file's folder), by
+    ``..`` or an absolute path, is BadInput naming the record, unless ``allow_outside``
+    (default: the process setting, see :func:`allow_images_outside`).
     """
     path = Path(path)
     if not path.is_file():
@@ -97,7 +112,20 @@ def load_captions(
     records = reader.read(path, directory)
     if not records:
         raise BadInput(f"{path}: no captions found")
+    if not (_outside["allowed"] if allow_outside is None else allow_outside):
+        _refuse_outside(path, records, directory if directory is not None else path.parent)
     return _drop_missing_images(path, records)
+
+
+def _refuse_outside(path: Path, records: list[CaptionRecord], root: Path) -> None:
+    """BadInput naming the first record whose image is not inside ``root``."""
+    root = Path(os.path.normpath(os.path.abspath(root)))
+    for record in records:
+        if not record.image.is_relative_to(root):
+            raise BadInput(
+                f"{path}: record {record.image_id!r} names an image outside the image folder "
+                f"{root} ({record.image}); pass --allow-outside-images if that is intended"
+            )
 
 
 def _choose_format(path: Path, name: str | None) -> CaptionFormat:

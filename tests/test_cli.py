@@ -191,3 +191,24 @@ def test_encode_names_skipped_images_and_why_in_table_output(capsys, tmp_path, t
     assert "corrupt.png (" in line
     result = run_cli([*args, "--max-pixels", "0"], capsys)
     assert result.code == 2 and "--max-pixels" in result.err
+
+
+def test_caption_file_naming_an_image_outside_its_folder(capsys, tmp_path, tiny_clip, images):
+    data = tmp_path / "data"
+    data.mkdir()
+    captions = data / "captions.csv"
+    captions.write_text(f"image,caption\n../{images['good'].name},a red square\n")
+    result = run_cli(["index", str(captions), "--lang", "en", "-o", str(tmp_path / "b")], capsys)
+    assert_one_line_error(
+        result, "captions.csv: record '../good.png' names an image outside the image folder"
+    )
+    args = ["encode", "--data", str(captions), "--encoder", tiny_clip.name]
+    args += ["--pretrained", str(tiny_clip.weights), "--json"]
+    try:
+        result = run_cli([*args, "--allow-outside-images"], capsys)
+    finally:
+        from polycap.data import allow_images_outside
+
+        allow_images_outside(False)  # the option sets a process-wide default
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["encoded"] == 1

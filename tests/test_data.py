@@ -321,3 +321,65 @@ def test_split_small_sets() -> None:
 def test_builtin_formats_are_registered() -> None:
     registries = plugins.PluginHost(load_entry_points=False).registries
     assert {"captions-json", "coco", "csv", "tsv", "jsonl"} <= set(registries.datasets.names())
+
+
+# -- images outside the image folder, duplicate ids -------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute"])
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "captions-json"])
+def test_images_outside_the_image_folder_are_refused(tmp_path: Path, fmt: str, how: str) -> None:
+    data = tmp_path / "data"
+    _images(data, ["a.png"])
+    (secret,) = _images(tmp_path / "private", ["secret.png"])
+    name = "../private/secret.png" if how == "dotdot" else str(secret)
+    if fmt == "csv":
+        path = _write(data / "c.csv", f"image,caption\na.png,ok\n{name},leak\n")
+    elif fmt == "jsonl":
+        lines = [{"image": "a.png", "caption": "ok"}, {"image": name, "caption": "leak"}]
+        path = _write(data / "c.jsonl", "\n".join(json.dumps(line) for line in lines))
+    else:
+        items = [{"caption": "ok", "image_name": "a.png"}, {"caption": "leak", "image_name": name}]
+        path = _write(data / "captions.json", json.dumps(items))
+    with pytest.raises(BadInput) as error:
+        load_captions(path)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: record {name!r} names an image outside the image folder")
+    assert str(secret) in message and "--allow-outside-images" in message
+    allowed = load_captions(path, allow_outside=True)
+    assert [r.image for r in allowed] == [data / "a.png", secret]
+
+
+def test_dotdot_that_stays_inside_and_the_process_setting(tmp_path: Path) -> None:
+    from polycap.data import allow_images_outside
+
+    _images(tmp_path / "pics" / "sub", ["a.png"])
+    (other,) = _images(tmp_path / "other", ["b.png"])
+    path = _write(tmp_path / "pics" / "c.csv", "image,caption\nsub/../sub/a.png,ok\n")
+    assert load_captions(path).images() == [tmp_path / "pics" / "sub" / "a.png"]
+    outside = _write(tmp_path / "pics" / "d.csv", f"image,caption\n{other},far\n")
+    with pytest.raises(BadInput, match="outside the image folder"):
+        load_captions(outside)
+    try:
+        allow_images_outside(True)
+        assert load_captions(outside).images() == [other]
+    finally:
+        allow_images_outside(False)
+    # with --images, the root is that folder
+    with pytest.raises(BadInput, match=f"outside the image folder {tmp_path / 'pics'}"):
+        load_captions(outside, images_dir=tmp_path / "pics")
+    assert load_captions(outside, images_dir=tmp_path).images() == [other]
+
+
+def test_coco_duplicate_image_ids_name_both_entries(tmp_path: Path) -> None:
+    _images(tmp_path, NAMES)
+    images = [{"id": 7, "file_name": "a.png"}, {"id": 8, "file_name": "b.png"}]
+    images.append({"id": 7, "file_name": "c.png"})
+    notes = [{"image_id": 7, "caption": "which one?"}]
+    path = _write(tmp_path / "coco.json", json.dumps({"images": images, "annotations": notes}))
+    with pytest.raises(BadInput) as error:
+        load_captions(path)
+    assert str(error.value) == (
+        f"{path}: images[0] ('a.png') and images[2] ('c.png') have the same id 7"
+    )

@@ -123,6 +123,7 @@ class CocoJson:
                 raise BadInput(f"{path}: {key!r} must be a list, found {_type_name(data[key])}")
         base = images_dir if images_dir is not None else path.parent
         files: dict[str, Path] = {}
+        first: dict[str, int] = {}
         for index, image in enumerate(data["images"]):
             where = f"images[{index}]"
             if not isinstance(image, dict):
@@ -131,7 +132,15 @@ class CocoJson:
                 if key not in image:
                     raise BadInput(f"{path}: {where}: missing key {key!r}")
             name = check_image_name(path, where, "file_name", image["file_name"])
-            files[str(image["id"])] = resolve_image(name, base)
+            key = str(image["id"])
+            if key in first:
+                earlier = data["images"][first[key]]["file_name"]
+                raise BadInput(
+                    f"{path}: images[{first[key]}] ({earlier!r}) and {where} ({name!r}) "
+                    f"have the same id {image['id']!r}"
+                )
+            first[key] = index
+            files[key] = resolve_image(name, base)
         records = []
         for index, note in enumerate(data["annotations"]):
             where = f"annotations[{index}]"

@@ -8,6 +8,7 @@ import typer
 
 from polycap.cli.options import (
     MAX_PIXELS,
+    AllowOutside,
     BatchSize,
     Beams,
     CacheDir,
@@ -39,6 +40,7 @@ def compare_command(
         ..., "--bank", "-b", help="Bank of the training captions, built with the model's encoder."
     ),
     images: Images = None,
+    allow_outside_images: AllowOutside = False,
     data_format: DataFormat = None,
     mode: str = typer.Option("image", help="Retrieval mode: image (kNN) or text."),
     consensus: bool = typer.Option(

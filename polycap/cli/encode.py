@@ -8,6 +8,7 @@ import typer
 
 from polycap.cli.options import (
     MAX_PIXELS,
+    AllowOutside,
     BatchSize,
     CacheDir,
     Device,
@@ -26,6 +27,7 @@ def encode_command(
         None, "--data", "-d", help="Or: the images of a caption file."
     ),
     images: Images = None,
+    allow_outside_images: AllowOutside = False,
     encoder: Encoder = "ViT-B-32",
     pretrained: Pretrained = "openai",
     batch_size: BatchSize = 64,

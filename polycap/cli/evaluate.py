@@ -9,6 +9,7 @@ import typer
 
 from polycap.cli.options import (
     MAX_PIXELS,
+    AllowOutside,
     BatchSize,
     Beams,
     CacheDir,
@@ -46,6 +47,7 @@ def eval_command(
         None, "--lang", "-l", help="Language pack (default: the model's; needed with -p)."
     ),
     images: Images = None,
+    allow_outside_images: AllowOutside = False,
     data_format: DataFormat = None,
     metrics: Metrics = None,
     clip_encoder: str = typer.Option(

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from polycap.data import allow_images_outside
 from polycap.errors import BadInput
 from polycap.images import DEFAULT_MAX_PIXELS, set_max_pixels
 
@@ -103,5 +104,21 @@ MaxPixels = Annotated[
         min=1,
         callback=_apply_max_pixels,
         help="Skip images with more pixels than this (width x height; a decompression-bomb guard).",
+    ),
+]
+
+
+def _apply_allow_outside(value: bool) -> bool:
+    allow_images_outside(value)
+    return value
+
+
+AllowOutside = Annotated[
+    bool,
+    typer.Option(
+        "--allow-outside-images",
+        callback=_apply_allow_outside,
+        help="Accept caption records whose image lies outside the image folder "
+        "(a '..' or absolute path); refused by default.",
     ),
 ]

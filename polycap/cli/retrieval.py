@@ -9,6 +9,7 @@ import typer
 
 from polycap.cli.options import (
     MAX_PIXELS,
+    AllowOutside,
     BatchSize,
     CacheDir,
     DataFormat,
@@ -39,6 +40,7 @@ def index_command(
     output: Annotated[Path | None, output_option("Bank folder to create.")] = None,
     out: Annotated[Path | None, output_alias("--out")] = None,
     images: Images = None,
+    allow_outside_images: AllowOutside = False,
     data_format: DataFormat = None,
     encoder: Encoder = "ViT-B-32",
     pretrained: Pretrained = "openai",
