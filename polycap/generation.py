@@ -252,7 +252,7 @@ def caption_features(
             for captions in generate_ids(model, batch, config, generator=generator):
                 texts: list[str] = []
                 for ids in captions:
-                    text = model.pack.decode_caption(model.tokenizer, ids)
+                    text = model.decode_caption(ids, finished=len(ids) < config.max_length)
                     if text not in texts:
                         texts.append(text)
                 results.append(texts)

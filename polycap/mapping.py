@@ -1,11 +1,13 @@
 """Prefix mappers: a CLIP embedding becomes ``prefix_length`` vectors in the LM's embedding space.
 
-The two mappers of ClipCap (Mokady et al., 2021):
+The mappers of ClipCap (Mokady et al., 2021):
 
 - ``mlp``: one hidden layer with Tanh, ``clip_dim -> hidden -> prefix_length * lm_dim``;
 - ``transformer``: a linear map to ``clip_length`` vectors, followed by a Transformer encoder
   over those vectors plus ``prefix_length`` learned constants; the outputs at the constants'
-  positions are the prefix.
+  positions are the prefix;
+- ``linear``: one ``Linear`` to ``prefix_length * lm_dim`` (the official ``predict.py`` uses it
+  for prefixes longer than 10).
 
 Every mapper is built as ``cls(clip_dim, lm_dim, prefix_length, **options)`` and reports
 ``options()`` so a checkpoint can rebuild it exactly. More mappers come from plugins through
@@ -56,6 +58,25 @@ class MLPMapper(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``[B, clip_dim] -> [B, prefix_length, lm_dim]``."""
         return self.net(features).view(-1, self.prefix_length, self.lm_dim)
+
+
+class LinearMapper(nn.Module):
+    """One ``Linear`` from ``clip_dim`` to ``prefix_length * lm_dim`` (no options)."""
+
+    def __init__(self, clip_dim: int, lm_dim: int, prefix_length: int) -> None:
+        super().__init__()
+        self.clip_dim = _positive("clip_dim", clip_dim)
+        self.lm_dim = _positive("lm_dim", lm_dim)
+        self.prefix_length = _positive("prefix_length", prefix_length)
+        self.linear = nn.Linear(clip_dim, lm_dim * prefix_length)
+
+    def options(self) -> dict[str, Any]:
+        """No options beyond the three sizes."""
+        return {}
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``[B, clip_dim] -> [B, prefix_length, lm_dim]``."""
+        return self.linear(features).view(-1, self.prefix_length, self.lm_dim)
 
 
 class TransformerMapper(nn.Module):

@@ -92,7 +92,11 @@ class Captioner(nn.Module):
         self.normalize_features = bool(config["normalize_features"])
         self.feature_mean: torch.Tensor | None = None
         self.feature_std: torch.Tensor | None = None
-        self.end_token_id = pack.end_token_id(tokenizer)
+        self.stop_token: str | None = config.get("stop_token")
+        if self.stop_token:
+            self.end_token_id = stop_token_id(tokenizer, self.stop_token)
+        else:
+            self.end_token_id = pack.end_token_id(tokenizer)
         self.pad_token_id = pack.pad_token_id(tokenizer)
         if not self.train_lm:
             self.lm.requires_grad_(False)
@@ -114,13 +118,15 @@ class Captioner(nn.Module):
         lm_source: str | None = None,
         save_lm: bool | None = None,
         registries: Registries | None = None,
+        stop_token: str | None = None,
     ) -> Captioner:
         """A fresh captioner: a new ``mapper`` (registered kind) in front of ``lm``.
 
         ``encoder_info``: the image encoder's :class:`EncoderSpec` (or its JSON record).
         ``lm_source``: hub id or path the LM came from (default: its ``name_or_path``);
         local paths are stored absolute. ``save_lm``: bundle the LM weights in checkpoints
-        (default: only when ``train_lm``).
+        (default: only when ``train_lm``). ``stop_token``: a token (e.g. ``"."``, as in official
+        ClipCap checkpoints) that ends captions instead of the pack's end token.
         """
         encoder = (
             encoder_info
@@ -151,7 +157,26 @@ class Captioner(nn.Module):
             "train_lm": bool(train_lm),
             "normalize_features": bool(normalize_features),
         }
+        if stop_token:
+            config["stop_token"] = stop_token
         return cls(pack, tokenizer, lm, built, config)
+
+    # -- captions as token ids --------------------------------------------------------------
+    def encode_caption(self, text: str) -> list[int]:
+        """Caption -> ids ending with this model's end token (the stop token when it has one;
+        a caption that already ends with the stop token keeps just that one)."""
+        ids = self.pack.encode_caption(self.tokenizer, text)
+        if not self.stop_token:
+            return ids
+        ids = ids[:-1]  # the pack's end token
+        return ids if ids and ids[-1] == self.end_token_id else [*ids, self.end_token_id]
+
+    def decode_caption(self, ids: list[int], finished: bool = True) -> str:
+        """Generated ids (end token cut off) -> text; the stop token of a ``finished`` caption
+        is part of its text (official ClipCap captions end with their ".")."""
+        if self.stop_token and finished:
+            ids = [*ids, self.end_token_id]
+        return self.pack.decode_caption(self.tokenizer, ids)
 
     # -- training / inference ---------------------------------------------------------------
     def train(self, mode: bool = True) -> Captioner:
@@ -372,6 +397,20 @@ class Captioner(nn.Module):
         model.to(device)
         model.eval()
         return model
+
+
+def stop_token_id(tokenizer: Any, token: str) -> int:
+    """The id of ``token`` as one vocabulary entry (BadInput if it is not a single token)."""
+    vocab = tokenizer.get_vocab()
+    if token in vocab:
+        return int(vocab[token])
+    ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise BadInput(
+            f"stop token {token!r} is {len(ids)} tokens for tokenizer "
+            f"{tokenizer.name_or_path!r}; it must be exactly one"
+        )
+    return int(ids[0])
 
 
 _REQUIRED = {

@@ -10,7 +10,7 @@ import torch
 from helpers_lm import english_pack, make_registries
 
 from polycap.errors import BadInput
-from polycap.mapping import MLPMapper, TransformerMapper
+from polycap.mapping import LinearMapper, MLPMapper, TransformerMapper
 
 CLIP, LM, PREFIX = 12, 16, 5
 
@@ -29,8 +29,9 @@ def rebuilt(mapper: torch.nn.Module) -> torch.nn.Module:
         MLPMapper(CLIP, LM, PREFIX, hidden_size=7),
         TransformerMapper(CLIP, LM, PREFIX, num_layers=2, num_heads=4),
         TransformerMapper(CLIP, LM, PREFIX, clip_length=3, num_layers=1, num_heads=2),
+        LinearMapper(CLIP, LM, PREFIX),
     ],
-    ids=["mlp", "mlp-hidden", "transformer", "transformer-clip-length"],
+    ids=["mlp", "mlp-hidden", "transformer", "transformer-clip-length", "linear"],
 )
 def test_shape_and_rebuild_from_options(mapper: torch.nn.Module) -> None:
     mapper.eval()
@@ -69,7 +70,8 @@ def test_bad_options_are_one_line_errors() -> None:
 
 def test_builtin_mappers_are_registered() -> None:
     mappers = make_registries(english_pack()).mappers
-    assert mappers.names() == ["mlp", "transformer"]
+    assert mappers.names() == ["linear", "mlp", "transformer"]
+    assert isinstance(mappers.get("linear")(CLIP, LM, PREFIX), LinearMapper)
     assert isinstance(mappers.get("mlp")(CLIP, LM, PREFIX), MLPMapper)
     built = mappers.get("transformer")(CLIP, LM, PREFIX, num_layers=1, num_heads=2)
     assert isinstance(built, TransformerMapper)

@@ -1,4 +1,4 @@
-"""Built-in prefix mappers: ClipCap's ``mlp`` and ``transformer``."""
+"""Built-in prefix mappers: ClipCap's ``mlp``, ``transformer`` and ``linear``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def _lazy(class_name: str) -> Any:
 
 @hookimpl
 def register_mappers(register: Register) -> None:
-    """Register ClipCap's two mappers."""
+    """Register ClipCap's three mappers."""
     register("mlp", _lazy("MLPMapper"))
     register("transformer", _lazy("TransformerMapper"))
+    register("linear", _lazy("LinearMapper"))

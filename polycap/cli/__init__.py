@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import typer
 
-from polycap.cli import caption, compare, demo, encode, evaluate, plugins, retrieval, train
+from polycap.cli import (
+    caption,
+    compare,
+    demo,
+    encode,
+    evaluate,
+    importing,
+    plugins,
+    retrieval,
+    train,
+)
 from polycap.errors import PolycapError
 
 app = typer.Typer(
@@ -24,6 +34,7 @@ app.command("index")(retrieval.index_command)
 app.command("retrieve")(retrieval.retrieve_command)
 app.command("compare")(compare.compare_command)
 app.add_typer(plugins.app, name="plugins")
+app.add_typer(importing.app, name="import")
 
 
 def quiet_libraries() -> None:
