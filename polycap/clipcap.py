@@ -23,9 +23,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from polycap.errors import BadInput
+
+if TYPE_CHECKING:
+    from polycap.encoding import EncoderSpec
 
 MAPPER_PREFIX = "clip_project."
 LM_PREFIX = "gpt."
@@ -274,7 +277,9 @@ def import_clipcap(
 
 def _encoder_info(
     path: Path, clip_dim: int, encoder: str | None, pretrained: str | None
-) -> dict[str, Any]:
+) -> EncoderSpec:
+    from polycap.encoding import EncoderSpec, parse_spec
+
     if encoder is None:
         if clip_dim not in KNOWN_ENCODERS:
             raise BadInput(
@@ -283,7 +288,5 @@ def _encoder_info(
             )
         encoder, default_tag = KNOWN_ENCODERS[clip_dim]
         pretrained = pretrained or default_tag
-    from polycap.encoding import parse_spec
-
     backend, name = parse_spec(encoder)
-    return {"backend": backend, "name": name, "pretrained": pretrained, "embed_dim": clip_dim}
+    return EncoderSpec(name=name, pretrained=pretrained, backend=backend, embed_dim=clip_dim)
