@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from polycap.eval.compare import Comparison, compare
+from polycap.eval.compare import CompareSettings, Comparison, compare
+from polycap.eval.methods import RetrievalOptions
 from polycap.offline.synthetic import score_captions
 
 if TYPE_CHECKING:
@@ -107,14 +108,11 @@ def compare_on_split(
         model=model,
         bank=bank,
         generation=generation,
-        mode=mode,
-        k=k,
-        consensus=consensus,
-        metrics=metrics,
-        cache_dir=cache_dir,
-        registries=registries,
+        retrieval=RetrievalOptions(mode=mode, k=k, consensus=consensus),
+        settings=CompareSettings(
+            metrics=metrics, cache_dir=cache_dir, registries=registries, device=device
+        ),
         encoder=encoder,
-        device=device,
     )
     pair_scores: dict[str, dict[str, dict[str, float]]] = {}
     marks: dict[str, dict[str, dict[str, bool]]] = {}

@@ -59,7 +59,8 @@ def setup(english, tiny_clip, tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_compare_side_by_side(setup, english, tmp_path: Path) -> None:
-    from polycap.eval.compare import compare
+    from polycap.eval.compare import CompareSettings, compare
+    from polycap.eval.methods import RetrievalOptions
     from polycap.generation import GenerationConfig
 
     result = compare(
@@ -68,9 +69,8 @@ def test_compare_side_by_side(setup, english, tmp_path: Path) -> None:
         model=setup["model"],
         bank=setup["bank"],
         generation=GenerationConfig(max_length=8),
-        mode="image",
-        k=3,
-        metrics=["bleu", "cider-d", "wer", "spice"],
+        retrieval=RetrievalOptions(mode="image", k=3),
+        settings=CompareSettings(metrics=["bleu", "cider-d", "wer", "spice"]),
         encoder=setup["encoder"],
     )
     retrieval, generation = result.method("retrieval"), result.method("generation")
@@ -134,7 +134,7 @@ def test_unseen_pair_accuracy_groups_images(english) -> None:
 
 def test_compare_refuses_mismatches(setup, english) -> None:
     from polycap.encoding import load_encoder
-    from polycap.eval.compare import compare
+    from polycap.eval.compare import CompareSettings, compare
 
     other = load_encoder(setup["bank"].encoder["name"], pretrained=None)
     other.cache_key = "open_clip:something-else"
@@ -145,12 +145,14 @@ def test_compare_refuses_mismatches(setup, english) -> None:
             model=setup["model"],
             bank=setup["bank"],
             encoder=other,
-            metrics=["bleu"],
+            settings=CompareSettings(metrics=["bleu"]),
         )
     zh = get_registries().languages.get("zh") if "zh" in get_registries().languages else None
     if zh is not None:
         with pytest.raises(BadInput, match="bank is in 'en'"):
-            compare(setup["heldout"], zh, bank=setup["bank"], metrics=["bleu"])
+            compare(
+                setup["heldout"], zh, bank=setup["bank"], settings=CompareSettings(metrics=["bleu"])
+            )
 
 
 def test_cli_compare(setup, tmp_path: Path, capsys) -> None:

@@ -12,13 +12,8 @@ import pytest
 from cli_runner import run_cli
 
 from polycap.errors import BadInput
-from polycap.eval.runner import (
-    ClipOptions,
-    EvalContext,
-    evaluate,
-    load_predictions,
-    match_predictions,
-)
+from polycap.eval.predictions import load_predictions, match_predictions
+from polycap.eval.runner import ClipOptions, EvalContext, evaluate
 from polycap.language import LanguagePack
 from polycap.plugins import get_registries
 

@@ -66,7 +66,8 @@ def compare_command(
     """Retrieval vs generation: [bold]polycap compare test.json -m runs/ja -b bank/[/]."""
     from polycap.captioning import load_captioner
     from polycap.data import load_captions
-    from polycap.eval.compare import compare
+    from polycap.eval.compare import CompareSettings, compare
+    from polycap.eval.methods import RetrievalOptions
     from polycap.eval.runner import ClipOptions
     from polycap.generation import GenerationConfig
     from polycap.plugins import get_registries
@@ -96,17 +97,10 @@ def compare_command(
         model=captioner,
         bank=opened,
         generation=GenerationConfig(max_length=max_length, beams=beams),
-        mode=mode,
-        k=k,
-        consensus=consensus,
-        neighbours=neighbours,
-        metrics=names,
-        clip=clip,
-        batch_size=batch_size,
-        device=torch_device,
-        cache_dir=cache_dir,
-        progress=not json_output,
-        registries=registries,
+        retrieval=RetrievalOptions(mode, k, consensus, neighbours),
+        settings=CompareSettings(
+            names, clip, batch_size, torch_device, cache_dir, not json_output, registries
+        ),
     )
     written = result.write_report(report) if report is not None else None
     if json_output:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ from polycap.cli.output import (
     print_not_applicable,
     print_table,
 )
-from polycap.eval.runner import DEFAULT_CLIP_ENCODER, DEFAULT_CLIP_PRETRAINED, PREDICTIONS_HELP
+from polycap.eval.predictions import PREDICTIONS_HELP
+from polycap.eval.runner import DEFAULT_CLIP_ENCODER, DEFAULT_CLIP_PRETRAINED
 
 
 def eval_command(
@@ -77,7 +79,8 @@ def eval_command(
     """
     from polycap.data import load_captions
     from polycap.errors import BadInput
-    from polycap.eval.runner import ClipOptions, context_for, evaluate, load_predictions
+    from polycap.eval.predictions import load_predictions, match_predictions
+    from polycap.eval.runner import ClipOptions, context_for, evaluate
     from polycap.plugins import get_registries
 
     if (predictions is None) == (model is None):
@@ -95,21 +98,9 @@ def eval_command(
     torch_device = _device(device) if model is not None or _wants_clip(names) else "cpu"
     notes: list[str] = []
     if model is not None:
-        matched, pack, model_info = _predict(
-            refs,
-            model,
-            lang,
-            beams,
-            max_length,
-            batch_size,
-            torch_device,
-            cache_dir,
-            json_output,
-            notes,
-        )
+        run = _ModelRun(model, lang, beams, max_length, batch_size, torch_device, cache_dir)
+        matched, pack, model_info = _predict(refs, run, not json_output, notes)
     else:
-        from polycap.eval.runner import match_predictions
-
         pack = registries.languages.get(lang or "")
         matched = match_predictions(refs, load_predictions(predictions), predictions, partial)
         model_info = None
@@ -146,32 +137,37 @@ def _device(device: str) -> str:
     return str(resolve_device(device))
 
 
+@dataclass
+class _ModelRun:
+    """``eval --model``: which checkpoint captions the reference images, and how."""
+
+    model: Path
+    lang: str | None
+    beams: int
+    max_length: int
+    batch_size: int
+    device: str
+    cache_dir: Path | None
+
+
 def _predict(
-    refs: Any,
-    model: Path,
-    lang: str | None,
-    beams: int,
-    max_length: int,
-    batch_size: int,
-    device: str,
-    cache_dir: Path | None,
-    quiet: bool,
-    notes: list[str],
+    refs: Any, run: _ModelRun, progress: bool, notes: list[str]
 ) -> tuple[Any, Any, dict[str, Any]]:
     from polycap.captioning import caption_images, load_captioner
-    from polycap.eval.runner import Matched
+    from polycap.eval.predictions import Matched
     from polycap.generation import GenerationConfig
 
-    captioner = load_captioner(model, device=device, expected_language=lang)
-    generation = GenerationConfig(max_length=max_length, beams=beams)
+    model = run.model
+    captioner = load_captioner(model, device=run.device, expected_language=run.lang)
+    generation = GenerationConfig(max_length=run.max_length, beams=run.beams)
     done = caption_images(
         captioner,
         refs.images(),
         generation,
-        batch_size=batch_size,
-        device=device,
-        progress=not quiet,
-        cache_dir=cache_dir,
+        batch_size=run.batch_size,
+        device=run.device,
+        progress=progress,
+        cache_dir=run.cache_dir,
     )
     if done.skipped:
         notes.append(f"skipped {describe_skipped(done.skipped)} (references left out)")

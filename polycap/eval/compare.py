@@ -18,11 +18,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from polycap.errors import BadInput
+from polycap.eval.methods import GenerationMethod, Method, RetrievalMethod, RetrievalOptions
 from polycap.eval.runner import ClipOptions, EvalContext, EvalResult, evaluate, image_keys
 
 if TYPE_CHECKING:
+    from polycap.data import CaptionSet
+    from polycap.encoding import ImageEncoder
+    from polycap.generation import GenerationConfig
     from polycap.language import LanguagePack
     from polycap.plugins import Registries
+    from polycap.retrieval.bank import Bank
 
 SUMMARY_COLUMNS = (
     "BLEU-4",
@@ -193,201 +198,180 @@ def _cell(result: EvalResult, column: str) -> str:
 # -- running ---------------------------------------------------------------------------------------
 
 
+@dataclass
+class CompareSettings:
+    """How ``compare`` encodes and scores: metric names (None: all), CLIPScore options,
+    batch size, device, feature cache, progress bars, registries."""
+
+    metrics: Sequence[str] | None = None
+    clip: ClipOptions | None = None
+    batch_size: int = 64
+    device: str = "cpu"
+    cache_dir: Path | None = None
+    progress: bool = False
+    registries: Registries | None = None
+
+
+@dataclass
+class ScoringContext:
+    """What every method's captions are scored against: the held-out images and their
+    references, the metrics, one shared metric cache (one CLIPScore encoder, one METEOR jar),
+    and the training captions' hashes for novelty (None: no bank, no novelty)."""
+
+    pack: LanguagePack
+    images: list[Path]
+    keys: list[str]
+    references: list[list[str]]
+    clip: ClipOptions
+    metrics: Sequence[str] | None = None
+    registries: Registries | None = None
+    training_hashes: Any = None
+    cache: dict[str, Any] = field(default_factory=lambda: {"shared": True})
+
+    def score(self, method: Method, outputs: list[list[str]], seconds: float) -> MethodResult:
+        """``outputs`` (ranked captions per image) of ``method``, scored like every other."""
+        from polycap.eval.metrics.diversity import distinct_n, novelty
+
+        captions = [self.pack.normalize(texts[0]) if texts else "" for texts in outputs]
+        ctx = EvalContext(
+            self.pack, self.keys, captions, self.references, self.images, self.clip, self.cache
+        )
+        result = evaluate(ctx, self.metrics, self.registries)
+        share, novel = (None, None)
+        if self.training_hashes is not None:
+            share, novel = novelty(captions, self.training_hashes)
+        tokens = ctx.prediction_tokens
+        return MethodResult(
+            method.name,
+            method.label,
+            captions,
+            outputs,
+            seconds,
+            result,
+            share,
+            novel,
+            distinct_n(tokens, 1),
+            distinct_n(tokens, 2),
+            len(set(captions)) / len(captions) if captions else 0.0,
+        )
+
+
 def compare(
-    heldout: Any,
+    heldout: CaptionSet,
     pack: LanguagePack,
     model: Any = None,
-    bank: Any = None,
-    generation: Any = None,
-    mode: str = "image",
-    k: int = 5,
-    consensus: bool = False,
-    neighbours: int | None = None,
-    metrics: Sequence[str] | None = None,
-    clip: ClipOptions | None = None,
-    chunk_size: int | None = None,
-    batch_size: int = 64,
-    device: str = "cpu",
-    cache_dir: Path | None = None,
-    progress: bool = False,
-    registries: Registries | None = None,
-    encoder: Any = None,
+    bank: Bank | None = None,
+    generation: GenerationConfig | None = None,
+    retrieval: RetrievalOptions | None = None,
+    settings: CompareSettings | None = None,
+    encoder: ImageEncoder | None = None,
 ) -> Comparison:
-    """Caption ``heldout`` (a CaptionSet) by retrieval from ``bank`` and by ``model``, with one
-    encoder (the model's; the bank must have been built with it), and score both alike."""
-    from polycap.encoding import encode_images
-    from polycap.retrieval.search import DEFAULT_CHUNK, check_encoder
-
-    if model is None and bank is None:
-        raise BadInput("compare needs a model, a bank, or both")
-    if model is not None and model.config.get("language") not in (None, pack.code):
-        raise BadInput(
-            f"the model was trained for {model.config['language']!r}, "
-            f"the held-out set is evaluated as {pack.code!r}"
-        )
-    if bank is not None and bank.language != pack.code:
-        raise BadInput(f"{bank.path}: bank is in {bank.language!r}, not {pack.code!r}")
-    if encoder is None:
-        if model is not None:
-            from polycap.captioning import encoder_for
-
-            encoder = encoder_for(model, device=device)
-        else:
-            encoder = bank.load_encoder(device=device)
+    """Caption ``heldout`` by retrieval from ``bank`` and by ``model``, with one encoder
+    (the model's; the bank must have been built with it), and score both alike."""
+    retrieval = retrieval or RetrievalOptions()
+    settings = settings or CompareSettings()
+    methods: list[Method] = []
     if bank is not None:
-        check_encoder(bank, encoder)
+        methods.append(RetrievalMethod(bank, retrieval))
+    if model is not None:
+        methods.append(GenerationMethod(model, generation, settings.batch_size))
+    if not methods:
+        raise BadInput("compare needs a model, a bank, or both")
+    if encoder is None:
+        from polycap.captioning import encoder_for
 
+        for method in methods:
+            method.check_language(pack)
+        if model is not None:
+            encoder = encoder_for(model, device=settings.device)
+        else:
+            encoder = bank.load_encoder(device=settings.device)  # type: ignore[union-attr]
+    record = {
+        **retrieval.settings(),
+        "mode": retrieval.mode if bank is not None else None,
+        "generation": None,
+        "bank": None,
+        "bank_captions": None,
+    }
+    return compare_methods(heldout, pack, methods, encoder, settings, bank, record)
+
+
+def compare_methods(
+    heldout: CaptionSet,
+    pack: LanguagePack,
+    methods: Sequence[Method],
+    encoder: ImageEncoder,
+    settings: CompareSettings,
+    bank: Bank | None = None,
+    record: dict[str, Any] | None = None,
+) -> Comparison:
+    """Run each of ``methods`` on the embeddings of ``heldout`` (encoded once with
+    ``encoder``, timed apart) and score each alike; novelty is against ``bank``'s captions."""
+    from polycap.encoding import encode_images
+    from polycap.eval.metrics.reference import release
+
+    for method in methods:
+        method.check_language(pack)
+    for method in methods:
+        method.check_encoder(encoder)
     started = time.perf_counter()
     encoded = encode_images(
-        encoder, heldout.images(), batch_size=batch_size, cache_dir=cache_dir, progress=progress
+        encoder,
+        heldout.images(),
+        batch_size=settings.batch_size,
+        cache_dir=settings.cache_dir,
+        progress=settings.progress,
     )
     encode_seconds = time.perf_counter() - started
     if not encoded.paths:
         raise BadInput(f"{heldout.source or 'held-out set'}: none of its images could be read")
-    by_image = heldout.by_image()
-    images = list(encoded.paths)
-    references = [by_image[p] for p in images]
-    keys = image_keys(images)
-    clip = clip or ClipOptions(device=device, cache_dir=cache_dir)
-    shared_cache: dict[str, Any] = {"shared": True}  # one CLIPScore encoder, one METEOR jar
-    hashes = bank.caption_hashes() if bank is not None else None
-
-    methods: list[MethodResult] = []
+    scoring = _scoring_context(heldout, pack, list(encoded.paths), settings, bank)
+    results: list[MethodResult] = []
     try:
-        if bank is not None:
-            from polycap.retrieval.search import retrieve
-
+        for method in methods:
             started = time.perf_counter()
-            found = retrieve(
-                bank,
-                encoded.features,
-                mode=mode,
-                k=k,
-                consensus=consensus,
-                neighbours=neighbours,
-                chunk_size=chunk_size or DEFAULT_CHUNK,
-                pack=pack,
-            )
-            seconds = time.perf_counter() - started
-            label = f"retrieval ({mode}{', consensus' if consensus else ''})"
-            methods.append(
-                _score_method(
-                    "retrieval",
-                    label,
-                    [[r.caption for r in rows] for rows in found],
-                    seconds,
-                    pack,
-                    keys,
-                    references,
-                    images,
-                    clip,
-                    shared_cache,
-                    metrics,
-                    registries,
-                    hashes,
-                )
-            )
-        if model is not None:
-            from polycap.generation import GenerationConfig, caption_features
-
-            generation = generation or GenerationConfig()
-            features = encoded.features.to(model.device)
-            started = time.perf_counter()
-            generated = caption_features(model, features, generation, batch_size=batch_size)
-            _sync(model.device)
-            seconds = time.perf_counter() - started
-            methods.append(
-                _score_method(
-                    "generation",
-                    f"generation ({generation.strategy})",
-                    generated,
-                    seconds,
-                    pack,
-                    keys,
-                    references,
-                    images,
-                    clip,
-                    shared_cache,
-                    metrics,
-                    registries,
-                    hashes,
-                )
-            )
+            outputs = method.caption(encoded.features)
+            results.append(scoring.score(method, outputs, time.perf_counter() - started))
     finally:
-        from polycap.eval.metrics.reference import release
-
-        release(shared_cache)
-
+        release(scoring.cache)
     not_applicable: dict[str, str] = {}
+    for result in results:
+        not_applicable.update(result.evaluation.not_applicable)
+    record = dict(record or {})
     for method in methods:
-        not_applicable.update(method.evaluation.not_applicable)
-    settings = {
-        "mode": mode if bank is not None else None,
-        "k": k,
-        "consensus": consensus,
-        "neighbours": neighbours,
-        "generation": generation.to_json() if model is not None and generation else None,
-        "bank": str(bank.path) if bank is not None else None,
-        "bank_captions": bank.n_captions if bank is not None else None,
-        "device": device,
-        "heldout": str(heldout.source) if heldout.source else None,
-    }
+        record.update(method.settings())
+    record["device"] = settings.device
+    record["heldout"] = str(heldout.source) if heldout.source else None
     return Comparison(
         pack.code,
         pack.segmenter,
-        images,
-        keys,
-        references,
-        methods,
+        scoring.images,
+        scoring.keys,
+        scoring.references,
+        results,
         encoder.info(),
         encode_seconds,
-        settings,
+        record,
         not_applicable,
         list(encoded.skipped),
     )
 
 
-def _sync(device: Any) -> None:
-    import torch
-
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _score_method(
-    name: str,
-    label: str,
-    outputs: list[list[str]],
-    seconds: float,
+def _scoring_context(
+    heldout: CaptionSet,
     pack: LanguagePack,
-    keys: list[str],
-    references: list[list[str]],
     images: list[Path],
-    clip: ClipOptions,
-    cache: dict[str, Any],
-    metrics: Sequence[str] | None,
-    registries: Registries | None,
-    hashes: Any,
-) -> MethodResult:
-    from polycap.eval.metrics.diversity import distinct_n, novelty
-
-    captions = [pack.normalize(texts[0]) if texts else "" for texts in outputs]
-    ctx = EvalContext(pack, keys, captions, references, images, clip, cache)
-    result = evaluate(ctx, metrics, registries)
-    share, novel = (None, None)
-    if hashes is not None:
-        share, novel = novelty(captions, hashes)
-    tokens = ctx.prediction_tokens
-    return MethodResult(
-        name,
-        label,
-        captions,
-        outputs,
-        seconds,
-        result,
-        share,
-        novel,
-        distinct_n(tokens, 1),
-        distinct_n(tokens, 2),
-        len(set(captions)) / len(captions) if captions else 0.0,
+    settings: CompareSettings,
+    bank: Bank | None,
+) -> ScoringContext:
+    by_image = heldout.by_image()
+    return ScoringContext(
+        pack,
+        images,
+        image_keys(images),
+        [by_image[p] for p in images],
+        settings.clip or ClipOptions(device=settings.device, cache_dir=settings.cache_dir),
+        settings.metrics,
+        settings.registries,
+        bank.caption_hashes() if bank is not None else None,
     )

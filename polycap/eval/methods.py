@@ -1,0 +1,157 @@
+"""Captioning methods that ``compare`` runs side by side, each from the same image embeddings.
+
+A method is an object with a ``name`` ("retrieval"), a ``label`` for tables,
+``check_language`` (before anything is loaded) and ``check_encoder`` (does it fit the shared
+image encoder), ``caption`` (embeddings -> ranked captions per image) and ``settings`` (JSON
+for the record). A new way to caption, e.g.
+retrieval-augmented generation, is a new class here, and ``compare`` runs it unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from polycap.errors import BadInput
+
+if TYPE_CHECKING:
+    import torch
+
+    from polycap.encoding import ImageEncoder
+    from polycap.language import LanguagePack
+    from polycap.retrieval.bank import Bank
+
+
+class Method(Protocol):
+    """One way to caption images from their embeddings."""
+
+    name: str
+
+    @property
+    def label(self) -> str: ...
+
+    def check_language(self, pack: LanguagePack) -> None:
+        """BadInput when the method cannot caption in the held-out set's language."""
+
+    def check_encoder(self, encoder: ImageEncoder) -> None:
+        """BadInput when the method cannot use embeddings of ``encoder``."""
+
+    def caption(self, features: torch.Tensor) -> list[list[str]]:
+        """Ranked captions (best first) for each row of ``features`` ([N, D], raw)."""
+
+    def settings(self) -> dict[str, Any]:
+        """What the method ran with, JSON-safe."""
+
+
+@dataclass
+class RetrievalOptions:
+    """How to retrieve: ``mode`` image (kNN images' captions) or text; ``k`` captions kept;
+    ``consensus`` re-ranking over ``neighbours`` images; bank rows per search chunk."""
+
+    mode: str = "image"
+    k: int = 5
+    consensus: bool = False
+    neighbours: int | None = None
+    chunk_size: int | None = None
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "k": self.k,
+            "consensus": self.consensus,
+            "neighbours": self.neighbours,
+        }
+
+
+@dataclass
+class RetrievalMethod:
+    """Captions of the nearest bank entries (:func:`polycap.retrieval.search.retrieve`)."""
+
+    bank: Bank
+    options: RetrievalOptions = field(default_factory=RetrievalOptions)
+    pack: LanguagePack | None = None
+    name: str = "retrieval"
+
+    @property
+    def label(self) -> str:
+        consensus = ", consensus" if self.options.consensus else ""
+        return f"retrieval ({self.options.mode}{consensus})"
+
+    def check_language(self, pack: LanguagePack) -> None:
+        if self.bank.language != pack.code:
+            raise BadInput(
+                f"{self.bank.path}: bank is in {self.bank.language!r}, not {pack.code!r}"
+            )
+        self.pack = self.pack or pack
+
+    def check_encoder(self, encoder: ImageEncoder) -> None:
+        from polycap.retrieval.search import check_encoder
+
+        check_encoder(self.bank, encoder)
+
+    def caption(self, features: torch.Tensor) -> list[list[str]]:
+        from polycap.retrieval.search import DEFAULT_CHUNK, retrieve
+
+        found = retrieve(
+            self.bank,
+            features,
+            mode=self.options.mode,
+            k=self.options.k,
+            consensus=self.options.consensus,
+            neighbours=self.options.neighbours,
+            chunk_size=self.options.chunk_size or DEFAULT_CHUNK,
+            pack=self.pack,
+        )
+        return [[r.caption for r in rows] for rows in found]
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            **self.options.settings(),
+            "bank": str(self.bank.path),
+            "bank_captions": self.bank.n_captions,
+        }
+
+
+@dataclass
+class GenerationMethod:
+    """Captions decoded by a trained captioner (batched, KV cache)."""
+
+    model: Any
+    generation: Any = None
+    batch_size: int = 64
+    name: str = "generation"
+
+    def __post_init__(self) -> None:
+        if self.generation is None:
+            from polycap.generation import GenerationConfig
+
+            self.generation = GenerationConfig()
+
+    @property
+    def label(self) -> str:
+        return f"generation ({self.generation.strategy})"
+
+    def check_language(self, pack: LanguagePack) -> None:
+        if self.model.config.get("language") not in (None, pack.code):
+            raise BadInput(
+                f"the model was trained for {self.model.config['language']!r}, "
+                f"the held-out set is evaluated as {pack.code!r}"
+            )
+
+    def check_encoder(self, encoder: ImageEncoder) -> None:
+        """The model's own encoder is the shared one (``compare`` loads it)."""
+
+    def caption(self, features: torch.Tensor) -> list[list[str]]:
+        from polycap.generation import caption_features
+
+        generated = caption_features(
+            self.model, features.to(self.model.device), self.generation, batch_size=self.batch_size
+        )
+        if str(self.model.device).startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+        return generated
+
+    def settings(self) -> dict[str, Any]:
+        return {"generation": self.generation.to_json()}
