@@ -46,8 +46,13 @@ def load_captioner(path: Path, device: str = "cpu", expected_language: str | Non
 
 
 def encoder_for(model: Any, device: str = "cpu") -> Any:
-    """The image encoder a checkpoint was trained on, loaded as recorded."""
+    """The image encoder a checkpoint was trained on, loaded as recorded (a model that brings
+    its own, such as an ONNX export, supplies it through ``image_encoder(device)``)."""
     from polycap.encoding import EncoderSpec
+
+    own = getattr(model, "image_encoder", None)
+    if own is not None:
+        return own(device)
 
     return EncoderSpec.from_json(model.config["encoder"]).load(device)
 

@@ -163,7 +163,11 @@ class UncachedLM:
 
 
 def decoder_step(model: Any, config: GenerationConfig) -> DecoderStep:
-    """The decoder call for ``model`` (a Captioner) under ``config``."""
+    """The decoder call for ``model`` under ``config``: the model's own ``decoder_step(config)``
+    when it has one (an ONNX Runtime export), else its Hugging Face LM's."""
+    own = getattr(model, "decoder_step", None)
+    if own is not None:
+        return own(config)
     return CachedLM(model.lm) if config.use_cache else UncachedLM(model.lm)
 
 
