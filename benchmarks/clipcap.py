@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from benchmarks.report import Section
 
-BENCHMARKS = ("greedy", "beam", "features", "train", "memory")
-GOALS = {"greedy": 20.0, "beam": 10.0, "features": 10.0, "train": 1.5}
+BENCHMARKS = ("features", "train", "memory")  # decoding: benchmarks/decoding.py
+GOALS = {"features": 10.0, "train": 1.5}
 CAPTIONS_PER_IMAGE = 5
 
 
@@ -40,11 +40,6 @@ class Plan:
     """How much work each benchmark does (polycap side / reference side)."""
 
     max_length: int = 20
-    greedy_images: int = 64
-    greedy_reference: int = 4
-    beam_images: int = 32
-    beam_reference: int = 2
-    beams: int = 5
     feature_images: int = 32
     feature_reference_images: int = 4
     train_captions: int = 128
@@ -55,10 +50,6 @@ class Plan:
 PLANS = {
     "full": Plan(),
     "quick": Plan(
-        greedy_images=16,
-        greedy_reference=1,
-        beam_images=4,
-        beam_reference=1,
         feature_images=8,
         feature_reference_images=1,
         train_captions=16,
@@ -66,9 +57,6 @@ PLANS = {
         memory_sizes=(200, 2_000),
     ),
     "gpu": Plan(
-        greedy_reference=8,
-        beam_images=64,
-        beam_reference=4,
         feature_images=256,
         feature_reference_images=32,
         train_captions=512,
@@ -206,7 +194,6 @@ class Bench:
         self.clock = Clock(args.device)
         self.workdir = Path(tempfile.mkdtemp(prefix="polycap-bench-"))
         self._models: Any = None
-        self._decoding_model: Any = None
         self.gpu = args.device.startswith("cuda")
 
     def say(self, message: str) -> None:
@@ -222,16 +209,6 @@ class Bench:
                 self.args.decoder, device=self.device, workdir=self.workdir
             )
         return self._models
-
-    @property
-    def decoding_model(self) -> Any:
-        """The captioner in the run's precision (weights cast, as one would serve it)."""
-        if self._decoding_model is None:
-            model = self.models.captioner
-            if self.precision != "fp32":
-                model = copy.deepcopy(model).to(dtype_of(self.precision))
-            self._decoding_model = model.eval()
-        return self._decoding_model
 
     def side_by_side(
         self,
@@ -258,103 +235,6 @@ class Bench:
             "theirs_s": first_s + second_s,
             "theirs_cpu": first_cpu + self.clock.cpu,
         }
-
-    # -- decoding ------------------------------------------------------------------------------
-    def decoding(self, beams: int) -> Result:
-        from benchmarks import reference, workload
-        from polycap.generation import GenerationConfig, generate_ids
-
-        plan = self.plan
-        model = self.decoding_model
-        n = plan.greedy_images if beams == 1 else plan.beam_images
-        n_ref = min(n, plan.greedy_reference if beams == 1 else plan.beam_reference)
-        features = workload.random_features(n, model.config["encoder"]["embed_dim"], seed=1)
-        features = features.to(self.device)
-        config = GenerationConfig(max_length=plan.max_length, beams=beams)
-
-        def ours() -> list[list[int]]:
-            return [captions[0] for captions in generate_ids(model, features, config)]
-
-        def theirs(start: int, stop: int) -> list[list[int]]:
-            if beams == 1:
-                return reference.caption_greedy(model, features[start:stop], plan.max_length)
-            return reference.caption_beam(model, features[start:stop], plan.max_length, beams)
-
-        if self.gpu:  # every shape once: lazily loaded kernels, clocks up, cuBLAS plans
-            ours()
-            theirs(0, 1)
-        else:  # a short call each (allocator, thread pool); a full one would double the time
-            generate_ids(model, features[:2], GenerationConfig(max_length=2, beams=beams))
-            theirs_short = reference.caption_greedy if beams == 1 else reference.caption_beam
-            theirs_short(model, features[:1], 2, *([] if beams == 1 else [beams]))
-        label = "greedy" if beams == 1 else f"beam {beams}"
-        timed = self.side_by_side(
-            f"{label} ({n} images in one batch; reference one at a time)", ours, theirs, n_ref
-        )
-        ours_ids, ours_s, ours_cpu = timed["ours"], timed["ours_s"], timed["ours_cpu"]
-        theirs_ids, theirs_s, theirs_cpu = timed["theirs"], timed["theirs_s"], timed["theirs_cpu"]
-        same = sum(ours_ids[i] == theirs_ids[i] for i in range(n_ref))
-        full = all(len(ids) == plan.max_length for ids in ours_ids)
-        notes = [
-            f"{plan.max_length}-token cap; the end token is unreachable, so every caption "
-            f"has {plan.max_length} tokens" + ("" if full else " (NOT all did!)")
-        ]
-        if self.precision != "fp32":
-            notes.append(
-                f"{self.precision}: a batch and one image at a time round differently, "
-                "and near-ties in the logits then flip; compare tokens in fp32"
-            )
-        result = Result(
-            name=f"{label}, {n} images",
-            unit="captions/s",
-            reference_items=n_ref,
-            reference_seconds=theirs_s,
-            polycap_items=n,
-            polycap_seconds=ours_s,
-            reference_cpu_seconds=theirs_cpu,
-            polycap_cpu_seconds=ours_cpu,
-            agree=same == n_ref and full,
-            agree_detail=f"{same}/{n_ref} {'captions' if beams == 1 else 'best captions'} "
-            "identical",
-            goal=GOALS["greedy" if beams == 1 else "beam"],
-            notes=notes,
-        )
-        result.extra["bandwidth"] = self.bandwidth(model, n * beams, ours_s)
-        if beams == 1:
-            notes.append(bandwidth_note(result.extra["bandwidth"]))
-        return result
-
-    def bandwidth(self, model: Any, rows: int, seconds: float) -> dict[str, Any]:
-        """Memory-bandwidth view of decoding: bytes read per step x steps/s vs the peak."""
-        import torch
-
-        lm = model.lm
-        element = next(lm.parameters()).element_size()
-        weight_bytes = sum(p.numel() for p in lm.parameters()) * element
-        layers, width = lm.config.n_layer, lm.config.n_embd
-        prefix = model.prefix_length
-        steps = self.plan.max_length
-        mean_length = prefix + (steps - 1) / 2  # cached positions, averaged over the steps
-        kv_bytes = 2 * layers * rows * mean_length * width * element
-        steps_per_s = steps / seconds
-        out: dict[str, Any] = {
-            "weight_bytes": weight_bytes,
-            "kv_bytes_per_step": kv_bytes,
-            "bytes_per_step": weight_bytes + kv_bytes,
-            "steps_per_s": steps_per_s,
-            "achieved_gb_s": (weight_bytes + kv_bytes) * steps_per_s / 1e9,
-        }
-        peak = self.args.peak_bandwidth
-        if peak is None and self.device.startswith("cuda"):
-            props = torch.cuda.get_device_properties(torch.device(self.device))
-            clock_khz = getattr(props, "memory_clock_rate", 0)
-            bus_bits = getattr(props, "memory_bus_width", 0)
-            if clock_khz and bus_bits:
-                peak = 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9  # double data rate
-        if peak:
-            out["peak_gb_s"] = peak
-            out["fraction_of_peak"] = out["achieved_gb_s"] / peak
-        return out
 
     # -- features ----------------------------------------------------------------------------
     def features(self) -> Result:
@@ -626,22 +506,6 @@ class Bench:
 
 
 # -- output ----------------------------------------------------------------------------------
-def bandwidth_note(bound: dict[str, Any]) -> str:
-    """One line: bytes per decoding step, steps/s, achieved bandwidth (and share of peak)."""
-    line = (
-        f"decode step reads {bound['bytes_per_step'] / 1e6:,.0f} MB (weights "
-        f"{bound['weight_bytes'] / 1e6:,.0f} MB + KV cache "
-        f"{bound['kv_bytes_per_step'] / 1e6:,.0f} MB on average); "
-        f"{bound['steps_per_s']:.2f} steps/s -> {bound['achieved_gb_s']:,.1f} GB/s"
-    )
-    if bound.get("peak_gb_s"):
-        line += (
-            f" = {bound['fraction_of_peak']:.1%} of the {bound['peak_gb_s']:,.0f} GB/s "
-            "peak (the memory-bandwidth bound)"
-        )
-    return line
-
-
 def rate(value: float) -> str:
     if value < 1:
         return f"{value:.3f}"
@@ -779,8 +643,6 @@ def bench_section(options: Any) -> Section:
     results: list[Result] = []
     memory = None
     runners: dict[str, Callable[[], Any]] = {
-        "greedy": lambda: bench.decoding(1),
-        "beam": lambda: bench.decoding(plan.beams),
         "features": bench.features,
         "train": bench.train,
     }

@@ -28,12 +28,14 @@ is the one polycap computes (the equivalence tests compare them).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+Hook = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 # -- decoding --------------------------------------------------------------------------------
@@ -45,17 +47,22 @@ def greedy(
     entry_length: int = 67,
     top_p: float = 0.8,
     temperature: float = 1.0,
+    hook: Hook | None = None,
 ) -> list[int]:
     """ClipCap ``generate2`` for one image: ``prefix_embed`` ``[1, prefix_length, width]``.
 
-    Returns the generated token ids, the stop token included when it was reached.
+    Returns the generated token ids, the stop token included when it was reached. ``hook``
+    (``hook(step, logits)``, the benchmark's forced caption lengths) changes the last logits
+    before the top-p filter.
     """
     embed_tokens = lm.get_input_embeddings()
     generated = prefix_embed
     tokens: torch.Tensor | None = None
-    for _ in range(entry_length):
+    for step in range(entry_length):
         logits = lm(inputs_embeds=generated).logits
         logits = logits[:, -1, :] / (temperature if temperature > 0 else 1.0)
+        if hook is not None:
+            logits = hook(step, logits.float())
         ranked, ranked_ids = torch.sort(logits, descending=True)
         beyond = torch.cumsum(F.softmax(ranked, dim=-1), dim=-1) > top_p
         beyond[..., 1:] = beyond[..., :-1].clone()  # keep the token that crosses top_p
@@ -78,9 +85,11 @@ def beam(
     beam_size: int = 5,
     entry_length: int = 67,
     temperature: float = 1.0,
+    hook: Hook | None = None,
 ) -> list[list[int]]:
     """ClipCap ``generate_beam`` for one image: the beams' token ids, best first, each cut to
-    its length (the stop token included when it was reached)."""
+    its length (the stop token included when it was reached). ``hook(step, logprobs)``
+    changes the log-probabilities."""
     embed_tokens = lm.get_input_embeddings()
     device = prefix_embed.device
     generated = prefix_embed
@@ -88,10 +97,12 @@ def beam(
     scores: torch.Tensor | None = None
     seq_lengths = torch.ones(beam_size, device=device)
     is_stopped = torch.zeros(beam_size, device=device, dtype=torch.bool)
-    for _ in range(entry_length):
+    for step in range(entry_length):
         logits = lm(inputs_embeds=generated).logits
         logits = logits[:, -1, :] / (temperature if temperature > 0 else 1.0)
         logits = logits.softmax(-1).log()
+        if hook is not None:
+            logits = hook(step, logits)
         if scores is None:  # first step: one sequence becomes beam_size beams
             scores, next_tokens = logits.topk(beam_size, -1)
             generated = generated.expand(beam_size, *generated.shape[1:])
@@ -130,27 +141,64 @@ def strip_stop(ids: Sequence[int], stop_token_id: int) -> list[int]:
     return ids[: ids.index(stop_token_id)] if stop_token_id in ids else ids
 
 
-def caption_greedy(model: Any, features: torch.Tensor, entry_length: int) -> list[list[int]]:
-    """``generate2`` over a set of images, one image at a time (ids without the stop token)."""
+def _image_hook(logits_hook: Any, image: int) -> Hook | None:
+    """A polycap ``logits_hook(step, rows, scores)`` seen from one image's loop."""
+    if logits_hook is None:
+        return None
+
+    def hook(step: int, scores: torch.Tensor) -> torch.Tensor:
+        rows = torch.full((scores.shape[0],), image, dtype=torch.long, device=scores.device)
+        return logits_hook(step, rows, scores)
+
+    return hook
+
+
+def caption_greedy(
+    model: Any,
+    features: torch.Tensor,
+    entry_length: int,
+    logits_hook: Any = None,
+    images: Sequence[int] | None = None,
+) -> list[list[int]]:
+    """``generate2`` over a set of images, one image at a time (ids without the stop token).
+    ``images``: the images' row numbers for ``logits_hook`` (default 0, 1, ...)."""
     out = []
-    for row in features:
+    for index, row in enumerate(features):
         with torch.no_grad():
             prefix = model.prefix(row[None])
-        ids = greedy(model.lm, prefix, model.end_token_id, entry_length=entry_length)
+        image = images[index] if images is not None else index
+        ids = greedy(
+            model.lm,
+            prefix,
+            model.end_token_id,
+            entry_length=entry_length,
+            hook=_image_hook(logits_hook, image),
+        )
         out.append(strip_stop(ids, model.end_token_id))
     return out
 
 
 def caption_beam(
-    model: Any, features: torch.Tensor, entry_length: int, beam_size: int = 5
+    model: Any,
+    features: torch.Tensor,
+    entry_length: int,
+    beam_size: int = 5,
+    logits_hook: Any = None,
+    images: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """``generate_beam`` over a set of images, one at a time: each image's best beam."""
     out = []
-    for row in features:
+    for index, row in enumerate(features):
         with torch.no_grad():
             prefix = model.prefix(row[None])
+        image = images[index] if images is not None else index
         beams = beam(
-            model.lm, prefix, model.end_token_id, beam_size=beam_size, entry_length=entry_length
+            model.lm,
+            prefix,
+            model.end_token_id,
+            beam_size=beam_size,
+            entry_length=entry_length,
+            hook=_image_hook(logits_hook, image),
         )
         out.append(strip_stop(beams[0], model.end_token_id))
     return out

@@ -236,3 +236,35 @@ def caption_ids(
                 ids.append(token)
         out.append([*ids, end_token_id])
     return out
+
+
+# -- caption lengths for decoding --------------------------------------------------------------
+class ForcedLengths:
+    """A ``logits_hook`` (polycap's, and through :func:`benchmarks.peer.processor` the one
+    transformers' ``generate`` and the reference loops use) that ends caption ``i`` after
+    exactly ``lengths[i]`` tokens, end token included: the end token is forbidden before that
+    step and the only choice at it. With random weights this gives every side the same
+    caption lengths, so their outputs stay comparable token for token."""
+
+    def __init__(self, lengths: list[int], end_token_id: int) -> None:
+        if min(lengths) < 1:
+            raise ValueError("caption lengths must be at least 1")
+        self.end_steps = torch.tensor(lengths) - 1
+        self.end = end_token_id
+
+    def __call__(self, step: int, rows: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        at_end = self.end_steps.to(rows.device)[rows] == step
+        end_scores = scores[:, self.end]
+        scores = scores.masked_fill(at_end[:, None], float("-inf"))
+        scores[:, self.end] = end_scores.masked_fill(~at_end, float("-inf"))
+        return scores
+
+
+def batch_lengths(
+    n: int, median: int = 12, longest_ratio: float = 3.0, pool: int = 10_000, seed: int = 0
+) -> list[int]:
+    """``n`` caption lengths (end token included) drawn at random from a data set of ``pool``
+    captions whose lengths follow :func:`caption_lengths` (the data set's longest caption is
+    ``longest_ratio`` x its median; a batch holds it only by chance)."""
+    lengths = caption_lengths(pool, median=median, longest_ratio=longest_ratio, seed=seed)
+    return random.Random(seed + 1).sample(lengths, n)

@@ -195,3 +195,56 @@ def test_benchmark_options() -> None:
     args = run.parse_args(["--sizes", "medium", "--only", "greedy", "beam", "--json"])
     assert args.decoder == "medium" and args.only == ["greedy", "beam"] and args.json == "-"
     assert run.parse_args([]).decoder == "small"
+
+
+# -- the decoding benchmark's three sides: polycap, transformers' generate(), ClipCap ---------
+peer = importlib.import_module("benchmarks.peer")
+
+STRATEGIES = {
+    "greedy": GenerationConfig(max_length=MAX),
+    "beam": GenerationConfig(max_length=MAX, beams=5),
+    "sample": GenerationConfig(max_length=MAX, sample=True, top_p=0.9, seed=3),
+}
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_the_three_sides_give_identical_tokens_at_forced_lengths(strategy, fixed_length) -> None:
+    model, features = fixed_length
+    lengths = [3, 9, 5, MAX, 2, 7]  # end token included
+    hook = workload.ForcedLengths(lengths, model.end_token_id)
+    config = STRATEGIES[strategy]
+    ours = [c[0] for c in generate_ids(model, features, config, logits_hook=hook)]
+    assert [len(ids) + 1 for ids in ours] == lengths  # rows left the batch at their lengths
+    assert peer.generate_ids(model, features, config, hook) == ours
+    if strategy == "sample":  # no ClipCap sampler; a different seed draws other tokens
+        other = GenerationConfig(**{**config.to_json(), "seed": 4})
+        assert peer.generate_ids(model, features, other, hook) != ours
+        return
+    rows = [1, 3]
+    caption = reference.caption_greedy if strategy == "greedy" else reference.caption_beam
+    extra = () if strategy == "greedy" else (5,)
+    clipcap = caption(model, features[rows], MAX, *extra, logits_hook=hook, images=rows)
+    assert clipcap == [ours[i] for i in rows]
+
+
+def test_greedy_matches_generate_where_captions_end_by_themselves(trained) -> None:
+    model, features, _ = trained
+    config = GenerationConfig(max_length=MAX)
+    ours = [c[0] for c in generate_ids(model, features, config)]
+    assert peer.generate_ids(model, features, config) == ours
+    assert len({len(ids) for ids in ours}) > 1
+
+
+def test_forced_lengths_and_the_workload() -> None:
+    hook = workload.ForcedLengths([1, 3], end_token_id=2)
+    scores = torch.zeros(3, 5)
+    first = hook(0, torch.tensor([0, 1, 1]), scores.clone())
+    assert first[0].argmax() == 2 and torch.isinf(first[0, [0, 1, 3, 4]]).all()
+    assert torch.isinf(first[1:, 2]).all() and torch.isfinite(first[1:, [0, 1, 3, 4]]).all()
+    lengths = workload.batch_lengths(64)
+    assert len(lengths) == 64 and max(lengths) <= 36 and 10 <= sorted(lengths)[32] <= 14
+    decoding = importlib.import_module("benchmarks.decoding")
+    rows = decoding.quartile_rows([5, 1, 9, 3, 7, 2, 8, 4], 4)
+    assert [sorted([5, 1, 9, 3, 7, 2, 8, 4])[k] for k in (1, 3, 5, 7)] == sorted(
+        [5, 1, 9, 3, 7, 2, 8, 4][i] for i in rows
+    )

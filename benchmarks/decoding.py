@@ -1,0 +1,356 @@
+"""Decoding, three ways: polycap's decoder, transformers' ``generate()``, the ClipCap loops.
+
+Section ``decoding``. Same Captioner (random GPT-2 weights, see :mod:`benchmarks.workload`),
+same image features, same strategy settings on every side; each caption's length is fixed in
+advance by a logits hook all sides run (:class:`benchmarks.workload.ForcedLengths`), so the
+sides do the same work and their tokens must be identical (the table says whether they are).
+
+Workloads: ``coco-like`` (lengths drawn from a long-tailed data set, median 12 tokens, the data
+set's longest 3x that) and ``fixed`` (every caption runs to the token cap). polycap drops a row
+from the batch when its caption ends; ``generate`` keeps every row until the last one ends, and
+for beam search runs the prefix once per beam. Timing: the polycap and ``generate`` runs
+alternate (the order rotating each round), best of ``--repeats``; the ClipCap loops, which
+decode one image at a time without a cache, run once on a few images chosen at the quartiles
+of the batch's lengths.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from benchmarks.report import Section
+
+BENCHMARKS = ("greedy", "beam", "sample")
+ORDER = 10
+GOAL = 1.5  # polycap / generate, greedy and beam 5, batch 64, coco-like lengths, on the CPU
+CLIP_DIM = 512  # ViT-B-32's embedding size
+MEDIAN, LONGEST_RATIO = 12, 3.0
+
+
+@dataclass
+class Case:
+    """One row: a strategy on a workload."""
+
+    strategy: str
+    workload: str
+    config: Any
+    lengths: list[int]
+    hook: Any
+    references: list[int]  # images the ClipCap loop decodes
+
+    @property
+    def label(self) -> str:
+        return "beam 5" if self.strategy == "beam" else self.strategy
+
+
+@dataclass
+class Timed:
+    """What one side produced and how long it took (every run kept)."""
+
+    ids: list[list[int]] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
+    items: int = 0
+
+    @property
+    def best(self) -> float:
+        return min(self.seconds)
+
+    @property
+    def rate(self) -> float:
+        return self.items / self.best
+
+    def run(self, function: Callable[[], list[list[int]]], sync: Callable[[], None]) -> None:
+        sync()
+        start, cpu = time.perf_counter(), time.process_time()
+        self.ids = function()
+        sync()
+        self.seconds.append(time.perf_counter() - start)
+        self.cpu_seconds.append(time.process_time() - cpu)
+        self.items = len(self.ids)
+
+
+def build_model(options: Any, workdir: Path) -> Any:
+    """The benchmark Captioner in the run's precision (weights cast, as one would serve it)."""
+    import torch
+
+    from benchmarks import workload
+
+    model = workload.build_captioner(options.decoder, CLIP_DIM, workdir).to(options.device)
+    if options.precision != "fp32":
+        dtype = torch.bfloat16 if options.precision == "bf16" else torch.float16
+        model = copy.deepcopy(model).to(dtype)
+    return model.eval()
+
+
+def cases(options: Any, end_token_id: int) -> list[Case]:
+    """The rows this run measures."""
+    from benchmarks import workload
+    from polycap.generation import GenerationConfig
+
+    n = 16 if options.quick else options.batch
+    coco = workload.batch_lengths(n, median=MEDIAN, longest_ratio=LONGEST_RATIO)
+    fixed = [options.max_length] * n
+    cap = max(max(coco), options.max_length)
+    ref_greedy, ref_beam = (1, 1) if options.quick else (4, 2)
+    made = []
+    plans = [
+        ("greedy", "coco-like", coco, GenerationConfig(max_length=cap), ref_greedy),
+        ("beam", "coco-like", coco, GenerationConfig(max_length=cap, beams=5), ref_beam),
+        (
+            "sample",
+            "coco-like",
+            coco,
+            GenerationConfig(max_length=cap, sample=True, top_p=0.9, seed=0),
+            0,
+        ),
+        ("greedy", "fixed", fixed, GenerationConfig(max_length=cap), ref_greedy),
+        ("beam", "fixed", fixed, GenerationConfig(max_length=cap, beams=5), ref_beam),
+    ]
+    for strategy, name, lengths, config, refs in plans:
+        if not options.wants(strategy):
+            continue
+        hook = workload.ForcedLengths(lengths, end_token_id)
+        made.append(Case(strategy, name, config, lengths, hook, quartile_rows(lengths, refs)))
+    return made
+
+
+def quartile_rows(lengths: list[int], k: int) -> list[int]:
+    """``k`` rows whose lengths sit at evenly spaced quantiles of ``lengths`` (so that a few
+    one-at-a-time captions stand for the whole batch)."""
+    if k <= 0:
+        return []
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return sorted(order[int((j + 0.5) * len(order) / k)] for j in range(k))
+
+
+def measure(case: Case, model: Any, features: Any, options: Any) -> dict[str, Any]:
+    """Run the three sides of ``case``; every side's tokens and timings."""
+    import torch
+
+    from benchmarks import peer, reference
+    from polycap.generation import generate_ids
+
+    config, hook = case.config, case.hook
+
+    def ours() -> list[list[int]]:
+        return [c[0] for c in generate_ids(model, features, config, logits_hook=hook)]
+
+    def theirs() -> list[list[int]]:
+        return peer.generate_ids(model, features, config, hook)
+
+    def clipcap() -> list[list[int]]:
+        rows = case.references
+        if case.strategy == "greedy":
+            return reference.caption_greedy(
+                model, features[rows], config.max_length, logits_hook=hook, images=rows
+            )
+        return reference.caption_beam(
+            model, features[rows], config.max_length, 5, logits_hook=hook, images=rows
+        )
+
+    def sync() -> None:
+        if options.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    sides = {"polycap": Timed(), "generate": Timed()}
+    # warm-up: a short call each (allocator, thread pool; on a GPU, kernels load lazily)
+    short = copy.copy(config)
+    short.max_length = 2
+    generate_ids(model, features[:2], short)
+    peer.generate_ids(model, features[:2], short)
+    label = f"{case.label}, {case.workload}, {features.shape[0]} images"
+    for round_ in range(options.repeats):
+        order = ["polycap", "generate"] if round_ % 2 == 0 else ["generate", "polycap"]
+        for name in order:
+            options.say(f"{label}: {name} (round {round_ + 1} of {options.repeats})")
+            sides[name].run(ours if name == "polycap" else theirs, sync)
+        if round_ == 0 and case.references:
+            options.say(f"{label}: ClipCap loop on {len(case.references)} images")
+            sides["clipcap"] = Timed()
+            sides["clipcap"].run(clipcap, sync)
+    return sides
+
+
+def row_steps(case: Case, n: int) -> tuple[int, int]:
+    """Decoder rows x steps: polycap (finished rows leave; beam: the prefix once per image)
+    and ``generate`` (every row to the end; beam: the prefix once per beam), prefix included."""
+    prefix = 10
+    width = case.config.beams
+    generated = sum(case.lengths) * width
+    longest = max(case.lengths)
+    return n * prefix + generated, n * width * (prefix + longest)
+
+
+def section(options: Any) -> Section:
+    from benchmarks import report
+    from benchmarks.workload import random_features
+
+    workdir = Path(tempfile.mkdtemp(prefix="polycap-bench-decoding-"))
+    options.say(f"decoding: building the GPT-2 {options.decoder} captioner (random weights)")
+    model = build_model(options, workdir)
+    rows, data, notes = [], [], []
+    goals: list[str] = []
+    for case in cases(options, int(model.end_token_id)):
+        n = len(case.lengths)
+        features = random_features(n, CLIP_DIM, seed=1).to(options.device)
+        sides = measure(case, model, features, options)
+        ours, theirs = sides["polycap"], sides["generate"]
+        same = sum(a == b for a, b in zip(ours.ids, theirs.ids, strict=True))
+        lengths_ok = [len(ids) + 1 for ids in ours.ids] == case.lengths
+        ratio = ours.rate / theirs.rate
+        clip = sides.get("clipcap")
+        clip_same = (
+            sum(clip.ids[k] == ours.ids[i] for k, i in enumerate(case.references)) if clip else 0
+        )
+        ours_steps, theirs_steps = row_steps(case, n)
+        cells = [
+            case.label,
+            f"{case.workload} (median {statistics.median(case.lengths):g}, longest "
+            f"{max(case.lengths)})",
+            f"{report_rate(clip.rate)} ({clip.items} in {clip.best:.1f} s)" if clip else "n/a",
+            f"{report_rate(ours.rate)} ({ours.best:.2f} s)",
+            f"{report_rate(theirs.rate)} ({theirs.best:.2f} s)",
+            f"**{ratio:.2f}x**",
+            f"{ours.rate / clip.rate:.1f}x" if clip else "n/a",
+            f"{theirs_steps / ours_steps:.2f}x",
+            f"{same}/{n}"
+            + (f"; ClipCap {clip_same}/{clip.items}" if clip else "")
+            + ("" if lengths_ok else "; LENGTHS DIFFER"),
+        ]
+        rows.append(cells)
+        if case.strategy == "greedy":
+            bound = bandwidth(model, case, ours.best, options)
+            notes.append(f"{case.label}, {case.workload}: {bandwidth_note(bound)}")
+        goal_applies = (
+            case.workload == "coco-like"
+            and case.strategy in ("greedy", "beam")
+            and not options.quick
+            and options.device == "cpu"
+            and n == 64
+        )
+        if goal_applies:
+            met = ratio >= GOAL and same == n
+            goals.append(
+                f"{case.label}, coco-like, batch 64: polycap {ratio:.2f}x generate() "
+                f"(goal >= {GOAL}x with identical tokens): {'met' if met else 'MISSED'}"
+            )
+        data.append(
+            {
+                "strategy": case.strategy,
+                "workload": case.workload,
+                "images": n,
+                "lengths": case.lengths,
+                "config": case.config.to_json(),
+                "seconds": {name: side.seconds for name, side in sides.items()},
+                "cpu_seconds": {name: side.cpu_seconds for name, side in sides.items()},
+                "rates": {name: side.rate for name, side in sides.items()},
+                "ratio_vs_generate": ratio,
+                "same_as_generate": same,
+                "same_as_clipcap": clip_same if clip else None,
+                "clipcap_images": case.references,
+                "row_steps": {"polycap": ours_steps, "generate": theirs_steps},
+                "bandwidth": bandwidth(model, case, ours.best, options),
+            }
+        )
+    shutil.rmtree(workdir, ignore_errors=True)
+    columns = [
+        "strategy",
+        "caption lengths (tokens)",
+        "ClipCap loop, captions/s",
+        "polycap, captions/s",
+        "generate(), captions/s",
+        "polycap / generate",
+        "polycap / ClipCap",
+        "decoder rows x steps, generate / polycap",
+        "same tokens as generate",
+    ]
+    notes.append(
+        f"GPT-2 {options.decoder} decoder (random weights), prefix 10, {options.device}, "
+        f"{options.precision}; best of {options.repeats} alternating runs per side (the "
+        "ClipCap loop once, on images at the quartiles of the lengths); the machine may be "
+        "shared, so compare ratios, not absolute rates"
+    )
+    notes.append(
+        "every side runs the same logits hook, which ends each caption at its drawn length "
+        "(end token included); sampling: top-p 0.9, seed 0 (polycap's exponential-race draws "
+        "equal torch.multinomial's, so the tokens match generate's)"
+    )
+    if options.precision != "fp32":
+        notes.append(
+            f"{options.precision}: batches of different sizes round differently and near-ties "
+            "in the logits flip; compare tokens in fp32"
+        )
+    markdown = report.table(columns, rows, align="llrrrrrrl")
+    markdown += "\n\n" + "\n".join(f"- {note}" for note in notes + goals)
+    return report.Section(
+        name=options.section_name("decoding"),
+        markdown=markdown,
+        data={"decoder": options.decoder, "goal": GOAL, "goals": goals, "rows": data},
+    )
+
+
+def bandwidth(model: Any, case: Case, seconds: float, options: Any) -> dict[str, Any]:
+    """Memory-bandwidth view of polycap's decoding: bytes read per step (all decoder weights
+    + the KV cache attention reads, averaged over the steps and the shrinking batch) x steps/s,
+    against the device's peak (CUDA: from its properties; else ``--peak-bandwidth``)."""
+    import torch
+
+    lm = model.lm
+    element = next(lm.parameters()).element_size()
+    weight_bytes = sum(p.numel() for p in lm.parameters()) * element
+    layers, width = lm.config.n_layer, lm.config.n_embd
+    steps = max(case.lengths)
+    prefix = model.prefix_length
+    # per step s, every row still running reads prefix + s cached positions
+    cached = sum(prefix + s for length in case.lengths for s in range(length))
+    kv_bytes = 2 * layers * width * element * cached / steps
+    steps_per_s = steps / seconds
+    out: dict[str, Any] = {
+        "weight_bytes": weight_bytes,
+        "kv_bytes_per_step": kv_bytes,
+        "steps_per_s": steps_per_s,
+        "achieved_gb_s": (weight_bytes + kv_bytes) * steps_per_s / 1e9,
+    }
+    peak = options.peak_bandwidth
+    if peak is None and options.device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(torch.device(options.device))
+        clock_khz = getattr(props, "memory_clock_rate", 0)
+        bus_bits = getattr(props, "memory_bus_width", 0)
+        if clock_khz and bus_bits:
+            peak = 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9  # double data rate
+    if peak:
+        out["peak_gb_s"] = peak
+        out["fraction_of_peak"] = out["achieved_gb_s"] / peak
+    return out
+
+
+def bandwidth_note(bound: dict[str, Any]) -> str:
+    total = bound["weight_bytes"] + bound["kv_bytes_per_step"]
+    line = (
+        f"polycap's decode step reads {total / 1e6:,.0f} MB "
+        f"(weights {bound['weight_bytes'] / 1e6:,.0f} MB + KV cache "
+        f"{bound['kv_bytes_per_step'] / 1e6:,.0f} MB on average); "
+        f"{bound['steps_per_s']:.2f} steps/s -> {bound['achieved_gb_s']:,.1f} GB/s"
+    )
+    if bound.get("peak_gb_s"):
+        line += f" = {bound['fraction_of_peak']:.1%} of the {bound['peak_gb_s']:,.0f} GB/s peak"
+    return line
+
+
+def report_rate(value: float) -> str:
+    if value < 1:
+        return f"{value:.3f}"
+    return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
+
+
+bench_section = section
