@@ -46,15 +46,22 @@ def load_captioner(path: Path, device: str = "cpu", expected_language: str | Non
 
 
 def encoder_for(model: Any, device: str = "cpu") -> Any:
-    """The image encoder a checkpoint was trained on, loaded as recorded (a model that brings
-    its own, such as an ONNX export, supplies it through ``image_encoder(device)``)."""
+    """The image encoder a checkpoint was trained on, loaded as recorded (its weights from
+    the checkpoint's ``encoder/`` folder when it bundles them; a model that brings its own,
+    such as an ONNX export, supplies it through ``image_encoder(device)``)."""
+    import dataclasses
+
     from polycap.encoding import EncoderSpec
+    from polycap.model import encoder_weights_file
 
     own = getattr(model, "image_encoder", None)
     if own is not None:
         return own(device)
-
-    return EncoderSpec.from_json(model.config["encoder"]).load(device)
+    spec = EncoderSpec.from_json(model.config["encoder"])
+    weights = encoder_weights_file(model.config, getattr(model, "directory", None))
+    if weights is not None:  # the checkpoint's own copy when it bundles one
+        spec = dataclasses.replace(spec, pretrained=str(weights))
+    return spec.load(device)
 
 
 def caption_images(

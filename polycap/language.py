@@ -112,11 +112,35 @@ class LanguagePack:
 def _load_or_explain(
     loader: Callable[..., Any], name_or_path: str, what: str, **kwargs: Any
 ) -> Any:
-    """Call a from_pretrained loader; turn 'not found / offline / not a model' into one line."""
+    """Call a from_pretrained loader; turn 'not found / offline / not a model / corrupt
+    weights' into one line."""
+    from safetensors import SafetensorError
+
+    if looks_like_a_path(name_or_path) and not Path(name_or_path).expanduser().exists():
+        raise BadInput(f"{name_or_path}: no such folder (cannot load {what} from it)")
     try:
         return loader(name_or_path, **kwargs)
+    except SafetensorError as error:
+        raise BadInput(
+            f"{_weights_file(name_or_path)}: corrupt or truncated weights ({_first_line(error)})"
+        ) from None
     except (OSError, ValueError) as error:
-        first_line = (
-            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        )
-        raise BadInput(f"cannot load {what} {name_or_path!r}: {first_line}") from error
+        raise BadInput(f"cannot load {what} {name_or_path!r}: {_first_line(error)}") from error
+
+
+def looks_like_a_path(name_or_path: str) -> bool:
+    """Whether ``name_or_path`` can only be a local path, not a hub id (``name`` or
+    ``namespace/name``): it starts with ``/``, ``.`` or ``~``, or has more than one ``/``."""
+    return name_or_path.startswith(("/", ".", "~", "\\")) or name_or_path.count("/") > 1
+
+
+def _weights_file(name_or_path: str) -> Path:
+    """The one safetensors file in a local folder, else the folder."""
+    folder = Path(name_or_path).expanduser()
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    return files[0] if len(files) == 1 else folder
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -8,6 +8,8 @@ A checkpoint is a directory::
     tokenizer/            the tokenizer files (save_pretrained)
     lm/                   the LM (save_pretrained, safetensors) when it was trained or bundled;
                           otherwise polycap.json names the hub id / path it is loaded from
+    encoder/              the image encoder's weights file, when it was a local file (a hard
+                          link or a copy), so the checkpoint loads from any folder or machine
 
 Saving is atomic: everything is written to a temporary directory beside the target, which
 then replaces the target by rename. A reader sees the old checkpoint or the new, never half.
@@ -15,8 +17,10 @@ then replaces the target by rename. A reader sees the old checkpoint or the new,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +44,7 @@ MAPPER_FILE = "mapper.safetensors"
 FEATURE_STATS_FILE = "feature_stats.safetensors"
 TOKENIZER_DIR = "tokenizer"
 LM_DIR = "lm"
+ENCODER_DIR = "encoder"
 FORMAT_VERSION = 1
 IGNORE_INDEX = -100
 
@@ -89,6 +94,7 @@ class Captioner(nn.Module):
         self.config = config
         self.prefix_length = int(config["prefix_length"])
         self.train_lm = bool(config["train_lm"])
+        self.directory: Path | None = None  # the checkpoint it was loaded from
         self.normalize_features = bool(config["normalize_features"])
         self.feature_mean: torch.Tensor | None = None
         self.feature_std: torch.Tensor | None = None
@@ -139,6 +145,9 @@ class Captioner(nn.Module):
         clip_dim = encoder.embed_dim
         width = lm_width(lm)
         built = mapper_class(clip_dim, width, prefix_length, **(mapper_options or {}))
+        if encoder.pretrained and Path(encoder.pretrained).expanduser().is_file():
+            local = Path(encoder.pretrained).expanduser().resolve()  # loads from any folder
+            encoder = dataclasses.replace(encoder, pretrained=str(local))
         source = lm_source or getattr(lm, "name_or_path", None) or ""
         if source and Path(source).exists():
             source = str(Path(source).resolve())
@@ -310,6 +319,7 @@ class Captioner(nn.Module):
                 "polycap_version": __version__,
                 "format_version": FORMAT_VERSION,
                 **self.config,
+                "encoder": _bundle_encoder_weights(self.config, self.directory, target),
                 "training": training,
             }
             text = json.dumps(record, indent=2, ensure_ascii=False, default=str)
@@ -379,21 +389,26 @@ class Captioner(nn.Module):
                 f"{directory}: the mapper was trained for an LM of width {recorded}, "
                 f"but {config['lm']!r} has width {width}"
             )
-        try:
-            mapper = mapper_class(
+
+        def build(prefix_length: int) -> nn.Module:
+            return mapper_class(
                 int(config["encoder"]["embed_dim"]),
                 width,
-                int(config["prefix_length"]),
+                prefix_length,
                 **config["mapper"]["options"],
             )
+
+        try:
+            mapper = build(int(config["prefix_length"]))
         except TypeError as error:
             raise BadInput(f"{directory / CONFIG_FILE}: bad mapper options ({error})") from error
-        load_mapper_weights(mapper, weights)
+        load_mapper_weights(mapper, weights, rebuild=build)
         model = cls(pack, tokenizer, lm, mapper, _model_config(config))
         if config.get("standardize_features"):
             model.feature_mean, model.feature_std = load_feature_stats(
                 directory / FEATURE_STATS_FILE
             )
+        model.directory = directory.resolve()
         model.to(device)
         model.eval()
         return model
@@ -457,8 +472,14 @@ def _model_config(config: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def load_mapper_weights(mapper: nn.Module, path: Path) -> None:
-    """Load ``path`` (safetensors) into ``mapper``; BadInput on a corrupt or mismatched file."""
+def load_mapper_weights(
+    mapper: nn.Module, path: Path, rebuild: Callable[[int], nn.Module] | None = None
+) -> None:
+    """Load ``path`` (safetensors) into ``mapper``; BadInput on a corrupt or mismatched file.
+
+    ``rebuild(prefix_length)`` builds the same mapper with another prefix length: when given,
+    a mismatch says which prefix length the weights were trained with.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -468,9 +489,51 @@ def load_mapper_weights(mapper: nn.Module, path: Path) -> None:
         raise BadInput(f"{path}: unreadable weights ({error})") from None
     try:
         mapper.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise BadInput(f"{path}: weights do not fit the mapper ({first})") from None
+    except RuntimeError:
+        raise BadInput(f"{path}: {_mismatch(mapper, state, rebuild)}") from None
+
+
+def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(tensor.shape) for name, tensor in state.items()}
+
+
+def _mismatch(
+    mapper: nn.Module, state: dict[str, torch.Tensor], rebuild: Callable[[int], nn.Module] | None
+) -> str:
+    """One line saying how the weights in ``state`` differ from what ``mapper`` needs."""
+    needed, found = _shapes(mapper.state_dict()), _shapes(state)
+    missing, extra = sorted(set(needed) - set(found)), sorted(set(found) - set(needed))
+    if missing or extra:
+        return (
+            f"weights do not fit the {type(mapper).__name__} that {CONFIG_FILE} describes "
+            f"(missing tensors: {missing[:3]}; unexpected tensors: {extra[:3]})"
+        )
+    name = next(key for key in needed if needed[key] != found[key])
+    detail = f"tensor {name!r} is {list(found[name])}, the settings need {list(needed[name])}"
+    prefix_length = getattr(mapper, "prefix_length", None)
+    fitting = _fitting_prefix_length(rebuild, found) if rebuild is not None else None
+    if fitting is not None and fitting != prefix_length:
+        return (
+            f"holds weights for prefix_length {fitting}, but {CONFIG_FILE} says prefix_length "
+            f"{prefix_length} ({detail})"
+        )
+    return f"weights do not fit the mapper that {CONFIG_FILE} describes ({detail})"
+
+
+def _fitting_prefix_length(
+    rebuild: Callable[[int], nn.Module], found: dict[str, tuple[int, ...]], most: int = 512
+) -> int | None:
+    """The prefix length whose mapper has exactly the shapes ``found`` (built on the meta
+    device, so nothing is allocated), or None."""
+    for prefix_length in range(1, most + 1):
+        try:
+            with torch.device("meta"):
+                candidate = rebuild(prefix_length)
+        except (TypeError, ValueError, BadInput):
+            continue
+        if _shapes(candidate.state_dict()) == found:
+            return prefix_length
+    return None
 
 
 def load_feature_stats(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -513,3 +576,37 @@ def atomic_directory(directory: Path, write: Callable[[Path], None]) -> Path:
     with atomic_folder(directory) as temp:
         write(temp)
     return directory
+
+
+def encoder_weights_file(config: dict[str, Any], directory: Path | None) -> Path | None:
+    """The encoder's local weights file: the copy bundled in checkpoint ``directory`` when
+    there is one, else the recorded absolute path when it is a file; None for weight tags."""
+    encoder = config["encoder"]
+    bundled = encoder.get("bundled")
+    if bundled and directory is not None and (directory / bundled).is_file():
+        return directory / bundled
+    pretrained = encoder.get("pretrained")
+    if pretrained and Path(pretrained).is_absolute() and Path(pretrained).is_file():
+        return Path(pretrained)
+    return None
+
+
+def _bundle_encoder_weights(
+    config: dict[str, Any], directory: Path | None, target: Path
+) -> dict[str, Any]:
+    """Put the encoder's local weights file into the checkpoint being written at ``target``
+    (a hard link, else a copy), so the checkpoint loads on another machine; returns the
+    encoder record with ``bundled`` set (the file's path inside the checkpoint)."""
+    record = dict(config["encoder"])
+    weights = encoder_weights_file(config, directory)
+    if weights is None:
+        record.pop("bundled", None)
+        return record
+    (target / ENCODER_DIR).mkdir(exist_ok=True)
+    copy = target / ENCODER_DIR / weights.name
+    try:
+        os.link(weights, copy)
+    except OSError:  # another file system, or links not allowed
+        shutil.copyfile(weights, copy)
+    record["bundled"] = f"{ENCODER_DIR}/{weights.name}"
+    return record

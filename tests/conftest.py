@@ -10,6 +10,10 @@ from typing import NamedTuple
 
 import pytest
 
+# as ``polycap.cli.main`` does for a real process (in-process CLI tests import Hugging Face
+# before main runs, so its per-file progress bars would otherwise reach stderr)
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
 TINY_CLIP_NAME = "polycap-test-tiny-vit"
 TINY_CLIP_CONFIG = {
     "embed_dim": 32,

@@ -212,3 +212,28 @@ def test_caption_file_naming_an_image_outside_its_folder(capsys, tmp_path, tiny_
         allow_images_outside(False)  # the option sets a process-wide default
     assert result.code == 0, result.err
     assert json.loads(result.out)["encoded"] == 1
+
+
+def test_corrupt_bundled_lm_weights(capsys, checkpoint, images, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(checkpoint, tmp_path / "damaged")
+    weights = copy / "lm" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    result = run_cli(["caption", str(images["good"]), "--model", str(copy)], capsys)
+    assert_one_line_error(result, f"{weights}: corrupt or truncated weights")
+
+
+def test_prefix_length_edited_in_polycap_json(capsys, checkpoint, images, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(checkpoint, tmp_path / "edited")
+    config = json.loads((copy / "polycap.json").read_text())
+    config["prefix_length"] = 3  # the weights were trained with 2
+    (copy / "polycap.json").write_text(json.dumps(config))
+    result = run_cli(["caption", str(images["good"]), "--model", str(copy)], capsys)
+    assert_one_line_error(
+        result,
+        "mapper.safetensors: holds weights for prefix_length 2, "
+        "but polycap.json says prefix_length 3",
+    )

@@ -31,6 +31,8 @@ def load_open_clip(model: str, pretrained: str | None, device: str = "cpu") -> O
         _register_polycap_configs(model)
         _check_model_name(open_clip, model)
         weights_hash = _check_pretrained(open_clip, model, pretrained)
+        if weights_hash is not None and pretrained is not None:  # a local file: recorded
+            pretrained = str(Path(pretrained).expanduser().resolve())  # absolute
     else:
         pretrained = None  # the schema's folder / hub repo carries the weights
         weights_hash = _local_dir_hash(model) if schema == "local-dir:" else None
