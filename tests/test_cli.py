@@ -237,3 +237,15 @@ def test_prefix_length_edited_in_polycap_json(capsys, checkpoint, images, tmp_pa
         "mapper.safetensors: holds weights for prefix_length 2, "
         "but polycap.json says prefix_length 3",
     )
+
+
+def test_explicit_beams_fewer_than_num_captions_is_an_error(capsys, checkpoint, images):
+    args = ["caption", str(images["good"]), "--model", str(checkpoint), "--max-length", "6"]
+    result = run_cli([*args, "--beams", "2", "--num-captions", "5"], capsys)
+    assert_one_line_error(result, "--num-captions 5 needs --beams 5 or more", "not --beams 2")
+    result = run_cli([*args, "--num-captions", "5", "--json", "--device", "cpu"], capsys)
+    assert result.code == 0, result.err  # without --beams: as many beams as captions
+    captions = json.loads(result.out)["captions"][0]["captions"]
+    assert len(captions) == len(set(captions))
+    if len(captions) < 5:  # never silently fewer
+        assert "got fewer than 5 distinct captions" in result.err

@@ -9,16 +9,22 @@ import typer
 from polycap.cli.options import MAX_PIXELS, BatchSize, Device, JsonOutput, MaxLength, MaxPixels
 from polycap.cli.output import (
     console,
+    err_console,
     print_json,
     print_table,
     report_skipped,
 )
+from polycap.errors import BadInput
 
 
 def caption_command(
     inputs: list[Path] = typer.Argument(..., help="Images and/or folders of images."),
     model: Path = typer.Option(..., "--model", "-m", help="Checkpoint folder or run folder."),
-    beams: int = typer.Option(1, min=1, help="Beam width (1 = greedy unless sampling)."),
+    beams: int | None = typer.Option(
+        None,
+        min=1,
+        help="Beam width (default: 1 = greedy, or --num-captions when that is more).",
+    ),
     sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy/beam."),
     top_k: int = typer.Option(0, min=0, help="Sampling: keep the k most likely tokens (0 = all)."),
     top_p: float = typer.Option(1.0, min=0.0, max=1.0, help="Sampling: nucleus probability mass."),
@@ -39,8 +45,7 @@ def caption_command(
 
     if (top_k or top_p < 1.0 or temperature != 1.0) and not sample:
         sample = True
-    if not sample and num_captions > beams:
-        beams = num_captions  # N distinct captions without sampling: the N best beams
+    beams = _beam_width(beams, num_captions, sample)
     paths = expand_image_paths(inputs)
     torch_device = str(resolve_device(device))
     captioner = load_captioner(model, device=torch_device)
@@ -77,7 +82,31 @@ def caption_command(
         rows = [(p.name, "\n".join(c)) for p, c in zip(result.paths, result.captions)]
         print_table(f"Captions ({captioner.config['language']})", ["image", "caption"], rows)
     report_skipped(result.skipped)
+    short = sum(1 for captions in result.captions if len(captions) < num_captions)
+    if short and num_captions > 1:
+        err_console.print(
+            f"[yellow]Note:[/] {short} image(s) got fewer than {num_captions} distinct captions "
+            "(their best candidates decode to the same text)",
+            highlight=False,
+        )
     if not result.paths:
         raise typer.Exit(2)
     if not json_output:
         console.print(f"{len(result.paths)} image(s) captioned.")
+
+
+def _beam_width(beams: int | None, num_captions: int, sample: bool) -> int:
+    """The beam width: as given, else enough beams for ``num_captions`` (each caption is one
+    beam). An explicit width too small for ``num_captions`` is an error, not silently raised:
+    the user chose the width (it changes which captions are found), so we do not override it.
+    """
+    if sample:
+        return 1 if beams is None else beams
+    if beams is None:
+        return num_captions
+    if beams < num_captions:
+        raise BadInput(
+            f"--num-captions {num_captions} needs --beams {num_captions} or more "
+            f"(each caption is one beam), not --beams {beams}; or use --sample"
+        )
+    return beams
