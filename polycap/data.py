@@ -1,7 +1,7 @@
 """Caption datasets: records, loading through registered formats, splitting by image.
 
 Formats (``captions-json``, ``coco``, ``csv``, ``tsv``, ``jsonl`` built in) are objects
-registered through the ``register_datasets`` hook; see :class:`CaptionFormat`.
+registered through the ``register_caption_formats`` hook; see :class:`CaptionFormat`.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def _refuse_outside(path: Path, records: list[CaptionRecord], root: Path) -> Non
 def _choose_format(path: Path, name: str | None) -> CaptionFormat:
     from polycap.plugins import get_registries
 
-    registry = get_registries().datasets
+    registry = get_registries().caption_formats
     if name is not None:
         return registry.get(name)
     formats = [item for _, item in registry.items()]

@@ -40,8 +40,14 @@ def register_metrics(register: Register) -> None:
 
 
 @hookspec
-def register_datasets(register: Register) -> None:
+def register_caption_formats(register: Register) -> None:
     """Register caption-file formats: ``register(name, CaptionFormat)`` (see ``polycap.data``)."""
+
+
+@hookspec
+def register_datasets(register: Register) -> None:
+    """The older name of :func:`register_caption_formats`, still honoured: formats registered
+    here go to the same registry."""
 
 
 @hookspec

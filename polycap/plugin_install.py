@@ -173,6 +173,12 @@ def plugin_records(host: Any, with_provides: bool = True) -> list[dict[str, Any]
             registry = getattr(registries, attribute)
             for name in registry.names():
                 provided.setdefault(registry.source(name), []).append(f"{kind} {name}")
+            for name, sources in registry.conflicts().items():
+                for source in sources:
+                    provided.setdefault(source, []).append(
+                        f"{kind} {name} (unusable: also claimed by "
+                        f"{', '.join(s for s in sources if s != source)})"
+                    )
     infos = sorted(host.infos.values(), key=lambda info: (info.distribution is None, info.name))
     return [
         {

@@ -1,13 +1,19 @@
 """The plugin manager: built-in parts and entry points of group ``polycap``, loaded one at a time.
 
-A plugin that fails to import, or whose hook raises, is recorded as a load error and shown as a
-warning; the rest of polycap keeps working. Two plugins claiming one name is a clear error.
+A plugin that fails to import, implements a hook that does not exist (a misspelt name), or
+whose hook raises, is recorded as a load error and shown as a warning; the rest of polycap
+keeps working. Two plugins claiming one name make only that name unusable: a warning names
+both, and using the name is an error naming both.
+
+``POLYCAP_LOAD_PLUGINS``: a comma-separated list of entry-point names to load (the others are
+not imported); empty loads none. Built-in parts always load.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -32,6 +38,7 @@ if TYPE_CHECKING:
     MapperClass = Callable[..., Any]  # cls(clip_dim, lm_dim, prefix_length, **options) -> Module
 
 ENTRY_POINT_GROUP = "polycap"
+LOAD_PLUGINS_ENV = "POLYCAP_LOAD_PLUGINS"
 BUILTIN_PLUGINS = (
     "polycap.builtin.mappers",
     "polycap.builtin.encoders",
@@ -44,8 +51,9 @@ REGISTRY_HOOKS = {
     "encoders": ("register_encoders", "encoder"),
     "mappers": ("register_mappers", "mapper"),
     "metrics": ("register_metrics", "metric"),
-    "datasets": ("register_datasets", "caption format"),
+    "caption_formats": ("register_caption_formats", "caption format"),
 }
+ALIAS_HOOKS = {"register_datasets": "caption_formats"}  # the older name, still honoured
 
 
 @dataclass
@@ -67,7 +75,12 @@ class Registries:
     encoders: Registry[EncoderLoader]
     mappers: Registry[MapperClass]
     metrics: Registry[Metric]
-    datasets: Registry[CaptionFormat]
+    caption_formats: Registry[CaptionFormat]
+
+    @property
+    def datasets(self) -> Registry[CaptionFormat]:
+        """The caption formats (the registry's older name)."""
+        return self.caption_formats
 
 
 class PluginHost:
@@ -87,8 +100,23 @@ class PluginHost:
     def _register_module(
         self, name: str, module: Any, distribution: str | None = None, version: str | None = None
     ) -> None:
+        """Register ``module``; a hook implementation matching no hookspec (a misspelt hook
+        name) unregisters it again and is recorded as its load error."""
+        info = PluginInfo(name, distribution, version, self._hook_names(module))
+        self.infos[name] = info
         self.pm.register(module, name=name)
-        self.infos[name] = PluginInfo(name, distribution, version, self._hook_names(module))
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError:
+            self.pm.unregister(name=name)
+            unknown = sorted(
+                hook
+                for hook in dir(module)
+                if self.pm.parse_hookimpl_opts(module, hook) is not None
+                and not hasattr(hookspecs, hook)
+            )
+            info.error = f"unknown hook(s) {', '.join(unknown)}: no such hookspec (misspelt?)"
+            warn(f"plugin {name!r} not loaded: {info.error}")
 
     @staticmethod
     def _hook_names(module: Any) -> list[str]:
@@ -102,7 +130,7 @@ class PluginHost:
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             distribution = entry_point.dist.name if entry_point.dist else None
             version = entry_point.dist.version if entry_point.dist else None
-            if entry_point.name in self.infos:
+            if entry_point.name in self.infos or not _selected(entry_point.name):
                 continue
             try:
                 module = entry_point.load()
@@ -132,15 +160,11 @@ class PluginHost:
         filled: dict[str, Registry[Any]] = {}
         for attribute, (hook_name, kind) in REGISTRY_HOOKS.items():
             registry: Registry[Any] = Registry(kind)
-            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-                source = impl.plugin_name
-
-                def register(
-                    name: str, item: Any, _source: str = source, _registry: Registry[Any] = registry
-                ) -> None:
-                    _registry.register(name, item, source=_source)
-
-                self._call_guarded(source, impl.function, register)
+            aliases = [alias for alias, target in ALIAS_HOOKS.items() if target == attribute]
+            for name in (hook_name, *aliases):
+                for impl in getattr(self.pm.hook, name).get_hookimpls():
+                    register = _registering(registry, impl.plugin_name)
+                    self._call_guarded(impl.plugin_name, impl.function, register)
             filled[attribute] = registry
         return Registries(**filled)
 
@@ -158,6 +182,27 @@ class PluginHost:
         """Let every plugin add its commands to ``app``."""
         for impl in self.pm.hook.register_commands.get_hookimpls():
             self._call_guarded(impl.plugin_name, impl.function, app)
+
+
+def _registering(registry: Registry[Any], source: str) -> Any:
+    """The ``register`` callable handed to ``source``'s hook: a name another plugin already
+    claims becomes unusable (with a warning naming both), the rest of both plugins still works."""
+
+    def register(name: str, item: Any) -> None:
+        try:
+            registry.register(name, item, source=source)
+        except DuplicateName:
+            warn(registry.disable(name, source))
+
+    return register
+
+
+def _selected(entry_point: str) -> bool:
+    """Whether ``POLYCAP_LOAD_PLUGINS`` (when set) names this entry point."""
+    chosen = os.environ.get(LOAD_PLUGINS_ENV)
+    if chosen is None:
+        return True
+    return entry_point in {name.strip() for name in chosen.split(",")}
 
 
 def canonical_name(distribution: str) -> str:

@@ -21,9 +21,12 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
         self._sources: dict[str, str] = {}
+        self._conflicts: dict[str, list[str]] = {}
 
     def register(self, name: str, item: T, source: str = "polycap") -> None:
         """Add ``item`` under ``name``; a second claim on one name is an error naming both."""
+        if name in self._conflicts:
+            raise DuplicateName(self.conflict_message(name) + f" (and {source!r})")
         if name in self._items:
             raise DuplicateName(
                 f"Two plugins register the {self.kind} {name!r}: "
@@ -32,8 +35,33 @@ class Registry(Generic[T]):
         self._items[name] = item
         self._sources[name] = source
 
+    def disable(self, name: str, source: str) -> str:
+        """Make ``name`` unusable because ``source`` claims it too; returns the message that
+        :meth:`get` will raise for it (naming every plugin that claims it)."""
+        claimants = self._conflicts.setdefault(name, [])
+        if name in self._items:
+            claimants.append(self._sources.pop(name))
+            del self._items[name]
+        claimants.append(source)
+        return self.conflict_message(name)
+
+    def conflict_message(self, name: str) -> str:
+        first, *others = self._conflicts[name]
+        named = " and ".join(repr(source) for source in [first, *others])
+        return (
+            f"Two plugins register the {self.kind} {name!r}: {named}. "
+            "Uninstall one of them to use it."
+        )
+
+    def conflicts(self) -> dict[str, list[str]]:
+        """Names claimed by more than one plugin (unusable) -> the plugins claiming them."""
+        return {name: list(sources) for name, sources in self._conflicts.items()}
+
     def get(self, name: str) -> T:
-        """The item called ``name``, or an UnknownName error with a 'did you mean'."""
+        """The item called ``name``, or an UnknownName error with a 'did you mean'
+        (DuplicateName when two plugins claim it)."""
+        if name in self._conflicts:
+            raise DuplicateName(self.conflict_message(name))
         try:
             return self._items[name]
         except KeyError:

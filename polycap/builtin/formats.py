@@ -26,7 +26,7 @@ CAPTION_KEYS = ("caption", "text", "sentence")
 
 
 @hookimpl
-def register_datasets(register: Register) -> None:
+def register_caption_formats(register: Register) -> None:
     """The five built-in formats."""
     register("captions-json", CaptionsJson())
     register("coco", CocoJson())

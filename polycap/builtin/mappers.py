@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from polycap.hookspecs import Register, hookimpl
 
 
-def _lazy(class_name: str) -> Any:
-    """A constructor that imports torch (via polycap.mapping) only when a mapper is built."""
+@dataclass(frozen=True)
+class BuiltinMapper:
+    """A mapper kind whose class lives in :mod:`polycap.mapping`; calling it builds one.
 
-    def build(clip_dim: int, lm_dim: int, prefix_length: int, **options: Any) -> Any:
+    Registering this stand-in instead of the class keeps torch unimported until a mapper is
+    built (``polycap --help`` and ``plugins list`` stay fast).
+    """
+
+    class_name: str
+
+    @property
+    def cls(self) -> type:
+        """The mapper class itself (imports torch)."""
         from polycap import mapping
 
-        return getattr(mapping, class_name)(clip_dim, lm_dim, prefix_length, **options)
+        return getattr(mapping, self.class_name)
 
-    build.__name__ = build.__qualname__ = class_name
-    build.__doc__ = f"Build polycap.mapping.{class_name} (torch imported on first use)."
-    return build
+    def __call__(self, clip_dim: int, lm_dim: int, prefix_length: int, **options: Any) -> Any:
+        return self.cls(clip_dim, lm_dim, prefix_length, **options)
 
 
 @hookimpl
 def register_mappers(register: Register) -> None:
     """Register ClipCap's three mappers."""
-    register("mlp", _lazy("MLPMapper"))
-    register("transformer", _lazy("TransformerMapper"))
-    register("linear", _lazy("LinearMapper"))
+    register("mlp", BuiltinMapper("MLPMapper"))
+    register("transformer", BuiltinMapper("TransformerMapper"))
+    register("linear", BuiltinMapper("LinearMapper"))
