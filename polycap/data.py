@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -248,9 +248,3 @@ def split_by_image(
         CaptionSet(train, captions.source, list(captions.missing)),
         CaptionSet(val, captions.source, []),
     )
-
-
-def subset(captions: CaptionSet, images: Sequence[Path]) -> CaptionSet:
-    """The records whose image is in ``images``."""
-    keep = set(images)
-    return CaptionSet([r for r in captions.records if r.image in keep], captions.source, [])

@@ -199,10 +199,6 @@ class EncodedImages:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def as_dict(self) -> dict[Path, torch.Tensor]:
-        """Path -> feature row."""
-        return dict(zip(self.paths, self.features, strict=True))
-
 
 def default_cache_dir() -> Path:
     """``$POLYCAP_CACHE_DIR`` or ``~/.cache/polycap/features``."""

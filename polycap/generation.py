@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import torch
 
 from polycap.errors import BadInput
+from polycap.language import cut_at_end
 from polycap.lm_keywords import lm_keywords
 from polycap.progress import progress_bar
 
@@ -454,7 +455,7 @@ class _Loop:
             for k in order:
                 if normalised[i][k] == float("-inf"):
                     continue
-                ids = _cut(table[i * width + k], self.end)
+                ids = cut_at_end(table[i * width + k], self.end)
                 if ids not in chosen:
                     chosen.append(ids)
                 if len(chosen) == self.config.num_captions:
@@ -485,10 +486,6 @@ def filter_logits(scores: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
         scores = TopPLogitsWarper(top_p)(None, scores)
     return scores
-
-
-def _cut(ids: list[int], end: int) -> list[int]:
-    return ids[: ids.index(end)] if end in ids else ids
 
 
 def _output_cache(out: Any) -> Any:

@@ -52,13 +52,13 @@ class LanguagePack:
         """The decoder's tokenizer, by hub id or local directory."""
         from transformers import AutoTokenizer
 
-        return _load_or_explain(AutoTokenizer.from_pretrained, name_or_path, "tokenizer")
+        return load_pretrained(AutoTokenizer.from_pretrained, name_or_path, "tokenizer")
 
     def load_decoder(self, name_or_path: str, dtype: Any = None) -> Any:
         """The causal LM, by hub id or local directory."""
         from transformers import AutoModelForCausalLM
 
-        return _load_or_explain(
+        return load_pretrained(
             AutoModelForCausalLM.from_pretrained, name_or_path, "decoder", dtype=dtype
         )
 
@@ -92,10 +92,7 @@ class LanguagePack:
 
     def decode_caption(self, tokenizer: Any, ids: Sequence[int]) -> str:
         """Token ids → caption text, cut at the end token, special tokens removed."""
-        end = self.end_token_id(tokenizer)
-        ids = list(ids)
-        if end in ids:
-            ids = ids[: ids.index(end)]
+        ids = cut_at_end(ids, self.end_token_id(tokenizer))
         return self.normalize(tokenizer.decode(ids, skip_special_tokens=True))
 
     # -- offline stand-ins -----------------------------------------------------------------
@@ -109,9 +106,13 @@ class LanguagePack:
         )
 
 
-def _load_or_explain(
-    loader: Callable[..., Any], name_or_path: str, what: str, **kwargs: Any
-) -> Any:
+def cut_at_end(ids: Sequence[int], end: int) -> list[int]:
+    """``ids`` up to (not including) the first ``end`` token; all of them when there is none."""
+    ids = list(ids)
+    return ids[: ids.index(end)] if end in ids else ids
+
+
+def load_pretrained(loader: Callable[..., Any], name_or_path: str, what: str, **kwargs: Any) -> Any:
     """Call a from_pretrained loader; turn 'not found / offline / not a model / corrupt
     weights' into one line."""
     from safetensors import SafetensorError

@@ -56,10 +56,6 @@ class SyntheticSplit:
     heldout_pairs: tuple[tuple[str, str], ...] = ()
     captions: dict[str, list[str]] = field(default_factory=dict)
 
-    def test_truths(self) -> dict[str, Truth]:
-        """Ground truth of the test images only."""
-        return {name: self.truths[name] for name in self.test_images}
-
 
 # -- drawing ---------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from polycap.language import LanguagePack, _load_or_explain
+from polycap.language import LanguagePack, cut_at_end, load_pretrained
 
 # Characters written without spaces between them: CJK punctuation, kana, kanji, full-width forms.
 _JA = (
@@ -43,7 +43,7 @@ class JapanesePack(LanguagePack):
         """
         from transformers import T5Tokenizer
 
-        tokenizer = _load_or_explain(T5Tokenizer.from_pretrained, name_or_path, "tokenizer")
+        tokenizer = load_pretrained(T5Tokenizer.from_pretrained, name_or_path, "tokenizer")
         # rinna's README: "due to some bug of tokenizer config loading"
         tokenizer.do_lower_case = True
         _fix_tokenizers_backend(tokenizer)
@@ -61,10 +61,7 @@ class JapanesePack(LanguagePack):
 
     def decode_caption(self, tokenizer: Any, ids: Sequence[int]) -> str:
         """Token ids -> clean text: cut at ``</s>``, no special tokens, no "▁", Japanese spacing."""
-        end = self.end_token_id(tokenizer)
-        ids = list(ids)
-        if end in ids:
-            ids = ids[: ids.index(end)]
+        ids = cut_at_end(ids, self.end_token_id(tokenizer))
         text = tokenizer.decode(ids, skip_special_tokens=True)
         return self.normalize(text.replace("\u2581", " "))
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polycap.language import LanguagePack, _load_or_explain
+from polycap.language import LanguagePack, load_pretrained
 from polycap_ru.demo import RUSSIAN_DEMO
 
 END_TOKEN = "</s>"
@@ -49,7 +49,7 @@ class RussianPack(LanguagePack):
         """ruGPT-3's tokenizer (``GPT2Tokenizer``), by hub id or local directory."""
         from transformers import GPT2Tokenizer
 
-        return _load_or_explain(GPT2Tokenizer.from_pretrained, name_or_path, "tokenizer")
+        return load_pretrained(GPT2Tokenizer.from_pretrained, name_or_path, "tokenizer")
 
     def end_token_id(self, tokenizer: Any) -> int:
         """``</s>`` (id 2 in ruGPT-3), else the tokenizer's own eos."""

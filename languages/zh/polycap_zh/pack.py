@@ -33,7 +33,7 @@ from functools import cache
 from typing import Any
 
 from polycap.errors import UnknownName
-from polycap.language import LanguagePack, _load_or_explain
+from polycap.language import LanguagePack, cut_at_end, load_pretrained
 from polycap_zh.demo import CHINESE_DEMO
 
 SEGMENTERS = ("jieba", "characters")
@@ -57,7 +57,7 @@ class ChinesePack(LanguagePack):
         """The decoder's ``BertTokenizer`` (character vocabulary), by hub id or directory."""
         from transformers import BertTokenizer
 
-        return _load_or_explain(BertTokenizer.from_pretrained, name_or_path, "tokenizer")
+        return load_pretrained(BertTokenizer.from_pretrained, name_or_path, "tokenizer")
 
     def normalize(self, text: str) -> str:
         """NFC (full-width punctuation kept), white space folded and dropped beside CJK."""
@@ -72,10 +72,7 @@ class ChinesePack(LanguagePack):
 
     def decode_caption(self, tokenizer: Any, ids: Sequence[int]) -> str:
         """Ids → characters with no spaces between them; special tokens dropped."""
-        end = self.end_token_id(tokenizer)
-        ids = list(ids)
-        if end in ids:
-            ids = ids[: ids.index(end)]
+        ids = cut_at_end(ids, self.end_token_id(tokenizer))
         special = set(tokenizer.all_special_ids)
         tokens = tokenizer.convert_ids_to_tokens([i for i in ids if i not in special])
         return self.normalize(join_tokens(tokens))
