@@ -312,6 +312,7 @@ class Bench:
         from benchmarks import reference, workload
         from polycap.batching import bucketed_batches
         from polycap.training import (
+            PreparedData,
             TokenizedSet,
             TrainConfig,
             Trainer,
@@ -365,15 +366,14 @@ class Bench:
         trainable = [p for p in ours_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=config.lr)
         scheduler = linear_warmup_decay(optimizer, warmup, 10_000)
-        scaler = torch.amp.GradScaler(self.device.split(":")[0], enabled=self.precision == "fp16")
+        prepared, optimizer = trainer.accelerator.prepare(ours_model, optimizer)
+        data = PreparedData(tokens, TokenizedSet([], []), features, None, None, 0)
 
         ours_batches = bucketed_batches(tokens.lengths, batch_size, seed=1)
 
         def ours(batch: list[int]) -> int:
-            trainer.train_batch(
-                ours_model, collate(batch, tokens, features, ours_model.pad_token_id), scaler
-            )
-            trainer.optimizer_step(ours_model, optimizer, scheduler, scaler, trainable)
+            trainer.train_batch(prepared, batch, data)
+            trainer.optimizer_step(prepared, optimizer, scheduler)
             return len(batch)
 
         ref_model = copy.deepcopy(base).train()

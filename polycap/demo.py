@@ -131,7 +131,7 @@ def _run_demo(
         cache_dir=workdir / "cache",
         progress=options.progress,
     )
-    result = train(config, registries=registries, console=console)
+    result = train(config, registries=registries, console=console, overwrite=True)
 
     from polycap.model import Captioner
 

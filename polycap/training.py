@@ -1,12 +1,23 @@
-"""The training loop: precomputed features, bucketed batches, AMP, accumulation, warmup,
-validation loss each epoch, atomic checkpoints and exact resume."""
+"""The training loop, on Hugging Face Accelerate: precomputed features, bucketed batches,
+mixed precision, gradient accumulation, warmup, validation loss each epoch, atomic checkpoints
+and exact resume, on one process or many (``accelerate launch`` / ``torchrun``, DDP).
+
+One process needs no Accelerate config: ``polycap train`` runs as it always has. Under a
+launcher every process builds the same data split and the same sequence of global batches
+(``--batch-size`` per process × processes), takes its own share of each, and DDP averages the
+gradients; the loss of a global batch is its token-mean whatever the number of processes, so N
+processes take the same steps as one process with the same global batch. Only the main process
+writes checkpoints, logs and progress bars.
+"""
 
 from __future__ import annotations
 
-import json
+import errno
 import math
+import os
 import random
-import shutil
+import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,15 +26,18 @@ import torch
 
 from polycap.batching import bucketed_batches, padded_batches
 from polycap.encoding import EncoderSpec
-from polycap.errors import BadInput
+from polycap.errors import BadInput, PolycapError
+from polycap.run_folder import CHECKPOINT_PREFIX, TRAINER_STATE, RunFolder, check_writable
 
+PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+HOOK_ENV = "POLYCAP_TRAIN_HOOK"
+HOOK_FILE_ENV = "POLYCAP_TRAIN_HOOK_FILE"
+TIMEOUT_ENV = "POLYCAP_DIST_TIMEOUT"
 if TYPE_CHECKING:
     from polycap.language import LanguagePack
     from polycap.plugins import Registries
 
-CHECKPOINT_PREFIX = "checkpoint-"
-TRAINER_STATE = "trainer_state.pt"
-PRECISIONS = ("fp32", "bf16", "fp16")
+__all__ = ["CHECKPOINT_PREFIX", "TRAINER_STATE", "TrainConfig", "Trainer", "train"]
 
 
 @dataclass
@@ -46,7 +60,7 @@ class TrainConfig:
     normalize_features: bool = True
     standardize_features: bool = True
     epochs: int = 10
-    batch_size: int = 32
+    batch_size: int = 32  # per process; the global batch is this × processes × grad_accum
     lr: float = 2e-5
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -79,26 +93,49 @@ class TokenizedSet:
 
 
 @dataclass
+class PreparedData:
+    """What training reads: tokenized splits, one feature row per encoded image, the tokenizer
+    and the encoder's identity, and the images that could not be read."""
+
+    train: TokenizedSet
+    val: TokenizedSet
+    features: torch.Tensor
+    tokenizer: Any
+    encoder_info: EncoderSpec
+    skipped: int
+
+
+@dataclass
+class TrainState:
+    """Where a run is: epochs done, batches done in the current epoch, optimizer steps, the
+    current epoch's running train loss (caption-weighted sum over ``seen`` captions), history."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    loss_sum: float = 0.0
+    seen: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainState:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
 class TrainResult:
-    """Where the final model went and the per-epoch history."""
+    """Where the final model went, the per-epoch history, and what this process ran."""
 
     model_dir: Path
     history: list[dict[str, float]]
     skipped_images: int
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' means the GPU when there is one."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype for a precision name; None for fp32."""
-    if precision not in PRECISIONS:
-        raise BadInput(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    batches_run: int = 0
+    resumed_from: Path | None = None
+    processes: int = 1
+    global_batch_size: int = 0
 
 
 def linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> Any:
@@ -124,7 +161,7 @@ def collate(
         input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         mask[row, : len(ids)] = 1
     rows = torch.tensor([tokens.feature_rows[i] for i in batch], dtype=torch.long)
-    return features[rows], input_ids, mask
+    return features[rows.to(features.device)], input_ids, mask
 
 
 def tokenize_records(
@@ -146,14 +183,42 @@ def tokenize_records(
 
 def latest_checkpoint(output: Path) -> Path | None:
     """The newest complete checkpoint (one whose trainer state was written) in a run folder."""
-    if not output.is_dir():
-        return None
-    complete = [
-        path
-        for path in output.glob(f"{CHECKPOINT_PREFIX}*")
-        if (path / TRAINER_STATE).is_file() and path.name[len(CHECKPOINT_PREFIX) :].isdigit()
-    ]
-    return max(complete, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX) :]), default=None)
+    return RunFolder(output).latest_checkpoint()
+
+
+class TestHook:
+    """Test-only fault injection, so kill and disk-failure tests are deterministic.
+
+    ``POLYCAP_TRAIN_HOOK=pause@checkpoint:2,enospc@final:1``: at the n-th time training reaches
+    a point (``step``: an optimizer step done; ``checkpoint`` / ``final``: inside that save, all
+    files but polycap.json written), ``pause`` writes ``POLYCAP_TRAIN_HOOK_FILE`` and waits to be
+    killed; ``enospc`` / ``erofs`` raise the OSError a full / read-only disk gives.
+    """
+
+    def __init__(self, spec: str | None = None) -> None:
+        spec = os.environ.get(HOOK_ENV, "") if spec is None else spec
+        self.rules = []
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            action, _, where = item.partition("@")
+            point, _, count = where.partition(":")
+            self.rules.append((action, point, int(count or 1)))
+        self.seen: dict[str, int] = {}
+
+    def __call__(self, point: str, main: bool = True) -> None:
+        if not self.rules:
+            return
+        self.seen[point] = count = self.seen.get(point, 0) + 1
+        for action, rule_point, rule_count in self.rules:
+            if (rule_point, rule_count) != (point, count):
+                continue
+            if action == "pause":
+                marker = os.environ.get(HOOK_FILE_ENV)
+                if marker and main:
+                    Path(marker).write_text(f"{point}:{count}\n", encoding="utf-8")
+                time.sleep(600)
+            elif action in ("enospc", "erofs"):
+                code = errno.ENOSPC if action == "enospc" else errno.EROFS
+                raise OSError(code, os.strerror(code))
 
 
 class Trainer:
@@ -164,19 +229,110 @@ class Trainer:
     ) -> None:
         from polycap.plugins import get_registries
 
+        if config.precision not in PRECISIONS:
+            raise BadInput(
+                f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}"
+            )
         self.config = config
         self.registries = registries or get_registries()
-        self.console = console
-        self.device = resolve_device(config.device)
-        self.amp_dtype = autocast_dtype(config.precision)
         self.pack = self.registries.languages.get(config.language)
+        self.accelerator = make_accelerator(config)
+        self.main = self.accelerator.is_main_process
+        self.processes = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
+        self.device = self.accelerator.device
+        self.console = console if self.main else None
+        self.folder = RunFolder(config.output)
+        self.hook = TestHook()
 
     def say(self, message: str) -> None:
         if self.console is not None:
             self.console.print(message)
 
+    @property
+    def global_batch_size(self) -> int:
+        return self.config.batch_size * self.processes * self.config.grad_accum
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self, resume: bool = False, overwrite: bool = False) -> TrainResult:
+        """Train for ``config.epochs`` epochs (continuing the last checkpoint when resuming)."""
+        config = self.config
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        self.take_folder(resume, overwrite)
+        with self.accelerator.main_process_first():
+            data = self.prepare_data()
+        self.record_run(resume, overwrite)
+        start = self.folder.latest_checkpoint() if resume else None
+        if resume and start is None:
+            self.say(f"No checkpoint in {config.output} to resume from; starting fresh.")
+        model = self.load_or_build(start, data)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        scheduler = linear_warmup_decay(
+            optimizer, config.warmup_steps, self.steps_per_epoch(data) * config.epochs
+        )
+        state = self.restore(start, optimizer, scheduler) if start is not None else TrainState()
+        model, optimizer = self.accelerator.prepare(model, optimizer)
+        self.announce(start, state, data)
+        batches_run = 0
+        for epoch in range(state.epoch, config.epochs):
+            batches_run += self.run_epoch(epoch, model, optimizer, scheduler, state, data)
+            self.end_epoch(epoch, model, optimizer, scheduler, state, data)
+        final = self.save(self.folder.final, model, state, point="final")
+        self.accelerator.wait_for_everyone()
+        return TrainResult(
+            final,
+            state.history,
+            data.skipped,
+            batches_run=batches_run,
+            resumed_from=start,
+            processes=self.processes,
+            global_batch_size=self.global_batch_size,
+        )
+
+    def take_folder(self, resume: bool, overwrite: bool) -> None:
+        """On the main process: check writability, clean leftovers, claim the run folder."""
+        from polycap.encoding import default_cache_dir
+
+        if self.main:
+            check_writable(self.config.output, "--output")
+            cache = self.config.cache_dir
+            check_writable(Path(cache) if cache else default_cache_dir(), "feature cache")
+            cleaned = self.folder.clean_stale()
+            if cleaned:
+                self.say(f"Cleaned {len(cleaned)} temporary folder(s) left by an interrupted save")
+            self.folder.claim(self.run_options(), resume=resume, overwrite=overwrite, write=False)
+        self.accelerator.wait_for_everyone()
+
+    def record_run(self, resume: bool, overwrite: bool) -> None:
+        """Once the data is ready: the folder becomes this run's (run.json written)."""
+        if self.main:
+            changes = self.folder.claim(self.run_options(), resume=resume, overwrite=overwrite)
+            for change in changes:
+                self.say(f"Resuming with {change}")
+        self.accelerator.wait_for_everyone()
+
+    def run_options(self) -> dict[str, Any]:
+        return {**self.config.to_json(), "processes": self.processes}
+
+    def announce(self, start: Path | None, state: TrainState, data: PreparedData) -> None:
+        config = self.config
+        per_epoch = self.epoch_batch_count(data)
+        left = (config.epochs - state.epoch) * per_epoch - state.batch
+        if start is not None:
+            self.say(
+                f"Resuming from {start} (epoch {state.epoch + 1}, batch {state.batch} of "
+                f"{per_epoch}, step {state.step}): {max(0, left)} batches left"
+            )
+        self.say(
+            f"Training on {self.processes} process(es) ({self.device.type}); global batch "
+            f"{self.global_batch_size} = {config.batch_size} per process × {self.processes} "
+            f"process(es) × {config.grad_accum} accumulation; {per_epoch} batches per epoch"
+        )
+
     # -- preparation -----------------------------------------------------------------------
-    def prepare_data(self) -> tuple[TokenizedSet, TokenizedSet, torch.Tensor, Any, int]:
+    def prepare_data(self) -> PreparedData:
         """Load captions, encode each image once, split by image, tokenize."""
         from polycap.data import load_captions, split_by_image
         from polycap.encoding import encode_images, load_encoder
@@ -189,7 +345,10 @@ class Trainer:
             config.encoder, pretrained=config.pretrained, device=str(self.device)
         )
         encoded = encode_images(
-            encoder, captions.images(), cache_dir=config.cache_dir, progress=config.progress
+            encoder,
+            captions.images(),
+            cache_dir=config.cache_dir,
+            progress=config.progress and self.main,
         )
         if not encoded.paths:
             raise BadInput(f"{config.data}: none of its images could be read")
@@ -206,18 +365,21 @@ class Trainer:
             f"train {len(train.token_ids)} / validation {len(val.token_ids)} captions; "
             f"{len(encoded.skipped)} images skipped"
         )
-        return train, val, encoded.features, (tokenizer, encoder_info), len(encoded.skipped)
+        features = encoded.features.to(self.device)
+        return PreparedData(train, val, features, tokenizer, encoder_info, len(encoded.skipped))
 
-    def build_model(self, tokenizer: Any, encoder_info: EncoderSpec) -> Any:
+    def load_or_build(self, start: Path | None, data: PreparedData) -> Any:
+        """The checkpoint's model when resuming, else a new one (with feature statistics)."""
         from polycap.model import Captioner
 
+        if start is not None:
+            return Captioner.load(start, device=self.device, registries=self.registries).train()
         config = self.config
-        lm = self.pack.load_decoder(config.lm or self.pack.default_lm)
-        return Captioner.build(
+        model = Captioner.build(
             pack=self.pack,
-            tokenizer=tokenizer,
-            lm=lm,
-            encoder_info=encoder_info,
+            tokenizer=data.tokenizer,
+            lm=self.pack.load_decoder(config.lm or self.pack.default_lm),
+            encoder_info=data.encoder_info,
             mapper=config.mapper,
             prefix_length=config.prefix_length,
             mapper_options=dict(config.mapper_options),
@@ -227,185 +389,273 @@ class Trainer:
             save_lm=config.train_lm or config.save_lm,
             registries=self.registries,
         )
+        if config.standardize_features:
+            model.set_feature_stats(data.features[sorted(set(data.train.feature_rows))])
+        return model
 
-    # -- the loop --------------------------------------------------------------------------
-    def run(self, resume: bool = False) -> TrainResult:
-        """Train for ``config.epochs`` epochs (continuing the last checkpoint when resuming)."""
-        from polycap.model import Captioner
+    def epoch_batches(self, epoch: int, data: PreparedData) -> list[list[int]]:
+        """The epoch's global batches: the same list on every process."""
+        size = self.config.batch_size * self.processes
+        return bucketed_batches(data.train.lengths, size, seed=self.config.seed + epoch)
 
+    def epoch_batch_count(self, data: PreparedData) -> int:
+        return math.ceil(len(data.train.token_ids) / (self.config.batch_size * self.processes))
+
+    def steps_per_epoch(self, data: PreparedData) -> int:
+        return math.ceil(self.epoch_batch_count(data) / self.config.grad_accum)
+
+    # -- one epoch -------------------------------------------------------------------------
+    def run_epoch(
+        self,
+        epoch: int,
+        model: Any,
+        optimizer: Any,
+        scheduler: Any,
+        state: TrainState,
+        data: PreparedData,
+    ) -> int:
+        """The epoch's remaining batches (from ``state.batch``); returns how many ran."""
         config = self.config
-        torch.manual_seed(config.seed)
-        random.seed(config.seed)
-        train, val, features, (tokenizer, encoder_info), skipped = self.prepare_data()
-        features = features.to(self.device)
-        start = latest_checkpoint(config.output) if resume else None
-        if resume and start is None:
-            self.say(f"No checkpoint in {config.output} to resume from; starting fresh.")
-        if start is not None:
-            model = Captioner.load(start, device=str(self.device), registries=self.registries)
-            self.say(f"Resuming from {start}")
-        else:
-            model = self.build_model(tokenizer, encoder_info)
-            if config.standardize_features:
-                model.set_feature_stats(features[sorted(set(train.feature_rows))])
-        model.to(self.device)
-
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-        steps_per_epoch = math.ceil(
-            math.ceil(len(train.token_ids) / config.batch_size) / config.grad_accum
-        )
-        scheduler = linear_warmup_decay(
-            optimizer, config.warmup_steps, steps_per_epoch * config.epochs
-        )
-        use_scaler = self.amp_dtype == torch.float16 and self.device.type == "cuda"
-        scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
-        state = {"epoch": 0, "batch": 0, "step": 0, "history": []}
-        if start is not None:
-            saved = torch.load(start / TRAINER_STATE, map_location="cpu", weights_only=False)
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            scaler.load_state_dict(saved["scaler"])
-            state = saved["state"]
-            torch.set_rng_state(saved["torch_rng"])
-
-        pad_id = model.pad_token_id
-        for epoch in range(state["epoch"], config.epochs):
-            batches = bucketed_batches(train.lengths, config.batch_size, seed=config.seed + epoch)
-            model.train()
-            train_loss, seen = 0.0, 0
-            with self.progress_bar() as progress:
-                task = progress.add_task(f"epoch {epoch + 1}/{config.epochs}", total=len(batches))
-                progress.update(task, completed=state["batch"])
-                for index in range(state["batch"], len(batches)):
-                    batch = collate(batches[index], train, features, pad_id)
-                    loss = self.train_batch(model, batch, scaler)
-                    train_loss += loss * len(batches[index])
-                    seen += len(batches[index])
-                    last_of_group = (index + 1) % config.grad_accum == 0 or index + 1 == len(
-                        batches
-                    )
-                    if last_of_group:
-                        self.optimizer_step(model, optimizer, scheduler, scaler, trainable)
-                        state["step"] += 1
-                    state["batch"] = index + 1
-                    progress.update(
-                        task,
-                        advance=1,
-                        description=(f"epoch {epoch + 1}/{config.epochs} loss {loss:.3f}"),
-                    )
-                    if (
-                        config.save_every
-                        and last_of_group
-                        and state["step"] % config.save_every == 0
-                    ):
-                        self.checkpoint(model, optimizer, scheduler, scaler, state)
-            val_loss = self.evaluate(model, val, features, pad_id)
-            record = {
-                "epoch": epoch + 1,
-                "step": state["step"],
-                "train_loss": train_loss / max(1, seen),
-                "val_loss": val_loss,
-            }
-            state["history"].append(record)
-            state["epoch"], state["batch"] = epoch + 1, 0
-            self.say(
-                f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}, "
-                f"validation loss {val_loss:.4f}"
-                if not math.isnan(val_loss)
-                else f"epoch {epoch + 1}: train loss {record['train_loss']:.4f}"
-            )
-            self.checkpoint(model, optimizer, scheduler, scaler, state)
-        final = config.output / "final"
-        model.save(final, training=self.training_record(state))
-        return TrainResult(final, state["history"], skipped)
+        batches = self.epoch_batches(epoch, data)
+        first = state.batch
+        model.train()
+        title = f"epoch {epoch + 1}/{config.epochs}"
+        with self.progress_bar() as progress:
+            task = progress.add_task(title, total=len(batches), completed=first)
+            for index in range(first, len(batches)):
+                last_of_group = (index + 1) % config.grad_accum == 0 or index + 1 == len(batches)
+                sync = nullcontext() if last_of_group else self.accelerator.no_sync(model)
+                with sync:
+                    loss = self.train_batch(model, batches[index], data)
+                state.loss_sum += loss * len(batches[index])
+                state.seen += len(batches[index])
+                state.batch = index + 1
+                if last_of_group:
+                    self.optimizer_step(model, optimizer, scheduler)
+                    state.step += 1
+                    periodic = config.save_every and state.step % config.save_every == 0
+                    if periodic and index + 1 < len(batches):  # else the epoch's own follows
+                        self.checkpoint(model, optimizer, scheduler, state)
+                    self.hook("step", self.main)
+                progress.update(task, advance=1, description=f"{title} loss {loss:.3f}")
+        return len(batches) - first
 
     def progress_bar(self) -> Any:
         from polycap.progress import rich_progress
 
-        return rich_progress(self.console, enabled=self.config.progress)
+        return rich_progress(self.console, enabled=self.config.progress and self.main)
 
-    def train_batch(self, model: Any, batch: tuple[torch.Tensor, ...], scaler: Any) -> float:
-        features, input_ids, mask = (t.to(self.device) for t in batch)
-        with torch.autocast(
-            self.device.type,
-            dtype=self.amp_dtype or torch.float32,
-            enabled=self.amp_dtype is not None,
-        ):
-            loss = model(features, input_ids, mask).loss / self.config.grad_accum
-        scaler.scale(loss).backward()
-        return float(loss.detach()) * self.config.grad_accum
+    def train_batch(self, model: Any, batch: list[int], data: PreparedData) -> float:
+        """Forward and backward on this process's share of one global batch; returns its share
+        of the global batch's token-mean loss (the shares of all processes sum to it)."""
+        shard = batch[self.rank :: self.processes]
+        weight = 1.0
+        if not shard:  # fewer captions than processes: join the all-reduce with a zero gradient
+            shard, weight = batch[:1], 0.0
+        features, input_ids, mask = collate(shard, data.train, data.features, self.pad_id(model))
+        if self.processes > 1:
+            total_tokens = sum(len(data.train.token_ids[i]) for i in batch)
+            weight *= float(mask.sum()) / total_tokens
+        loss = model(features, input_ids.to(self.device), mask.to(self.device)).loss
+        self.accelerator.backward(loss * (weight * self.processes))
+        return float(loss.detach()) * weight
 
-    def optimizer_step(
-        self,
-        model: Any,
-        optimizer: Any,
-        scheduler: Any,
-        scaler: Any,
-        trainable: list[torch.nn.Parameter],
-    ) -> None:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        scaler.step(optimizer)
-        scaler.update()
+    def pad_id(self, model: Any) -> int:
+        return self.accelerator.unwrap_model(model).pad_token_id
+
+    def optimizer_step(self, model: Any, optimizer: Any, scheduler: Any) -> None:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.accelerator.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
+    def end_epoch(
+        self,
+        epoch: int,
+        model: Any,
+        optimizer: Any,
+        scheduler: Any,
+        state: TrainState,
+        data: PreparedData,
+    ) -> None:
+        """Validation loss, the epoch's history record, and a checkpoint."""
+        train_loss = self.sum_over_processes(state.loss_sum) / max(1, state.seen)
+        val_loss = self.evaluate(model, data)
+        record = {
+            "epoch": epoch + 1,
+            "step": state.step,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+        }
+        state.history.append(record)
+        state.epoch, state.batch, state.loss_sum, state.seen = epoch + 1, 0, 0.0, 0
+        message = f"epoch {epoch + 1}: train loss {train_loss:.4f}"
+        if not math.isnan(val_loss):
+            message += f", validation loss {val_loss:.4f}"
+        self.say(message)
+        self.checkpoint(model, optimizer, scheduler, state)
+
     @torch.no_grad()
-    def evaluate(
-        self, model: Any, tokens: TokenizedSet, features: torch.Tensor, pad_id: int
-    ) -> float:
-        """Mean validation loss per caption; NaN when there is no validation split."""
+    def evaluate(self, model: Any, data: PreparedData) -> float:
+        """Mean validation loss per caption (each process scores its share of the batches);
+        NaN when there is no validation split."""
+        tokens = data.val
         if not tokens.token_ids:
             return float("nan")
-        model.eval()
+        plain = self.accelerator.unwrap_model(model)
+        plain.eval()
         total = 0.0
-        for batch_indices in padded_batches(tokens.lengths, self.config.batch_size):
-            feats, ids, mask = (
-                t.to(self.device) for t in collate(batch_indices, tokens, features, pad_id)
-            )
-            with torch.autocast(
-                self.device.type,
-                dtype=self.amp_dtype or torch.float32,
-                enabled=self.amp_dtype is not None,
-            ):
-                total += float(model(feats, ids, mask).loss) * len(batch_indices)
-        return total / len(tokens.token_ids)
+        batches = padded_batches(tokens.lengths, self.config.batch_size)
+        for batch in batches[self.rank :: self.processes]:
+            feats, ids, mask = collate(batch, tokens, data.features, plain.pad_token_id)
+            with self.accelerator.autocast():
+                loss = plain(feats, ids.to(self.device), mask.to(self.device)).loss
+            total += float(loss) * len(batch)
+        plain.train()
+        return self.sum_over_processes(total) / len(tokens.token_ids)
 
-    def training_record(self, state: dict[str, Any]) -> dict[str, Any]:
+    def sum_over_processes(self, value: float) -> float:
+        if self.processes == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        return float(self.accelerator.reduce(tensor, reduction="sum")[0])
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def training_record(self, state: TrainState) -> dict[str, Any]:
         return {
             **self.config.to_json(),
-            "epochs_done": state["epoch"],
-            "steps_done": state["step"],
-            "history": state["history"],
+            "processes": self.processes,
+            "global_batch_size": self.global_batch_size,
+            "epochs_done": state.epoch,
+            "steps_done": state.step,
+            "history": state.history,
         }
 
-    def checkpoint(
-        self, model: Any, optimizer: Any, scheduler: Any, scaler: Any, state: dict[str, Any]
-    ) -> Path:
-        """Model and trainer state in one atomic directory; older checkpoints pruned."""
-        directory = self.config.output / f"{CHECKPOINT_PREFIX}{state['step']:08d}"
+    def checkpoint(self, model: Any, optimizer: Any, scheduler: Any, state: TrainState) -> Path:
+        """Model and trainer state (every process's RNG, the epoch's loss so far summed over
+        processes) in one atomic directory, by the main process; older checkpoints pruned."""
+        from accelerate.utils import gather_object
+
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        rngs = gather_object([rng]) if self.processes > 1 else [rng]
+        saved = TrainState(
+            **{**state.to_json(), "loss_sum": self.sum_over_processes(state.loss_sum)}
+        )
+        if self.processes > 1:  # the main process carries the sum from here on
+            state.loss_sum = saved.loss_sum if self.main else 0.0
         trainer_state = {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "state": json.loads(json.dumps(state)),
-            "torch_rng": torch.get_rng_state(),
+            "state": saved.to_json(),
+            "rng": rngs,
+            "processes": self.processes,
         }
-        model.save(
-            directory,
-            training=self.training_record(state),
-            extra=lambda target: torch.save(trainer_state, target / TRAINER_STATE),
+
+        def extra(target: Path) -> None:
+            torch.save(trainer_state, target / TRAINER_STATE)
+
+        directory = self.save(
+            self.folder.checkpoint_path(state.step), model, saved, "checkpoint", extra
         )
-        self.prune_checkpoints(keep=directory)
+        if self.main:
+            self.prune_checkpoints(keep=directory)
+        self.accelerator.wait_for_everyone()
         return directory
 
+    def save(
+        self, directory: Path, model: Any, state: TrainState, point: str, extra: Any = None
+    ) -> Path:
+        """Write the model (main process only); a failing disk is one line, the last good
+        checkpoint intact."""
+        if not self.main:
+            return directory
+
+        def write_extra(target: Path) -> None:
+            if extra is not None:
+                extra(target)
+            self.hook(point)
+
+        plain = self.accelerator.unwrap_model(model)
+        try:
+            return plain.save(directory, training=self.training_record(state), extra=write_extra)
+        except OSError as error:
+            last = self.folder.latest_checkpoint()
+            kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
+            raise BadInput(
+                f"{directory}: writing failed ({error.strerror or error}); {kept}"
+            ) from None
+
+    def restore(self, start: Path, optimizer: Any, scheduler: Any) -> TrainState:
+        """Optimizer, scheduler, this process's RNG and the train state of a checkpoint."""
+        path = start / TRAINER_STATE
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:  # noqa: BLE001 - any unreadable pickle is the same problem
+            raise BadInput(f"{path}: unreadable trainer state ({error})") from None
+        written_by = int(saved.get("processes", 1))
+        if written_by != self.processes:
+            raise BadInput(
+                f"{path}: written by {written_by} process(es), resumed with {self.processes}; "
+                f"resume with {written_by} (the global batch must stay the same)"
+            )
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        rng = saved["rng"][self.rank] if "rng" in saved else {"cpu": saved["torch_rng"]}
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+        state = TrainState.from_json(saved["state"])
+        if not self.main:
+            state.loss_sum = 0.0
+        return state
+
     def prune_checkpoints(self, keep: Path) -> None:
-        checkpoints = sorted(self.config.output.glob(f"{CHECKPOINT_PREFIX}*"))
-        complete = [path for path in checkpoints if (path / TRAINER_STATE).is_file()]
+        import shutil
+
+        complete = self.folder.checkpoints()
         for old in complete[: max(0, len(complete) - self.config.keep_checkpoints)]:
             if old != keep:
                 shutil.rmtree(old, ignore_errors=True)
+
+
+def make_accelerator(config: TrainConfig) -> Any:
+    """An ``Accelerator`` for this run: the launcher's processes (one when not launched), the
+    device from ``--device``, mixed precision, and a timeout on every collective."""
+    from datetime import timedelta
+
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import InitProcessGroupKwargs
+
+    from polycap.devices import resolve_device
+
+    device = resolve_device(config.device)
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if launched and device.index is not None:
+        raise BadInput(
+            f"--device {config.device}: the launcher gives each process its device; "
+            "use --device auto (choose GPUs with CUDA_VISIBLE_DEVICES)"
+        )
+    if not launched:  # a process may train more than once (tests, the demo): fresh state
+        AcceleratorState._reset_state(reset_partial_state=True)
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)
+    timeout = timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, "1800")))
+    try:
+        return Accelerator(
+            cpu=device.type == "cpu",
+            mixed_precision=PRECISIONS[config.precision],
+            gradient_accumulation_steps=config.grad_accum,
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)],
+        )
+    except ValueError as error:
+        raise BadInput(f"--precision {config.precision}: {error}") from None
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise PolycapError(f"distributed set-up failed: {first}") from None
 
 
 def train(
@@ -413,6 +663,8 @@ def train(
     resume: bool = False,
     registries: Registries | None = None,
     console: Any = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Run one training job; see :class:`TrainConfig`."""
-    return Trainer(config, registries=registries, console=console).run(resume=resume)
+    trainer = Trainer(config, registries=registries, console=console)
+    return trainer.run(resume=resume, overwrite=overwrite)

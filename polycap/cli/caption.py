@@ -39,9 +39,9 @@ def caption_command(
 ) -> None:
     """Caption images: [bold]polycap caption photos/ --model runs/ja[/]."""
     from polycap.captioning import caption_images, load_captioner
+    from polycap.devices import resolve_device
     from polycap.generation import GenerationConfig
     from polycap.images import expand_image_paths
-    from polycap.training import resolve_device
 
     if (top_k or top_p < 1.0 or temperature != 1.0) and not sample:
         sample = True

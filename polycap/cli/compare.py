@@ -66,13 +66,13 @@ def compare_command(
     """Retrieval vs generation: [bold]polycap compare test.json -m runs/ja -b bank/[/]."""
     from polycap.captioning import load_captioner
     from polycap.data import load_captions
+    from polycap.devices import resolve_device
     from polycap.eval.compare import CompareSettings, compare
     from polycap.eval.methods import RetrievalOptions
     from polycap.eval.runner import ClipOptions
     from polycap.generation import GenerationConfig
     from polycap.plugins import get_registries
     from polycap.retrieval.bank import Bank
-    from polycap.training import resolve_device
 
     names = split_names(metrics)
     registries = get_registries()

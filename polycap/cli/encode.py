@@ -38,10 +38,10 @@ def encode_command(
 ) -> None:
     """Encode images once into the feature cache: [bold]polycap encode --data captions.json[/]."""
     from polycap.data import load_captions
+    from polycap.devices import resolve_device
     from polycap.encoding import encode_images, load_encoder
     from polycap.errors import BadInput
     from polycap.images import expand_image_paths
-    from polycap.training import resolve_device
 
     paths = expand_image_paths(inputs) if inputs else []
     if data is not None:

@@ -132,7 +132,7 @@ def _wants_clip(names: list[str] | None) -> bool:
 
 
 def _device(device: str) -> str:
-    from polycap.training import resolve_device
+    from polycap.devices import resolve_device
 
     return str(resolve_device(device))
 

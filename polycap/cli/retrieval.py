@@ -57,10 +57,10 @@ def index_command(
 ) -> None:
     """Build a caption bank: [bold]polycap index train.json --lang ja -o bank/[/]."""
     from polycap.data import load_captions
+    from polycap.devices import resolve_device
     from polycap.encoding import load_encoder
     from polycap.plugins import get_registries
     from polycap.retrieval.bank import build_bank
-    from polycap.training import resolve_device
 
     out = chosen_output(output, out)
     pack = get_registries().languages.get(lang)
@@ -141,10 +141,10 @@ def retrieve_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Caption images by retrieval: [bold]polycap retrieve photo.jpg --bank bank/ --k 3[/]."""
+    from polycap.devices import resolve_device
     from polycap.images import expand_image_paths
     from polycap.retrieval.bank import Bank
     from polycap.retrieval.search import retrieve_images
-    from polycap.training import resolve_device
 
     opened = Bank.open(bank)
     paths = expand_image_paths(inputs)

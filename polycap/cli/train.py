@@ -46,7 +46,9 @@ def train_command(
         help="Centre and scale CLIP features with training-set statistics (saved in the model).",
     ),
     epochs: int = typer.Option(10, min=1),
-    batch_size: int = typer.Option(32, min=1),
+    batch_size: int = typer.Option(
+        32, min=1, help="Captions per batch and process (global: × processes × --grad-accum)."
+    ),
     lr: float = typer.Option(2e-5, help="Peak learning rate."),
     warmup: int = typer.Option(0, min=0, help="Warmup steps (linear), then linear decay."),
     grad_accum: int = typer.Option(1, min=1, help="Gradient accumulation steps."),
@@ -57,9 +59,14 @@ def train_command(
     ),
     seed: int = typer.Option(0),
     save_every: int = typer.Option(0, min=0, help="Also checkpoint every N optimizer steps."),
-    device: str = typer.Option("auto", help="cpu, cuda, cuda:1 … (auto: GPU if any)."),
+    device: str = typer.Option(
+        "auto", help="cpu, cuda, cuda:1 … (auto: GPU if any; under a launcher: auto or cpu)."
+    ),
     resume: bool = typer.Option(
-        False, "--resume", help="Continue from the newest checkpoint in --output."
+        False, "--resume", help="Continue the run in --output from its newest checkpoint."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the run already in --output (its checkpoints go)."
     ),
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -95,13 +102,19 @@ def train_command(
         device=device,
         progress=not json_output,
     )
-    result = train(config, resume=resume, console=None if json_output else console)
+    result = train(
+        config, resume=resume, overwrite=overwrite, console=None if json_output else console
+    )
     if json_output:
         print_json(
             {
                 "model": str(result.model_dir),
                 "history": result.history,
                 "skipped_images": result.skipped_images,
+                "batches_run": result.batches_run,
+                "resumed_from": str(result.resumed_from) if result.resumed_from else None,
+                "processes": result.processes,
+                "global_batch_size": result.global_batch_size,
             }
         )
         return

@@ -1,0 +1,253 @@
+"""A training run's folder: it belongs to one run, is writable, and holds no stale leftovers.
+
+::
+
+    run.json              the run's identity (model-shaping options, fixed for the run) and
+                          its other options, with what each ``--resume`` changed
+    checkpoint-00000012/  model + trainer state at optimizer step 12 (the newest few kept)
+    final/                the finished model
+
+Temporary folders a killed save leaves (``.checkpoint-….tmp-…``, ``.final.old-…``) are cleaned
+when the next run starts; a swap interrupted between its two renames is completed backwards
+(the old folder put back), so the last good checkpoint is never lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from polycap.errors import BadInput
+
+RUN_FILE = "run.json"
+CHECKPOINT_PREFIX = "checkpoint-"
+FINAL = "final"
+TRAINER_STATE = "trainer_state.pt"
+
+# options that make a run what it is: a --resume that changes one is refused (flag shown)
+FIXED = {
+    "language": "--lang",
+    "encoder": "--encoder",
+    "pretrained": "--pretrained",
+    "lm": "--lm",
+    "mapper": "--mapper",
+    "mapper_options": "--clip-length",
+    "prefix_length": "--prefix-length",
+    "train_lm": "--train-lm/--freeze-lm",
+    "normalize_features": "normalize_features",
+    "standardize_features": "--standardize-features/--raw-features",
+    "data": "--data",
+    "data_format": "--format",
+    "max_tokens": "--max-tokens",
+    "val_fraction": "--val-fraction",
+    "seed": "--seed",
+    "batch_size": "--batch-size",
+    "grad_accum": "--grad-accum",
+    "processes": "processes",
+}
+# options a --resume may change; each change is recorded in run.json
+MAY_CHANGE = (
+    "epochs",
+    "lr",
+    "weight_decay",
+    "warmup_steps",
+    "precision",
+    "save_every",
+    "keep_checkpoints",
+    "save_lm",
+    "images_dir",
+    "device",
+    "cache_dir",
+)
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Create ``folder`` if needed and write a probe file in it; BadInput naming it if not."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise BadInput(f"{what} {folder}: is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".polycap-write-test-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise BadInput(f"{what} {folder}: not writable ({error.strerror or error})") from None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """``path`` holds the old JSON or the complete new one, never half."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+
+
+def _normalised(value: Any) -> Any:
+    """Local paths compared as absolute paths (``runs/x`` and ``./runs/x`` are one folder)."""
+    if isinstance(value, str) and value and Path(value).exists():
+        return str(Path(value).resolve())
+    return value
+
+
+class RunFolder:
+    """The folder one training run writes into (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    # -- what is there ------------------------------------------------------------------------
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints (trainer state written), oldest first."""
+        if not self.path.is_dir():
+            return []
+        found = [
+            path
+            for path in self.path.glob(f"{CHECKPOINT_PREFIX}*")
+            if path.name[len(CHECKPOINT_PREFIX) :].isdigit() and (path / TRAINER_STATE).is_file()
+        ]
+        return sorted(found, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX) :]))
+
+    def latest_checkpoint(self) -> Path | None:
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    def checkpoint_path(self, step: int) -> Path:
+        return self.path / f"{CHECKPOINT_PREFIX}{step:08d}"
+
+    @property
+    def final(self) -> Path:
+        return self.path / FINAL
+
+    def holds_run(self) -> bool:
+        return self.path.is_dir() and (
+            (self.path / RUN_FILE).is_file() or bool(self.checkpoints()) or self.final.is_dir()
+        )
+
+    def recorded(self) -> dict[str, Any]:
+        """run.json, or for folders written before it existed, the newest training record."""
+        run_file = self.path / RUN_FILE
+        if run_file.is_file():
+            try:
+                return json.loads(run_file.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise BadInput(f"{run_file}: not valid JSON ({error})") from None
+        for source in (self.latest_checkpoint(), self.final):
+            config = source / "polycap.json" if source is not None else None
+            if config is not None and config.is_file():
+                training = json.loads(config.read_text(encoding="utf-8")).get("training") or {}
+                return {"identity": {k: training.get(k) for k in FIXED if k in training}}
+        return {"identity": {}}
+
+    def describe(self) -> str:
+        recorded = self.recorded()
+        identity = recorded.get("identity", {})
+        parts = [f"language {identity['language']}"] if identity.get("language") else []
+        if recorded.get("started"):
+            parts.append(f"started {recorded['started']}")
+        steps = [int(p.name[len(CHECKPOINT_PREFIX) :]) for p in self.checkpoints()]
+        if steps:
+            parts.append(f"checkpoint at step {steps[-1]}")
+        if self.final.is_dir():
+            parts.append("a final model")
+        return ", ".join(parts) or "its files"
+
+    # -- taking the folder ----------------------------------------------------------------------
+    def clean_stale(self) -> list[Path]:
+        """Remove temporary folders left by a killed save; put back an old folder whose swap
+        was cut between its renames. Returns what was removed or restored."""
+        if not self.path.is_dir():
+            return []
+        cleaned = []
+        for leftover in sorted(self.path.glob(".*.old-*")):
+            name = leftover.name[1 : leftover.name.rindex(".old-")]
+            if not (self.path / name).exists() and leftover.is_dir():
+                os.replace(leftover, self.path / name)
+            else:
+                shutil.rmtree(leftover, ignore_errors=True)
+            cleaned.append(leftover)
+        for leftover in sorted(self.path.glob(".*.tmp-*")):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+            cleaned.append(leftover)
+        return cleaned
+
+    def clear(self) -> None:
+        """Remove a previous run's files (only polycap's own: run.json, checkpoints, final)."""
+        for path in [*self.path.glob(f"{CHECKPOINT_PREFIX}*"), self.final]:
+            if path.is_dir():
+                shutil.rmtree(path)
+        (self.path / RUN_FILE).unlink(missing_ok=True)
+
+    def claim(
+        self, options: dict[str, Any], resume: bool, overwrite: bool, write: bool = True
+    ) -> list[str]:
+        """Make this folder the run's: refuse another run's folder (unless ``overwrite``), refuse
+        a resume that changes a fixed option, record the options a resume changed. Returns
+        the changes, as ``option old -> new`` strings. ``write=False`` only checks."""
+        if resume and overwrite:
+            raise BadInput("--resume and --overwrite: choose one")
+        identity = {key: _normalised(options.get(key)) for key in FIXED}
+        others = {key: _normalised(options.get(key)) for key in MAY_CHANGE}
+        if self.holds_run() and not resume:
+            if not overwrite:
+                raise BadInput(
+                    f"--output {self.path}: holds another run ({self.describe()}); "
+                    "use --resume to continue it or --overwrite to replace it"
+                )
+            if not write:
+                return []
+            self.clear()
+        recorded = self.recorded() if self.holds_run() else {}
+        if not write:
+            self._refuse_fixed_changes(recorded.get("identity", {}), identity)
+            return []
+        if not recorded:
+            record = {
+                "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "identity": identity,
+                "options": others,
+                "resumes": [],
+            }
+            write_json_atomic(self.path / RUN_FILE, record)
+            return []
+        self._refuse_fixed_changes(recorded.get("identity", {}), identity)
+        before = recorded.get("options", {})
+        changed = {
+            key: [before.get(key), value]
+            for key, value in others.items()
+            if key in before and before.get(key) != value
+        }
+        recorded.setdefault("identity", identity)
+        recorded["options"] = others
+        recorded.setdefault("resumes", []).append(
+            {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "changed": changed}
+        )
+        write_json_atomic(self.path / RUN_FILE, recorded)
+        return [f"{key} {old} -> {new}" for key, (old, new) in changed.items()]
+
+    def _refuse_fixed_changes(self, recorded: dict[str, Any], wanted: dict[str, Any]) -> None:
+        differences = [
+            f"{FIXED[key]} {wanted[key]} (the run has {recorded[key]})"
+            for key in FIXED
+            if key in recorded and _normalised(recorded[key]) != wanted[key]
+        ]
+        if differences:
+            raise BadInput(
+                f"--resume {self.path}: options differ from the run's: {'; '.join(differences)}. "
+                "Resume with the run's options, or start a new run (another --output, "
+                "or --overwrite)"
+            )
