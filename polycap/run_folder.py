@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from polycap.atomic import write_json
 from polycap.errors import BadInput
 
 RUN_FILE = "run.json"
@@ -78,20 +79,6 @@ def check_writable(folder: Path, what: str) -> None:
         os.unlink(probe)
     except OSError as error:
         raise BadInput(f"{what} {folder}: not writable ({error.strerror or error})") from None
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """``path`` holds the old JSON or the complete new one, never half."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
 
 
 def _normalised(value: Any) -> Any:
@@ -222,7 +209,7 @@ class RunFolder:
                 "options": others,
                 "resumes": [],
             }
-            write_json_atomic(self.path / RUN_FILE, record)
+            write_json(self.path / RUN_FILE, record, indent=2)
             return []
         self._refuse_fixed_changes(recorded.get("identity", {}), identity)
         before = recorded.get("options", {})
@@ -236,7 +223,7 @@ class RunFolder:
         recorded.setdefault("resumes", []).append(
             {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "changed": changed}
         )
-        write_json_atomic(self.path / RUN_FILE, recorded)
+        write_json(self.path / RUN_FILE, recorded, indent=2)
         return [f"{key} {old} -> {new}" for key, (old, new) in changed.items()]
 
     def _refuse_fixed_changes(self, recorded: dict[str, Any], wanted: dict[str, Any]) -> None:
