@@ -79,3 +79,49 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+# -- writability, checked before long work ---------------------------------------------------
+
+
+def check_writable_file(path: Path, option: str) -> Path:
+    """BadInput (one line naming ``option`` and ``path``) unless a file can be written at
+    ``path``: not a folder, and its folder exists or can be made, and takes new files."""
+    from polycap.errors import BadInput
+
+    path = Path(path)
+    if path.is_dir():
+        raise BadInput(f"{option} {path}: is a folder, not a file")
+    _check_folder_takes_files(path.parent, option, path)
+    return path
+
+
+def check_writable_folder(path: Path, option: str) -> Path:
+    """BadInput (one line naming ``option`` and ``path``) unless ``path`` is, or can be made
+    as, a folder that takes new files."""
+    from polycap.errors import BadInput
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"{option} {path}: is a file, not a folder")
+    _check_folder_takes_files(path if path.is_dir() else path.parent, option, path)
+    return path
+
+
+def _check_folder_takes_files(folder: Path, option: str, named: Path) -> None:
+    """Try a temporary file in ``folder`` (or in its nearest existing parent when it does
+    not exist yet): the only test that sees read-only mounts, quotas and permissions alike."""
+    from polycap.errors import BadInput
+
+    existing = Path(os.path.abspath(folder))
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BadInput(f"{option} {named}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".polycap-write-check-"):
+            pass
+    except OSError as error:
+        raise BadInput(
+            f"{option} {named}: cannot write in {existing} ({error.strerror or error})"
+        ) from None

@@ -250,6 +250,25 @@ class FeatureCache:
             write_text(note, f"{self.cache_key}\nembed_dim={self.embed_dim}\n")
 
 
+def _open_cache(root: Path, encoder: ImageEncoder, explicit: bool) -> FeatureCache | None:
+    """The feature cache under ``root``; an unwritable one is BadInput when the user named
+    it (``--cache-dir``), else a warning and no cache."""
+    cache = FeatureCache(root, encoder.cache_key or "", encoder.embed_dim)
+    try:
+        cache.write_readme()
+    except OSError as error:
+        reason = error.strerror or str(error)
+        if explicit:
+            raise BadInput(
+                f"--cache-dir {root}: cannot write the feature cache ({reason})"
+            ) from None
+        from polycap.plugins import warn
+
+        warn(f"{root}: cannot write the feature cache ({reason}); encoding without it")
+        return None
+    return cache
+
+
 @dataclass
 class _Loaded:
     index: int
@@ -338,8 +357,7 @@ def encode_images(
     cache = None
     if use_cache and encoder.cache_key is not None:
         root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        cache = FeatureCache(root, encoder.cache_key, encoder.embed_dim)
-        cache.write_readme()
+        cache = _open_cache(root, encoder, explicit=cache_dir is not None)
     if workers is None:
         workers = min(4, os.cpu_count() or 1)
 
@@ -348,6 +366,7 @@ def encode_images(
     skipped: list[tuple[Path, str]] = []
     pending: list[_Loaded] = []
     counts = {"cache": 0, "encoded": 0}
+    writing = [cache]  # the cache features are written to; emptied when a write fails
 
     def flush() -> None:
         if not pending:
@@ -357,8 +376,17 @@ def encode_images(
         for item, row in zip(pending, output, strict=True):
             features[item.index] = row
             ok[item.index] = True
-            if cache is not None and item.digest is not None:
-                cache.put(item.digest, row)
+            if writing[0] is not None and item.digest is not None:
+                try:
+                    writing[0].put(item.digest, row)
+                except OSError as error:  # disk full, read-only: keep encoding, stop caching
+                    from polycap.plugins import warn
+
+                    warn(
+                        f"{writing[0].directory}: cannot write to the feature cache "
+                        f"({error.strerror or error}); the rest of this run is not cached"
+                    )
+                    writing[0] = None
         counts["encoded"] += len(pending)
         advance(len(pending))
         pending.clear()

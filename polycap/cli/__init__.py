@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import typer
 
 from polycap.cli import (
@@ -16,6 +18,11 @@ from polycap.cli import (
     train,
 )
 from polycap.errors import PolycapError
+
+# a write that fails midway (disk full, read-only, quota, permissions): one line, no traceback
+WRITE_ERRORS = frozenset(
+    {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EFBIG}
+)
 
 app = typer.Typer(
     name="polycap",
@@ -58,5 +65,13 @@ def main() -> None:
         app()
     except PolycapError as error:
         fail(str(error), error.exit_code)
+    except OSError as error:
+        if error.errno not in WRITE_ERRORS:
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        reason = error.strerror or str(error)
+        if error.errno in (errno.EACCES, errno.EPERM):  # a read or a write
+            fail(f"{where}{reason}")
+        fail(f"{where}a write failed ({reason}); nothing half-written is kept")
     except KeyboardInterrupt:
         fail("interrupted", 130)

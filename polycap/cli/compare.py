@@ -64,6 +64,7 @@ def compare_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Retrieval vs generation: [bold]polycap compare test.json -m runs/ja -b bank/[/]."""
+    from polycap.atomic import check_writable_file
     from polycap.captioning import load_captioner
     from polycap.data import load_captions
     from polycap.devices import resolve_device
@@ -74,6 +75,8 @@ def compare_command(
     from polycap.plugins import get_registries
     from polycap.retrieval.bank import Bank
 
+    if report is not None:
+        check_writable_file(report, "--report")  # before the work, not after it
     names = split_names(metrics)
     registries = get_registries()
     for name in names or ():

@@ -66,8 +66,23 @@ Pretrained = Annotated[
 ]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1)]
 Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1 … (auto: GPU if any).")]
+
+
+def _check_cache_dir(value: Path | None) -> Path | None:
+    if value is not None:
+        from polycap.atomic import check_writable_folder
+
+        check_writable_folder(value.expanduser(), "--cache-dir")
+    return value
+
+
 CacheDir = Annotated[
-    Path | None, typer.Option("--cache-dir", help="Image feature cache (default ~/.cache/polycap).")
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        callback=_check_cache_dir,
+        help="Image feature cache (default ~/.cache/polycap).",
+    ),
 ]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 Metrics = Annotated[

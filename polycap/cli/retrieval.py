@@ -56,13 +56,14 @@ def index_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Build a caption bank: [bold]polycap index train.json --lang ja -o bank/[/]."""
+    from polycap.atomic import check_writable_folder
     from polycap.data import load_captions
     from polycap.devices import resolve_device
     from polycap.encoding import load_encoder
     from polycap.plugins import get_registries
     from polycap.retrieval.bank import build_bank
 
-    out = chosen_output(output, out)
+    out = check_writable_folder(chosen_output(output, out), "--output")
     pack = get_registries().languages.get(lang)
     caption_set = load_captions(captions, images_dir=images, format=data_format)
     image_encoder = load_encoder(
