@@ -41,6 +41,7 @@ class DemoOptions:
     )
     compare: bool = True
     progress: bool = True
+    lm: str | None = None  # a real decoder (hub id, folder, .gguf) instead of the tiny GPT-2
 
 
 @dataclass
@@ -58,16 +59,22 @@ class DemoResult:
 
 
 def build_tiny_models(
-    pack: LanguagePack, train_captions: list[str], directory: Path, seed: int
+    pack: LanguagePack,
+    train_captions: list[str],
+    directory: Path,
+    seed: int,
+    lm: str | None = None,
 ) -> dict[str, str]:
-    """Tokenizer of the pack's class, tiny GPT-2 and tiny CLIP, saved under ``directory``."""
+    """Tokenizer of the pack's class, tiny GPT-2 (unless a real ``lm`` is given) and tiny CLIP,
+    saved under ``directory``."""
     from polycap.offline import tiny
 
-    tokenizer_dir = pack.build_tiny_tokenizer(train_captions, directory / "lm")
-    tokenizer = pack.load_tokenizer(str(tokenizer_dir))
-    lm_dir = tiny.build_gpt2(tokenizer, directory / "lm", seed=seed)
+    if lm is None:
+        tokenizer_dir = pack.build_tiny_tokenizer(train_captions, directory / "lm")
+        tokenizer = pack.load_tokenizer(str(tokenizer_dir))
+        lm = str(tiny.build_gpt2(tokenizer, directory / "lm", seed=seed))
     clip_name, clip_weights = tiny.build_clip(directory / "clip", seed=seed)
-    return {"lm": str(lm_dir), "encoder": clip_name, "pretrained": str(clip_weights)}
+    return {"lm": lm, "encoder": clip_name, "pretrained": str(clip_weights)}
 
 
 def run_demo(
@@ -109,7 +116,7 @@ def _run_demo(
     )
     train_records = json.loads(Path(split.train_file).read_text(encoding="utf-8"))
     models = build_tiny_models(
-        pack, [r["caption"] for r in train_records], workdir / "models", options.seed
+        pack, [r["caption"] for r in train_records], workdir / "models", options.seed, options.lm
     )
     config = TrainConfig(
         language=pack.code,
@@ -120,7 +127,7 @@ def _run_demo(
         lm=models["lm"],
         mapper=options.mapper,
         prefix_length=options.prefix_length,
-        train_lm=True,
+        train_lm=options.lm is None,  # a real decoder stays frozen: only the mapper learns
         epochs=options.epochs,
         batch_size=options.batch_size,
         lr=options.lr,

@@ -49,18 +49,17 @@ class LanguagePack:
 
     # -- loading -------------------------------------------------------------------------
     def load_tokenizer(self, name_or_path: str) -> Any:
-        """The decoder's tokenizer, by hub id or local directory."""
-        from transformers import AutoTokenizer
+        """The decoder's tokenizer, by hub id, local directory or ``.gguf`` file."""
+        from polycap.decoders import load_auto_tokenizer
 
-        return load_pretrained(AutoTokenizer.from_pretrained, name_or_path, "tokenizer")
+        return load_pretrained(load_auto_tokenizer, name_or_path, "tokenizer")
 
     def load_decoder(self, name_or_path: str, dtype: Any = None) -> Any:
-        """The causal LM, by hub id or local directory."""
-        from transformers import AutoModelForCausalLM
+        """The causal LM (any ``AutoModelForCausalLM``), by hub id, local directory or
+        ``.gguf`` file (de-quantised; see :mod:`polycap.decoders`)."""
+        from polycap.decoders import load_causal_lm
 
-        return load_pretrained(
-            AutoModelForCausalLM.from_pretrained, name_or_path, "decoder", dtype=dtype
-        )
+        return load_pretrained(load_causal_lm, name_or_path, "decoder", dtype=dtype)
 
     # -- text ----------------------------------------------------------------------------
     def normalize(self, text: str) -> str:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from polycap.atomic import atomic_folder
+from polycap.decoders import is_gguf
 from polycap.encoding import EncoderSpec
 from polycap.errors import BadInput, UnknownName
 from polycap.lm_keywords import lm_keywords
@@ -149,6 +150,8 @@ class Captioner(nn.Module):
             local = Path(encoder.pretrained).expanduser().resolve()  # loads from any folder
             encoder = dataclasses.replace(encoder, pretrained=str(local))
         source = lm_source or getattr(lm, "name_or_path", None) or ""
+        if is_gguf(source) or is_gguf(getattr(lm, "name_or_path", None)):
+            save_lm = True  # a GGUF file is no from_pretrained folder: bundle the weights
         if source and Path(source).exists():
             source = str(Path(source).resolve())
         config = {

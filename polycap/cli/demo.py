@@ -23,6 +23,11 @@ def demo_command(
     compare: bool = typer.Option(
         True, "--compare/--no-compare", help="End with retrieval vs generation on unseen pairs."
     ),
+    lm: str | None = typer.Option(
+        None,
+        help="A real decoder instead of the tiny GPT-2 (hub id, folder or .gguf file); frozen, "
+        "only the mapper learns.",
+    ),
     json_output: JsonOutput = False,
 ) -> None:
     """Run the offline demo end to end (no downloads): data, tiny models, training, captions."""
@@ -40,6 +45,7 @@ def demo_command(
         seed=seed,
         compare=compare,
         progress=not json_output,
+        lm=lm,
     )
     result = run_demo(options, console=None if json_output else console)
     if json_output:

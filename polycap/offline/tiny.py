@@ -1,4 +1,4 @@
-"""Tiny stand-ins for the real models, built offline in a second: tokenizers, GPT-2, CLIP.
+"""Tiny stand-ins for the real models, built offline in a second: tokenizers, GPT-2, Llama, CLIP.
 
 They are saved to disk and then loaded by the *same* code that loads the real models
 (``AutoTokenizer`` / the pack's loader, ``AutoModelForCausalLM``,
@@ -170,6 +170,38 @@ def _write_json(path: Path, data: Any) -> None:
 # -- decoder -----------------------------------------------------------------------------------
 
 
+def _special_ids(tokenizer: Any) -> dict[str, Any]:
+    """bos/eos/pad ids of ``tokenizer`` for a model config (eos: eos or sep; bos: bos, cls or
+    eos)."""
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    return {
+        "bos_token_id": bos if bos is not None else eos,
+        "eos_token_id": eos,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+def _save_decoder(
+    model_class: Any, config: Any, tokenizer: Any, directory: Path, seed: int
+) -> Path:
+    import torch
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model_class(config).save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+def _tokenizer(tokenizer: Any) -> Any:
+    from transformers import AutoTokenizer
+
+    if isinstance(tokenizer, (str, Path)):
+        return AutoTokenizer.from_pretrained(str(tokenizer))
+    return tokenizer
+
+
 def build_gpt2(
     tokenizer: Any,
     directory: str | Path,
@@ -182,31 +214,51 @@ def build_gpt2(
     """A randomly initialised GPT-2 sized to ``tokenizer`` (an object or a directory), saved with
     ``save_pretrained`` (safetensors) to ``directory`` together with the tokenizer, like a hub
     repository. Returns ``directory``."""
-    import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    if isinstance(tokenizer, (str, Path)):
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
-    pad = tokenizer.pad_token_id
+    tokenizer = _tokenizer(tokenizer)
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=n_positions,
         n_embd=n_embd,
         n_layer=n_layer,
         n_head=n_head,
-        bos_token_id=bos if bos is not None else eos,
-        eos_token_id=eos,
-        pad_token_id=pad,
+        **_special_ids(tokenizer),
     )
-    torch.manual_seed(seed)
-    model = GPT2LMHeadModel(config)
-    model.save_pretrained(str(directory))
-    tokenizer.save_pretrained(str(directory))
-    return directory
+    return _save_decoder(GPT2LMHeadModel, config, tokenizer, Path(directory), seed)
+
+
+def build_llama(
+    tokenizer: Any,
+    directory: str | Path,
+    n_layer: int = 2,
+    hidden_size: int = 64,
+    n_head: int = 4,
+    n_kv_head: int = 2,
+    max_positions: int = 128,
+    seed: int = 0,
+) -> Path:
+    """A randomly initialised Llama-architecture LM (RMSNorm, rotary positions, SwiGLU, grouped
+    KV heads, untied head: SmolLM2's family) sized to ``tokenizer``, saved like
+    :func:`build_gpt2`. Returns ``directory``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _tokenizer(tokenizer)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=n_layer,
+        num_attention_heads=n_head,
+        num_key_value_heads=n_kv_head,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=False,
+        **_special_ids(tokenizer),
+    )
+    return _save_decoder(LlamaForCausalLM, config, tokenizer, Path(directory), seed)
+
+
+DECODER_BUILDERS = {"gpt2": build_gpt2, "llama": build_llama}
 
 
 # -- image encoder -----------------------------------------------------------------------------

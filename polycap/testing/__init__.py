@@ -19,12 +19,14 @@ from polycap.testing.conformance import (
     load_pack,
     training_texts,
 )
+from polycap.testing.decoder_contract import check_decoder_contract
 
 __all__ = [
     "DEMO_COLOURS",
     "DEMO_SHAPES",
     "LanguagePackConformance",
     "build_tiny_decoder",
+    "check_decoder_contract",
     "check_demo_lexicon",
     "check_end_of_caption",
     "check_eval_tokenize",

@@ -157,14 +157,17 @@ def training_texts(pack: LanguagePack, samples: Sequence[str], seed: int = 0) ->
     return texts
 
 
-def build_tiny_decoder(pack: LanguagePack, texts: Sequence[str], directory: Path) -> Path:
-    """A tokenizer of the pack's class trained on ``texts`` plus a tiny GPT-2 sized to it,
-    saved together in ``directory`` like a hub repository. Returns ``directory``."""
+def build_tiny_decoder(
+    pack: LanguagePack, texts: Sequence[str], directory: Path, architecture: str = "gpt2"
+) -> Path:
+    """A tokenizer of the pack's class trained on ``texts`` plus a tiny decoder sized to it
+    (``architecture``: ``gpt2`` or ``llama``), saved together in ``directory`` like a hub
+    repository. Returns ``directory``."""
     from polycap.offline import tiny
 
     tokenizer_dir = Path(pack.build_tiny_tokenizer(list(texts), Path(directory)))
     tokenizer = pack.load_tokenizer(str(tokenizer_dir))
-    return Path(tiny.build_gpt2(tokenizer, tokenizer_dir))
+    return Path(tiny.DECODER_BUILDERS[architecture](tokenizer, tokenizer_dir))
 
 
 # -- checks ----------------------------------------------------------------------------------
@@ -374,6 +377,14 @@ class LanguagePackConformance:
         """The tiny tokenizer, loaded through the pack's loader."""
         return pack.load_tokenizer(str(tiny_dir))
 
+    @pytest.fixture(scope="class", params=["gpt2", "llama"])
+    @classmethod
+    def decoder_dir(cls, request: Any, pack: LanguagePack, tmp_path_factory: Any) -> Path:
+        """Tokenizer of the pack's class + a tiny decoder of each architecture."""
+        directory = tmp_path_factory.mktemp(f"tiny-{cls.code}-{request.param}")
+        texts = training_texts(pack, cls.sample_texts)
+        return build_tiny_decoder(pack, texts, directory, request.param)
+
     def test_fixtures_provided(self) -> None:
         _require(bool(self.code), "set `code` on the conformance test class")
         _require(len(self.sample_texts) >= 3, "give at least 3 sample_texts in the language")
@@ -401,3 +412,8 @@ class LanguagePackConformance:
 
     def test_demo_lexicon(self, pack: LanguagePack) -> None:
         check_demo_lexicon(pack)
+
+    def test_decoder_contract(self, pack: LanguagePack, decoder_dir: Path, tmp_path: Path) -> None:
+        from polycap.testing.decoder_contract import check_decoder_contract
+
+        check_decoder_contract(pack, decoder_dir, self.sample_texts, tmp_path)
