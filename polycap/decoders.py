@@ -43,7 +43,8 @@ def load_causal_lm(name_or_path: str | Path, dtype: Any = None) -> Any:
     model = AutoModelForCausalLM.from_pretrained(source, **extra)
     if extra.get("gguf_file"):
         drop_gguf_quantization(model)
-        model.config._name_or_path = str(Path(name_or_path).expanduser().resolve())
+        model.name_or_path = str(Path(name_or_path).expanduser().resolve())
+        model.config._name_or_path = model.name_or_path
     return model
 
 
