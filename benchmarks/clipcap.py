@@ -312,6 +312,7 @@ class Bench:
         from benchmarks import reference, workload
         from polycap.batching import bucketed_batches
         from polycap.training import (
+            Fitting,
             PreparedData,
             TokenizedSet,
             TrainConfig,
@@ -367,13 +368,14 @@ class Bench:
         optimizer = torch.optim.AdamW(trainable, lr=config.lr)
         scheduler = linear_warmup_decay(optimizer, warmup, 10_000)
         prepared, optimizer = trainer.accelerator.prepare(ours_model, optimizer)
+        fit = Fitting(prepared, optimizer, scheduler)
         data = PreparedData(tokens, TokenizedSet([], []), features, None, None, 0)
 
         ours_batches = bucketed_batches(tokens.lengths, batch_size, seed=1)
 
         def ours(batch: list[int]) -> int:
             trainer.train_batch(prepared, batch, data)
-            trainer.optimizer_step(prepared, optimizer, scheduler)
+            trainer.optimizer_step(fit)
             return len(batch)
 
         ref_model = copy.deepcopy(base).train()

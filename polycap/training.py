@@ -126,6 +126,15 @@ class TrainState:
 
 
 @dataclass
+class Fitting:
+    """What a run moves forward: the (Accelerate-prepared) model, its optimizer, its lr schedule."""
+
+    model: Any
+    optimizer: Any
+    scheduler: Any
+
+
+@dataclass
 class TrainResult:
     """Where the final model went, the per-epoch history, and what this process ran."""
 
@@ -273,13 +282,13 @@ class Trainer:
             optimizer, config.warmup_steps, self.steps_per_epoch(data) * config.epochs
         )
         state = self.restore(start, optimizer, scheduler) if start is not None else TrainState()
-        model, optimizer = self.accelerator.prepare(model, optimizer)
+        fit = Fitting(*self.accelerator.prepare(model, optimizer), scheduler)
         self.announce(start, state, data)
         batches_run = 0
         for epoch in range(state.epoch, config.epochs):
-            batches_run += self.run_epoch(epoch, model, optimizer, scheduler, state, data)
-            self.end_epoch(epoch, model, optimizer, scheduler, state, data)
-        final = self.save(self.folder.final, model, state, point="final")
+            batches_run += self.run_epoch(epoch, fit, state, data)
+            self.end_epoch(epoch, fit, state, data)
+        final = self.save(self.folder.final, fit.model, state, point="final")
         self.accelerator.wait_for_everyone()
         return TrainResult(
             final,
@@ -405,37 +414,29 @@ class Trainer:
         return math.ceil(self.epoch_batch_count(data) / self.config.grad_accum)
 
     # -- one epoch -------------------------------------------------------------------------
-    def run_epoch(
-        self,
-        epoch: int,
-        model: Any,
-        optimizer: Any,
-        scheduler: Any,
-        state: TrainState,
-        data: PreparedData,
-    ) -> int:
+    def run_epoch(self, epoch: int, fit: Fitting, state: TrainState, data: PreparedData) -> int:
         """The epoch's remaining batches (from ``state.batch``); returns how many ran."""
         config = self.config
         batches = self.epoch_batches(epoch, data)
         first = state.batch
-        model.train()
+        fit.model.train()
         title = f"epoch {epoch + 1}/{config.epochs}"
         with self.progress_bar() as progress:
             task = progress.add_task(title, total=len(batches), completed=first)
             for index in range(first, len(batches)):
                 last_of_group = (index + 1) % config.grad_accum == 0 or index + 1 == len(batches)
-                sync = nullcontext() if last_of_group else self.accelerator.no_sync(model)
+                sync = nullcontext() if last_of_group else self.accelerator.no_sync(fit.model)
                 with sync:
-                    loss = self.train_batch(model, batches[index], data)
+                    loss = self.train_batch(fit.model, batches[index], data)
                 state.loss_sum += loss * len(batches[index])
                 state.seen += len(batches[index])
                 state.batch = index + 1
                 if last_of_group:
-                    self.optimizer_step(model, optimizer, scheduler)
+                    self.optimizer_step(fit)
                     state.step += 1
                     periodic = config.save_every and state.step % config.save_every == 0
                     if periodic and index + 1 < len(batches):  # else the epoch's own follows
-                        self.checkpoint(model, optimizer, scheduler, state)
+                        self.checkpoint(fit, state)
                     self.hook("step", self.main)
                 progress.update(task, advance=1, description=f"{title} loss {loss:.3f}")
         return len(batches) - first
@@ -463,25 +464,17 @@ class Trainer:
     def pad_id(self, model: Any) -> int:
         return self.accelerator.unwrap_model(model).pad_token_id
 
-    def optimizer_step(self, model: Any, optimizer: Any, scheduler: Any) -> None:
-        trainable = [p for p in model.parameters() if p.requires_grad]
+    def optimizer_step(self, fit: Fitting) -> None:
+        trainable = [p for p in fit.model.parameters() if p.requires_grad]
         self.accelerator.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        fit.optimizer.step()
+        fit.scheduler.step()
+        fit.optimizer.zero_grad(set_to_none=True)
 
-    def end_epoch(
-        self,
-        epoch: int,
-        model: Any,
-        optimizer: Any,
-        scheduler: Any,
-        state: TrainState,
-        data: PreparedData,
-    ) -> None:
+    def end_epoch(self, epoch: int, fit: Fitting, state: TrainState, data: PreparedData) -> None:
         """Validation loss, the epoch's history record, and a checkpoint."""
         train_loss = self.sum_over_processes(state.loss_sum) / max(1, state.seen)
-        val_loss = self.evaluate(model, data)
+        val_loss = self.evaluate(fit.model, data)
         record = {
             "epoch": epoch + 1,
             "step": state.step,
@@ -494,7 +487,7 @@ class Trainer:
         if not math.isnan(val_loss):
             message += f", validation loss {val_loss:.4f}"
         self.say(message)
-        self.checkpoint(model, optimizer, scheduler, state)
+        self.checkpoint(fit, state)
 
     @torch.no_grad()
     def evaluate(self, model: Any, data: PreparedData) -> float:
@@ -532,7 +525,7 @@ class Trainer:
             "history": state.history,
         }
 
-    def checkpoint(self, model: Any, optimizer: Any, scheduler: Any, state: TrainState) -> Path:
+    def checkpoint(self, fit: Fitting, state: TrainState) -> Path:
         """Model and trainer state (every process's RNG, the epoch's loss so far summed over
         processes) in one atomic directory, by the main process; older checkpoints pruned."""
         from accelerate.utils import gather_object
@@ -547,8 +540,8 @@ class Trainer:
         if self.processes > 1:  # the main process carries the sum from here on
             state.loss_sum = saved.loss_sum if self.main else 0.0
         trainer_state = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "optimizer": fit.optimizer.state_dict(),
+            "scheduler": fit.scheduler.state_dict(),
             "state": saved.to_json(),
             "rng": rngs,
             "processes": self.processes,
@@ -558,7 +551,7 @@ class Trainer:
             torch.save(trainer_state, target / TRAINER_STATE)
 
         directory = self.save(
-            self.folder.checkpoint_path(state.step), model, saved, "checkpoint", extra
+            self.folder.checkpoint_path(state.step), fit.model, saved, "checkpoint", extra
         )
         if self.main:
             self.prune_checkpoints(keep=directory)

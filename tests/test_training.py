@@ -13,7 +13,7 @@ from polycap.builtin.english import ENGLISH
 from polycap.demo import build_tiny_models
 from polycap.errors import BadInput, UnknownName
 from polycap.offline.synthetic import make_synthetic_set
-from polycap.training import TRAINER_STATE, TrainConfig, latest_checkpoint, train
+from polycap.training import TRAINER_STATE, TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -71,57 +71,7 @@ def test_training_lowers_the_loss_and_writes_checkpoints(tiny_setup, tmp_path):
     assert all((path / TRAINER_STATE).is_file() for path in checkpoints)
 
 
-class Killed(Exception):
-    """Stands in for the process being killed right after a checkpoint is written."""
-
-
-def train_until_killed(config: TrainConfig, kill_at: int, monkeypatch) -> None:
-    """Run ``config`` but die right after its ``kill_at``-th checkpoint."""
-    from polycap.training import Trainer
-
-    real_checkpoint = Trainer.checkpoint
-    written = []
-
-    def checkpoint_then_die(self, *args, **kwargs):
-        path = real_checkpoint(self, *args, **kwargs)
-        written.append(path)
-        if len(written) == kill_at:
-            raise Killed(path)
-        return path
-
-    monkeypatch.setattr(Trainer, "checkpoint", checkpoint_then_die)
-    with pytest.raises(Killed):
-        train(config)
-    monkeypatch.setattr(Trainer, "checkpoint", real_checkpoint)
-
-
-def assert_same_mapper(expected_dir: Path, actual_dir: Path) -> None:
-    expected, actual = mapper_weights(expected_dir), mapper_weights(actual_dir)
-    assert expected.keys() == actual.keys()
-    for name, tensor in expected.items():
-        torch.testing.assert_close(actual[name], tensor, msg=name)
-
-
-def test_resume_after_a_kill_at_an_epoch_end_gives_the_same_model(
-    tiny_setup, tmp_path, monkeypatch
-):
-    straight = train(config_for(tiny_setup, tmp_path / "straight"))
-    stopped = config_for(tiny_setup, tmp_path / "stopped")
-    train_until_killed(stopped, kill_at=1, monkeypatch=monkeypatch)
-    assert not (tmp_path / "stopped" / "final").exists()
-    resumed = train(stopped, resume=True)
-    assert [h["epoch"] for h in resumed.history] == [1, 2]
-    assert resumed.history[1]["train_loss"] == pytest.approx(straight.history[1]["train_loss"])
-    assert_same_mapper(straight.model_dir, resumed.model_dir)
-
-
-def test_resume_after_a_kill_mid_epoch_gives_the_same_model(tiny_setup, tmp_path, monkeypatch):
-    straight = train(config_for(tiny_setup, tmp_path / "straight", epochs=1, batch_size=8))
-    stopped = config_for(tiny_setup, tmp_path / "stopped", epochs=1, batch_size=8, save_every=2)
-    train_until_killed(stopped, kill_at=1, monkeypatch=monkeypatch)
-    assert latest_checkpoint(tmp_path / "stopped").name == "checkpoint-00000002"
-    resumed = train(stopped, resume=True)
-    assert_same_mapper(straight.model_dir, resumed.model_dir)
+# Resuming after a kill: tests/test_training_kill.py (a subprocess, SIGKILLed).
 
 
 def test_frozen_lm_trains_only_the_mapper(tiny_setup, tmp_path):

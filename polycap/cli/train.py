@@ -3,72 +3,105 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from polycap.cli.options import Pretrained
+from polycap.cli.options import (
+    MAX_PIXELS,
+    AllowOutside,
+    CacheDir,
+    DataFormat,
+    Device,
+    Encoder,
+    Images,
+    JsonOutput,
+    Lang,
+    MaxPixels,
+    Pretrained,
+    output_option,
+)
 from polycap.cli.output import console, print_json, print_table
 
 
 def train_command(
-    data: Path = typer.Option(
-        ..., "--data", "-d", help="Caption file: captions.json, COCO json, CSV/TSV or JSONL."
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data", "-d", help="Caption file: captions.json, COCO json, CSV/TSV or JSONL."
+        ),
+    ],
+    lang: Lang,
+    output: Annotated[Path, output_option("Run folder (checkpoints, final model).")] = Path(
+        "runs/polycap"
     ),
-    lang: str = typer.Option(..., "--lang", "-l", help="Language pack code, e.g. ja, ru, zh, en."),
-    output: Path = typer.Option(
-        Path("runs/polycap"), "--output", "-o", help="Run folder for checkpoints."
-    ),
-    images: Path | None = typer.Option(
-        None, "--images", help="Folder the caption file's image names are relative to."
-    ),
-    data_format: str | None = typer.Option(
-        None, "--format", help="Caption file format (default: by suffix/content)."
-    ),
-    encoder: str = typer.Option("ViT-B-32", help="open_clip model name (or backend:model)."),
+    images: Images = None,
+    allow_outside_images: AllowOutside = False,
+    data_format: DataFormat = None,
+    encoder: Encoder = "ViT-B-32",
     pretrained: Pretrained = "openai",
-    lm: str | None = typer.Option(
-        None, help="Decoder hub id or local folder (default: the pack's)."
-    ),
-    mapper: str = typer.Option("mlp", help="Prefix mapper: mlp or transformer (or a plugin's)."),
-    prefix_length: int = typer.Option(10, min=1, help="Prefix tokens fed to the LM."),
-    clip_length: int | None = typer.Option(
-        None, min=1, help="Transformer mapper: CLIP tokens (ClipCap's clip_length)."
-    ),
-    train_lm: bool = typer.Option(
-        False, "--train-lm/--freeze-lm", help="Fine-tune the LM too (default: frozen)."
-    ),
-    save_lm: bool = typer.Option(
-        False, "--save-lm", help="Bundle a frozen LM's weights in checkpoints."
-    ),
-    standardize: bool = typer.Option(
-        True,
-        "--standardize-features/--raw-features",
-        help="Centre and scale CLIP features with training-set statistics (saved in the model).",
-    ),
-    epochs: int = typer.Option(10, min=1),
-    batch_size: int = typer.Option(
-        32, min=1, help="Captions per batch and process (global: × processes × --grad-accum)."
-    ),
-    lr: float = typer.Option(2e-5, help="Peak learning rate."),
-    warmup: int = typer.Option(0, min=0, help="Warmup steps (linear), then linear decay."),
-    grad_accum: int = typer.Option(1, min=1, help="Gradient accumulation steps."),
-    precision: str = typer.Option("fp32", help="fp32, bf16 or fp16 (autocast)."),
-    max_tokens: int = typer.Option(40, min=2, help="Longest caption in tokens (end token kept)."),
-    val_fraction: float = typer.Option(
-        0.1, min=0.0, max=0.9, help="Share of images held out for validation."
-    ),
-    seed: int = typer.Option(0),
-    save_every: int = typer.Option(0, min=0, help="Also checkpoint every N optimizer steps."),
-    device: str = typer.Option(
-        "auto", help="cpu, cuda, cuda:1 … (auto: GPU if any; under a launcher: auto or cpu)."
-    ),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue the run in --output from its newest checkpoint."
-    ),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace the run already in --output (its checkpoints go)."
-    ),
-    json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    lm: Annotated[
+        str | None, typer.Option(help="Decoder hub id or local folder (default: the pack's).")
+    ] = None,
+    mapper: Annotated[
+        str, typer.Option(help="Prefix mapper: mlp or transformer (or a plugin's).")
+    ] = "mlp",
+    prefix_length: Annotated[int, typer.Option(min=1, help="Prefix tokens fed to the LM.")] = 10,
+    clip_length: Annotated[
+        int | None,
+        typer.Option(min=1, help="Transformer mapper: CLIP tokens (ClipCap's clip_length)."),
+    ] = None,
+    train_lm: Annotated[
+        bool, typer.Option("--train-lm/--freeze-lm", help="Fine-tune the LM too (default: frozen).")
+    ] = False,
+    save_lm: Annotated[
+        bool, typer.Option("--save-lm", help="Bundle a frozen LM's weights in checkpoints.")
+    ] = False,
+    standardize: Annotated[
+        bool,
+        typer.Option(
+            "--standardize-features/--raw-features",
+            help="Centre and scale CLIP features by training-set statistics (saved in the model).",
+        ),
+    ] = True,
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            help="Captions per batch and process (global batch: × processes × --grad-accum).",
+        ),
+    ] = 32,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-5,
+    warmup: Annotated[
+        int, typer.Option(min=0, help="Warmup steps (linear), then linear decay.")
+    ] = 0,
+    grad_accum: Annotated[int, typer.Option(min=1, help="Gradient accumulation steps.")] = 1,
+    precision: Annotated[
+        str, typer.Option(help="fp32, bf16 or fp16 (mixed precision through Accelerate).")
+    ] = "fp32",
+    max_tokens: Annotated[
+        int, typer.Option(min=2, help="Longest caption in tokens (end token kept).")
+    ] = 40,
+    val_fraction: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Share of images held out for validation.")
+    ] = 0.1,
+    seed: Annotated[int, typer.Option()] = 0,
+    save_every: Annotated[
+        int, typer.Option(min=0, help="Also checkpoint every N optimizer steps.")
+    ] = 0,
+    device: Device = "auto",
+    max_pixels: MaxPixels = MAX_PIXELS,
+    cache_dir: CacheDir = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue the run in --output from its newest checkpoint."),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the run in --output (its checkpoints go).")
+    ] = False,
+    json_output: JsonOutput = False,
 ) -> None:
     """Train a captioner: [bold]polycap train --lang ja --data captions.json[/]."""
     from polycap.training import TrainConfig, train
@@ -100,6 +133,7 @@ def train_command(
         seed=seed,
         save_every=save_every,
         device=device,
+        cache_dir=cache_dir,
         progress=not json_output,
     )
     result = train(
