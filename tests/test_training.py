@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from polycap.builtin.english import ENGLISH
 from polycap.demo import build_tiny_models
@@ -46,10 +45,6 @@ def config_for(setup: dict, output: Path, **overrides) -> TrainConfig:
     )
     options.update(overrides)
     return TrainConfig(**options)
-
-
-def mapper_weights(directory: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(directory / "mapper.safetensors"))
 
 
 def test_training_lowers_the_loss_and_writes_checkpoints(tiny_setup, tmp_path):
