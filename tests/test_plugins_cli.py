@@ -197,11 +197,15 @@ def test_new_pack_writes_a_clean_pack(tmp_path) -> None:
     assert names == [
         "README.md",
         "polycap_pt_br/__init__.py",
+        "polycap_pt_br/demo.py",
+        "polycap_pt_br/pack.py",
         "pyproject.toml",
         "tests/test_polycap_pt_br.py",
     ]
     module = (made.directory / "polycap_pt_br" / "__init__.py").read_text(encoding="utf-8")
-    assert "class BrazilianPortuguesePack(LanguagePack)" in module
+    pack = (made.directory / "polycap_pt_br" / "pack.py").read_text(encoding="utf-8")
+    assert "class BrazilianPortuguesePack(LanguagePack)" in pack
+    assert "from polycap_pt_br.pack import PACK" in module
     assert 'register("pt-br", PACK)' in module
     assert 'pt-br = "polycap_pt_br"' in (made.directory / "pyproject.toml").read_text()
     for path in made.files:

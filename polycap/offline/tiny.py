@@ -80,22 +80,33 @@ def build_tokenizer(kind: str, texts: Iterable[str], directory: str | Path) -> P
     return directory
 
 
-def _build_bpe(texts: Sequence[str], directory: Path) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import GPT2TokenizerFast
+def train_byte_level_bpe(
+    texts: Sequence[str], special_tokens: Sequence[str], merges: int = 300
+) -> Any:
+    """A GPT-2-style byte-level BPE (``tokenizers.Tokenizer``) trained on ``texts``: the
+    special tokens take ids 0.. in order, then the 256 bytes, then up to ``merges`` merges."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=256 + 1 + 300,
+        vocab_size=256 + len(special_tokens) + merges,
         min_frequency=2,
-        special_tokens=[GPT2_EOS],
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     backend.train_from_iterator(texts, trainer=trainer)
+    return backend
+
+
+def _build_bpe(texts: Sequence[str], directory: Path) -> None:
+    from tokenizers import processors
+    from transformers import GPT2TokenizerFast
+
+    backend = train_byte_level_bpe(texts, [GPT2_EOS])
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
     tokenizer = GPT2TokenizerFast(
         tokenizer_object=backend, bos_token=GPT2_EOS, eos_token=GPT2_EOS, unk_token=GPT2_EOS
     )
@@ -141,8 +152,8 @@ def _build_sentencepiece(texts: Sequence[str], directory: Path) -> None:
         "additional_special_tokens": [],
         **specials,
     }
-    _write_json(directory / "tokenizer_config.json", config)
-    _write_json(directory / "special_tokens_map.json", specials)
+    write_config_json(directory / "tokenizer_config.json", config)
+    write_config_json(directory / "special_tokens_map.json", specials)
 
 
 def _build_char(texts: Sequence[str], directory: Path) -> None:
@@ -159,11 +170,12 @@ def _build_char(texts: Sequence[str], directory: Path) -> None:
         "strip_accents": None,
         **specials,
     }
-    _write_json(directory / "tokenizer_config.json", config)
-    _write_json(directory / "special_tokens_map.json", specials)
+    write_config_json(directory / "tokenizer_config.json", config)
+    write_config_json(directory / "special_tokens_map.json", specials)
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_config_json(path: Path, data: Any) -> None:
+    """A tokenizer's JSON config file as hub repositories ship them (indented, UTF-8)."""
     path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 

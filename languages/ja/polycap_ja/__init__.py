@@ -8,19 +8,10 @@ from __future__ import annotations
 
 from polycap.hookspecs import Register, hookimpl
 from polycap_ja.demo import JAPANESE_DEMO
-from polycap_ja.pack import JapanesePack
+from polycap_ja.pack import JAPANESE, JapanesePack
 
 __version__ = "0.1.0"
-__all__ = ["JAPANESE", "JapanesePack", "register_languages"]
-
-JAPANESE = JapanesePack(
-    code="ja",
-    name="Japanese",
-    default_lm="rinna/japanese-gpt2-medium",
-    segmenter="MeCab (fugashi) + unidic-lite",
-    tokenizer_kind="sentencepiece",
-    demo=JAPANESE_DEMO,
-)
+__all__ = ["JAPANESE", "JAPANESE_DEMO", "JapanesePack", "register_languages"]
 
 
 @hookimpl

@@ -11,6 +11,7 @@ from functools import cache
 from typing import Any
 
 from polycap.language import LanguagePack, cut_at_end, load_pretrained
+from polycap_ja.demo import JAPANESE_DEMO
 
 # Characters written without spaces between them: CJK punctuation, kana, kanji, full-width forms.
 _JA = (
@@ -109,3 +110,13 @@ def _has_lowercase(normalizer: dict[str, Any] | None) -> bool:
     if normalizer.get("type") == "Lowercase":
         return True
     return any(_has_lowercase(n) for n in normalizer.get("normalizers", []))
+
+
+JAPANESE = JapanesePack(
+    code="ja",
+    name="Japanese",
+    default_lm="rinna/japanese-gpt2-medium",
+    segmenter="MeCab (fugashi) + unidic-lite",
+    tokenizer_kind="sentencepiece",
+    demo=JAPANESE_DEMO,
+)

@@ -1,4 +1,5 @@
-"""The Japanese pack on tiny local models: the same loaders as for rinna, no downloads."""
+"""The Japanese pack: the conformance suite every pack runs, then Japanese specifics (NFKC and
+spacing, rinna's tokenizer quirks, MeCab words, the demo) on tiny local models, no downloads."""
 
 from __future__ import annotations
 
@@ -14,6 +15,27 @@ from polycap.errors import BadInput
 from polycap.offline import tiny
 from polycap.offline.synthetic import score_captions
 from polycap.plugins import PluginHost
+from polycap.testing import LanguagePackConformance
+
+
+class TestJapaneseConformance(LanguagePackConformance):
+    code = "ja"
+    distribution = "polycap-ja"
+    tokenizer_class = "T5Tokenizer"
+    sample_texts = (
+        "赤い帽子をかぶった女の子が公園で遊んでいる。",
+        "テーブルの上にコーヒーとケーキが２つ置かれている",
+        "ＡＢＣと書かれた看板の前に 犬が います",
+        "ｶﾀｶﾅの看板と、青い車が3台。",
+        "iPhone 15 で撮った 夕焼けの写真",
+    )
+    eval_cases = (
+        ("赤い丸が二つあります", ["赤い", "丸", "が", "二", "つ", "あり", "ます"]),
+        # UniDic short units: ひとつ -> ひと + つ, 三角形 -> 三角 + 形
+        ("青い 三角形が ひとつ。", ["青い", "三角", "形", "が", "ひと", "つ", "。"]),
+        ("犬が２匹います", ["犬", "が", "2", "匹", "い", "ます"]),
+    )
+
 
 TEXTS = [
     JAPANESE.demo.describe(colour, shape, count, random.Random(seed))

@@ -19,7 +19,6 @@ Choices, stated rather than hidden:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,25 +75,14 @@ def fold_yo(text: str) -> str:
 def build_rugpt_style_tokenizer(texts: Sequence[str], directory: Path, merges: int = 300) -> Path:
     """Train a small GPT-2 byte-level BPE on ``texts`` with ``<pad> <s> </s> <unk> <mask>`` as
     ids 0-4 and write it to ``directory`` in the files ``GPT2Tokenizer`` reads."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from polycap.offline import tiny
 
     texts = [text for text in texts if text.strip()]
     if not texts:
         raise ValueError("build_rugpt_style_tokenizer needs at least one non-empty text")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    specials = list(SPECIAL_TOKENS.values())
-    trainer = trainers.BpeTrainer(
-        vocab_size=256 + len(specials) + merges,
-        min_frequency=2,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(texts, trainer=trainer)
+    backend = tiny.train_byte_level_bpe(texts, list(SPECIAL_TOKENS.values()), merges)
     backend.model.save(str(directory))  # vocab.json + merges.txt
     config = {
         "tokenizer_class": "GPT2Tokenizer",
@@ -103,13 +91,8 @@ def build_rugpt_style_tokenizer(texts: Sequence[str], directory: Path, merges: i
         "errors": "replace",
         **SPECIAL_TOKENS,
     }
-    for name, data in (
-        ("tokenizer_config.json", config),
-        ("special_tokens_map.json", SPECIAL_TOKENS),
-    ):
-        (directory / name).write_text(
-            json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
-        )
+    tiny.write_config_json(directory / "tokenizer_config.json", config)
+    tiny.write_config_json(directory / "special_tokens_map.json", SPECIAL_TOKENS)
     return directory
 
 
