@@ -1,0 +1,146 @@
+"""The models a server holds, one per language, each with its encoder and optional bank.
+
+``--model runs/ja`` serves a checkpoint (or run folder) under its own language;
+``--model ja=runs/ja`` also checks that the checkpoint is Japanese. ``--bank bank/`` attaches a
+caption bank to the model of the bank's language. A batch of images is encoded and decoded in
+one go by :meth:`ServedModel.caption` (the same calls ``polycap caption`` makes) and
+:meth:`ServedModel.retrieve` (those of ``polycap retrieve``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from polycap.errors import BadInput
+
+
+@dataclass
+class ServedModel:
+    """A loaded captioner, its image encoder and, when given, a bank with its encoder."""
+
+    language: str
+    source: Path
+    captioner: Any
+    encoder: Any
+    device: str = "cpu"
+    bank: Any = None
+    bank_encoder: Any = None
+
+    @property
+    def longest_caption(self) -> int | None:
+        """Most tokens a caption can have after the prefix (None: the LM sets no limit)."""
+        config = getattr(self.captioner.lm, "config", None)
+        positions = getattr(config, "n_positions", None) or getattr(
+            config, "max_position_embeddings", None
+        )
+        return None if positions is None else int(positions) - self.captioner.prefix_length
+
+    def caption(self, pixels: list[Any], generation: Any) -> list[list[str]]:
+        """Captions for a batch of preprocessed images, decoded together."""
+        import torch
+
+        from polycap.generation import caption_features
+
+        features = self.encoder.encode_images(torch.stack(pixels))
+        return caption_features(
+            self.captioner, features.to(self.device), generation, batch_size=len(pixels)
+        )
+
+    def retrieve(self, pixels: list[Any], options: dict[str, Any]) -> list[list[Any]]:
+        """Retrieved captions for a batch of images preprocessed for the bank's encoder."""
+        import torch
+
+        from polycap.retrieval.search import retrieve
+
+        features = self.bank_encoder.encode_images(torch.stack(pixels))
+        return retrieve(self.bank, features, pack=self.captioner.pack, **options)
+
+    def info(self) -> dict[str, Any]:
+        """What ``GET /info`` says about this model."""
+        config = self.captioner.config
+        bank = None
+        if self.bank is not None:
+            bank = {
+                "path": str(self.bank.path),
+                "captions": self.bank.n_captions,
+                "images": self.bank.n_images,
+                "text_embeddings": self.bank.has_text,
+                "encoder": self.bank.encoder.get("name"),
+            }
+        return {
+            "language": self.language,
+            "model": str(self.source),
+            "encoder": {
+                key: config["encoder"].get(key) for key in ("backend", "name", "pretrained")
+            },
+            "lm": config.get("lm"),
+            "mapper": config.get("mapper", {}).get("kind"),
+            "prefix_length": self.captioner.prefix_length,
+            "longest_caption": self.longest_caption,
+            "bank": bank,
+        }
+
+
+def split_spec(spec: str) -> tuple[str | None, Path]:
+    """``"ja=runs/ja"`` -> ("ja", runs/ja); ``"runs/ja"`` -> (None, runs/ja)."""
+    name, sep, path = spec.partition("=")
+    if sep and name and "/" not in name and not Path(spec).exists():
+        return name, Path(path)
+    return None, Path(spec)
+
+
+def load_models(
+    model_specs: list[str], bank_specs: list[str] | None = None, device: str = "cpu"
+) -> dict[str, ServedModel]:
+    """The models (by language, in the order given) with their banks attached."""
+    from polycap.captioning import encoder_for, load_captioner
+
+    if not model_specs:
+        raise BadInput("--model: give at least one checkpoint or run folder")
+    served: dict[str, ServedModel] = {}
+    encoders: dict[tuple[Any, ...], Any] = {}
+    for spec in model_specs:
+        language, path = split_spec(spec)
+        captioner = load_captioner(path, device=device, expected_language=language)
+        code = captioner.config["language"]
+        if code in served:
+            raise BadInput(f"--model: two models for language {code!r}: {served[code].source}, {path}")
+        key = _encoder_key(captioner.config["encoder"])
+        if key not in encoders:
+            encoders[key] = encoder_for(captioner, device=device)
+        served[code] = ServedModel(code, path, captioner, encoders[key], device)
+    for spec in bank_specs or []:
+        _attach_bank(served, spec, encoders, device)
+    return served
+
+
+def _encoder_key(info: dict[str, Any]) -> tuple[Any, ...]:
+    return (info.get("backend", "open_clip"), info.get("name"), str(info.get("pretrained")))
+
+
+def _attach_bank(
+    served: dict[str, ServedModel], spec: str, encoders: dict[tuple[Any, ...], Any], device: str
+) -> None:
+    from polycap.retrieval.bank import Bank
+    from polycap.retrieval.search import check_encoder
+
+    language, path = split_spec(spec)
+    bank = Bank.open(path)
+    if language is not None and language != bank.language:
+        raise BadInput(f"--bank {spec}: the bank's captions are {bank.language!r}, not {language!r}")
+    model = served.get(bank.language)
+    if model is None:
+        loaded = ", ".join(served)
+        raise BadInput(
+            f"--bank {path}: its captions are {bank.language!r} and no model for "
+            f"{bank.language!r} is loaded (loaded: {loaded})"
+        )
+    if model.bank is not None:
+        raise BadInput(f"--bank: two banks for language {bank.language!r}: {model.bank.path}, {path}")
+    key = _encoder_key(bank.encoder)
+    if key not in encoders:
+        encoders[key] = bank.load_encoder(device=device)
+    check_encoder(bank, encoders[key])
+    model.bank, model.bank_encoder = bank, encoders[key]
