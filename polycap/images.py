@@ -60,18 +60,29 @@ def load_image(path: str | Path) -> Image.Image:
     return decode_image(data, path)
 
 
-def decode_image(data: bytes, path: str | Path = "<bytes>") -> Image.Image:
-    """Decode image bytes (read from ``path``, named in errors) into an RGB image."""
+class TooManyPixels(BadInput):
+    """An image whose header declares more pixels than the limit (a decompression bomb?)."""
+
+
+def decode_image(
+    data: bytes, path: str | Path = "<bytes>", limit: int | None = None
+) -> Image.Image:
+    """Decode image bytes (read from ``path``, named in errors) into an RGB image.
+
+    ``limit``: the most pixels allowed (default :func:`max_pixels`), checked on the header
+    before anything is decoded (:class:`TooManyPixels`).
+    """
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = None  # our own limit is checked below, without PIL's warnings
+    limit = max_pixels() if limit is None else limit
     try:
         image = Image.open(io.BytesIO(data))
         width, height = image.size
-        if width * height > max_pixels():
-            raise BadInput(
+        if width * height > limit:
+            raise TooManyPixels(
                 f"{path}: not a readable image ({width}x{height} = {width * height:,} pixels, "
-                f"more than the limit of {max_pixels():,}; raise it with --max-pixels)"
+                f"more than the limit of {limit:,}; raise it with --max-pixels)"
             )
         image.load()  # decode everything now: truncated files fail here, not later
         return to_rgb(image)

@@ -15,6 +15,7 @@ from polycap.cli import (
     importing,
     plugins,
     retrieval,
+    serve,
     train,
 )
 from polycap.errors import PolycapError
@@ -40,6 +41,7 @@ app.command("eval")(evaluate.eval_command)
 app.command("index")(retrieval.index_command)
 app.command("retrieve")(retrieval.retrieve_command)
 app.command("compare")(compare.compare_command)
+app.command("serve")(serve.serve_command)
 app.add_typer(plugins.app, name="plugins")
 app.add_typer(importing.app, name="import")
 

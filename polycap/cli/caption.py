@@ -14,7 +14,6 @@ from polycap.cli.output import (
     print_table,
     report_skipped,
 )
-from polycap.errors import BadInput
 
 
 def caption_command(
@@ -38,27 +37,23 @@ def caption_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Caption images: [bold]polycap caption photos/ --model runs/ja[/]."""
-    from polycap.captioning import caption_images, load_captioner
+    from polycap.captioning import caption_images, generation_config, load_captioner
     from polycap.devices import resolve_device
-    from polycap.generation import GenerationConfig
     from polycap.images import expand_image_paths
 
-    if (top_k or top_p < 1.0 or temperature != 1.0) and not sample:
-        sample = True
-    beams = _beam_width(beams, num_captions, sample)
-    paths = expand_image_paths(inputs)
-    torch_device = str(resolve_device(device))
-    captioner = load_captioner(model, device=torch_device)
-    generation = GenerationConfig(
-        max_length=max_length,
+    generation = generation_config(
         beams=beams,
+        sample=sample,
         top_k=top_k,
         top_p=top_p,
         temperature=temperature,
-        sample=sample,
         num_captions=num_captions,
+        max_length=max_length,
         seed=seed,
     )
+    paths = expand_image_paths(inputs)
+    torch_device = str(resolve_device(device))
+    captioner = load_captioner(model, device=torch_device)
     result = caption_images(
         captioner,
         paths,
@@ -93,20 +88,3 @@ def caption_command(
         raise typer.Exit(2)
     if not json_output:
         console.print(f"{len(result.paths)} image(s) captioned.")
-
-
-def _beam_width(beams: int | None, num_captions: int, sample: bool) -> int:
-    """The beam width: as given, else enough beams for ``num_captions`` (each caption is one
-    beam). An explicit width too small for ``num_captions`` is an error, not silently raised:
-    the user chose the width (it changes which captions are found), so we do not override it.
-    """
-    if sample:
-        return 1 if beams is None else beams
-    if beams is None:
-        return num_captions
-    if beams < num_captions:
-        raise BadInput(
-            f"--num-captions {num_captions} needs --beams {num_captions} or more "
-            f"(each caption is one beam), not --beams {beams}; or use --sample"
-        )
-    return beams

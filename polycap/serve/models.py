@@ -106,13 +106,19 @@ def load_models(
         captioner = load_captioner(path, device=device, expected_language=language)
         code = captioner.config["language"]
         if code in served:
-            raise BadInput(f"--model: two models for language {code!r}: {served[code].source}, {path}")
-        key = _encoder_key(captioner.config["encoder"])
-        if key not in encoders:
-            encoders[key] = encoder_for(captioner, device=device)
-        served[code] = ServedModel(code, path, captioner, encoders[key], device)
+            raise BadInput(
+                f"--model: two models for language {code!r}: {served[code].source}, {path}"
+            )
+        if getattr(captioner, "image_encoder", None) is not None:  # brings its own (ONNX)
+            encoder = encoder_for(captioner, device=device)
+        else:  # models trained on one encoder share it
+            key = _encoder_key(captioner.config["encoder"])
+            if key not in encoders:
+                encoders[key] = encoder_for(captioner, device=device)
+            encoder = encoders[key]
+        served[code] = ServedModel(code, path, captioner, encoder, device)
     for spec in bank_specs or []:
-        _attach_bank(served, spec, encoders, device)
+        _attach_bank(served, spec, device)
     return served
 
 
@@ -120,16 +126,16 @@ def _encoder_key(info: dict[str, Any]) -> tuple[Any, ...]:
     return (info.get("backend", "open_clip"), info.get("name"), str(info.get("pretrained")))
 
 
-def _attach_bank(
-    served: dict[str, ServedModel], spec: str, encoders: dict[tuple[Any, ...], Any], device: str
-) -> None:
+def _attach_bank(served: dict[str, ServedModel], spec: str, device: str) -> None:
     from polycap.retrieval.bank import Bank
     from polycap.retrieval.search import check_encoder
 
     language, path = split_spec(spec)
     bank = Bank.open(path)
     if language is not None and language != bank.language:
-        raise BadInput(f"--bank {spec}: the bank's captions are {bank.language!r}, not {language!r}")
+        raise BadInput(
+            f"--bank {spec}: the bank's captions are {bank.language!r}, not {language!r}"
+        )
     model = served.get(bank.language)
     if model is None:
         loaded = ", ".join(served)
@@ -138,9 +144,11 @@ def _attach_bank(
             f"{bank.language!r} is loaded (loaded: {loaded})"
         )
     if model.bank is not None:
-        raise BadInput(f"--bank: two banks for language {bank.language!r}: {model.bank.path}, {path}")
-    key = _encoder_key(bank.encoder)
-    if key not in encoders:
-        encoders[key] = bank.load_encoder(device=device)
-    check_encoder(bank, encoders[key])
-    model.bank, model.bank_encoder = bank, encoders[key]
+        raise BadInput(
+            f"--bank: two banks for language {bank.language!r}: {model.bank.path}, {path}"
+        )
+    key = bank.encoder.get("cache_key")
+    same = [m.encoder for m in served.values() if key and m.encoder.cache_key == key]
+    encoder = same[0] if same else bank.load_encoder(device=device)
+    check_encoder(bank, encoder)
+    model.bank, model.bank_encoder = bank, encoder

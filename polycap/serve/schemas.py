@@ -20,7 +20,9 @@ class CaptionOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     language: str | None = Field(None, description="Which loaded model (default: the first).")
-    beams: int = Field(1, ge=1, le=32, description="Beam width (1 = greedy unless sampling).")
+    beams: int | None = Field(
+        None, ge=1, le=32, description="Beam width (default: 1 = greedy, or num_captions)."
+    )
     num_captions: int = Field(1, ge=1, le=32, description="Distinct captions per image.")
     sample: bool = Field(False, description="Sample instead of greedy/beam.")
     top_k: int = Field(0, ge=0, description="Sampling: keep the k most likely tokens (0 = all).")

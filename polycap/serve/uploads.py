@@ -152,4 +152,4 @@ def decode_upload(upload: Upload, settings: ServeSettings) -> Image.Image:
     """The uploaded image in RGB; TooManyPixels or BadInput (one line) when it cannot be."""
     from polycap.images import decode_image
 
-    return decode_image(upload.data, upload.name, max_pixels=settings.max_pixels)
+    return decode_image(upload.data, upload.name, limit=settings.max_pixels)

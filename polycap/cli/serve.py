@@ -1,0 +1,80 @@
+"""``polycap serve``: captions over HTTP (FastAPI on uvicorn), with request batching."""
+
+from __future__ import annotations
+
+import typer
+
+from polycap.cli.options import Device, MaxPixels
+from polycap.cli.output import console, err_console
+from polycap.serve.settings import (
+    DEFAULT_BATCH_WAIT_MS,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_UPLOAD_MB,
+)
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serve_command(
+    model: list[str] = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        help="Checkpoint or run folder; LANG=PATH checks its language. Repeat for several "
+        "languages (requests choose one with 'language'; the first is the default).",
+    ),
+    bank: list[str] = typer.Option(
+        [],
+        "--bank",
+        "-b",
+        help="Caption bank folder (polycap index) for POST /retrieve, attached to the model of "
+        "its language. Repeatable.",
+    ),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port (0: any free one)."),
+    max_batch: int = typer.Option(
+        DEFAULT_MAX_BATCH, min=1, help="Most requests decoded together (1 = no batching)."
+    ),
+    batch_wait_ms: float = typer.Option(
+        DEFAULT_BATCH_WAIT_MS, min=0.0, help="How long a request waits for others to join it."
+    ),
+    max_upload_mb: float = typer.Option(
+        DEFAULT_MAX_UPLOAD_MB, min=0.001, help="Largest image file accepted (MiB)."
+    ),
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    device: Device = "auto",
+    log_level: str = typer.Option("info", help="uvicorn log level (warning: quieter)."),
+) -> None:
+    """Serve models over HTTP: [bold]polycap serve --model runs/ja[/] (page at /, API docs at
+    /docs)."""
+    import uvicorn
+
+    from polycap.serve.app import create_app
+    from polycap.serve.models import load_models
+    from polycap.serve.settings import ServeSettings
+    from polycap.devices import resolve_device
+
+    torch_device = str(resolve_device(device))
+    settings = ServeSettings(
+        max_batch=max_batch,
+        batch_wait_ms=batch_wait_ms,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        max_pixels=max_pixels,
+        device=torch_device,
+    )
+    models = load_models(model, bank, device=torch_device)
+    app = create_app(models, settings)
+    for served in models.values():
+        with_bank = f" + bank {served.bank.path}" if served.bank is not None else ""
+        console.print(f"serving {served.language}: {served.source}{with_bank}", highlight=False)
+    if host not in LOOPBACK:
+        err_console.print(
+            f"[yellow]Listening on {host}: anyone who can reach this machine can use the "
+            "service (there is no authentication).[/]"
+        )
+    where = f"[{host}]" if ":" in host else host
+    console.print(
+        f"page at http://{where}:{port}/ · API docs at /docs · Ctrl+C stops", highlight=False
+    )
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -1,0 +1,84 @@
+"""Shared by the serve tests: tiny checkpoints, images, a bank, and an in-process client."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def build_checkpoint(language: str, captions: list[str], root: Path, seed: int = 0) -> Path:
+    """An untrained but complete checkpoint of ``language`` on tiny local models."""
+    from polycap.demo import build_tiny_models
+    from polycap.model import Captioner
+    from polycap.plugins import get_registries
+
+    pack = get_registries().languages.get(language)
+    models = build_tiny_models(pack, captions, root / "models", seed=seed)
+    model = Captioner.build(
+        pack=pack,
+        tokenizer=pack.load_tokenizer(models["lm"]),
+        lm=pack.load_decoder(models["lm"]),
+        encoder_info={
+            "backend": "open_clip",
+            "name": models["encoder"],
+            "pretrained": models["pretrained"],
+            "embed_dim": 64,
+        },
+        prefix_length=2,
+        train_lm=True,
+    )
+    return model.save(root / "checkpoint")
+
+
+def build_bank(captions_file: Path, checkpoint: Path, out: Path, language: str) -> Path:
+    """A caption bank built with the checkpoint's own (tiny) encoder."""
+    from polycap.captioning import encoder_for, load_captioner
+    from polycap.data import load_captions
+    from polycap.plugins import get_registries
+    from polycap.retrieval.bank import build_bank as build
+
+    encoder = encoder_for(load_captioner(checkpoint))
+    pack = get_registries().languages.get(language)
+    build(load_captions(captions_file), encoder, out, pack, dtype="float32", progress=False)
+    return out
+
+
+def png_bytes(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def run(awaitable: Awaitable[T]) -> T:
+    """Run a coroutine to completion on a fresh event loop."""
+
+    async def main() -> T:
+        return await awaitable
+
+    return asyncio.run(main())
+
+
+def client(app: Any) -> Any:
+    """An httpx client calling ``app`` in this process (concurrent requests interleave)."""
+    import httpx
+
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://serve")
+
+
+def cli_captions(
+    run_cli: Any, capsys: Any, checkpoint: Path, images: list[Path], *options: str
+) -> dict[str, list[str]]:
+    """``polycap caption --json`` for ``images``: image file name -> captions."""
+    result = run_cli(
+        ["caption", *map(str, images), "--model", str(checkpoint), "--json", "--device", "cpu"]
+        + list(options),
+        capsys,
+    )
+    assert result.code == 0, result.err
+    return {Path(row["image"]).name: row["captions"] for row in json.loads(result.out)["captions"]}
