@@ -393,3 +393,53 @@ def test_uploads_are_never_written_to_disk(models, monkeypatch) -> None:
 
     reply = run(ask())
     assert reply.status_code == 200, reply.text
+
+
+# -- the command --------------------------------------------------------------------------------
+
+
+def test_polycap_serve_runs_on_loopback(checkpoint, images) -> None:
+    """The real command in its own process: it binds 127.0.0.1, serves, stops on SIGTERM."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "polycap", "serve", "--model", str(checkpoint)]
+    command += ["--port", str(port), "--device", "cpu", "--log-level", "warning"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ)
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.communicate()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "polycap serve did not come up"
+            time.sleep(0.3)
+        files = {"image": (images[0].name, images[0].read_bytes(), "image/png")}
+        reply = httpx.post(f"http://127.0.0.1:{port}/caption", files=files, timeout=60)
+        assert reply.status_code == 200 and reply.json()["captions"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    assert "serving en" in out and f"http://127.0.0.1:{port}/" in out
+    assert "Traceback" not in err
+
+
+def test_polycap_serve_with_a_bad_model_is_one_line(tmp_path, capsys) -> None:
+    result = run_cli(["serve", "--model", str(tmp_path / "nothing")], capsys)
+    assert result.code == 2
+    assert "nothing: no such checkpoint" in " ".join(result.err.split())
+    assert "Traceback" not in result.err
