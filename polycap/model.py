@@ -21,7 +21,7 @@ import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -210,21 +210,49 @@ class Captioner(nn.Module):
         """The LM's token embeddings of ``input_ids``."""
         return self.lm.get_input_embeddings()(input_ids)
 
-    def set_feature_stats(self, features: torch.Tensor) -> None:
-        """Standardise mapper inputs with the mean and spread of these training features.
+    def set_feature_stats(self, features: torch.Tensor | Iterable[torch.Tensor]) -> None:
+        """Standardise mapper inputs with the mean and spread of these training features: one
+        tensor, or blocks of rows (a feature store's ``blocks()``: never all rows at once).
 
         CLIP embeddings share a large common direction (random-weight encoders: cosine ~0.98
         between any two images), which a mapper learns around only slowly; centring and
         scaling each dimension exposes what differs between images. Saved with the model.
         """
-        prepared = self._prepare(features.float().cpu())
-        self.feature_mean = prepared.mean(dim=0)
+        if isinstance(features, torch.Tensor):
+            prepared = self._prepare(features.float().cpu())
+            self.feature_mean = prepared.mean(dim=0)
+            spread = prepared.std(dim=0) if len(prepared) > 1 else None
+        else:
+            mean, spread = self._streamed_stats(features)
+            self.feature_mean = mean
         self.feature_std = (
-            prepared.std(dim=0).clamp_min(1e-6)
-            if len(prepared) > 1
-            else (torch.ones_like(self.feature_mean))
+            spread.clamp_min(1e-6) if spread is not None else torch.ones_like(self.feature_mean)
         )
         self.config["standardize_features"] = True
+
+    def _streamed_stats(
+        self, blocks: Iterable[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Mean and (unbiased) std over blocks of rows, merged pairwise in float64 (Chan et al.)."""
+        count, mean, squares = 0, None, None
+        for block in blocks:
+            rows = self._prepare(block.float().cpu()).double()
+            if not len(rows):
+                continue
+            block_mean = rows.mean(dim=0)
+            block_squares = ((rows - block_mean) ** 2).sum(dim=0)
+            if mean is None:
+                count, mean, squares = len(rows), block_mean, block_squares
+                continue
+            total = count + len(rows)
+            delta = block_mean - mean
+            mean = mean + delta * (len(rows) / total)
+            squares = squares + block_squares + delta**2 * (count * len(rows) / total)
+            count = total
+        if mean is None:
+            raise ValueError("no feature rows to take statistics of")
+        spread = (squares / (count - 1)).sqrt().float() if count > 1 else None
+        return mean.float(), spread
 
     def _prepare(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(features, dim=-1) if self.normalize_features else features

@@ -6,6 +6,8 @@
                           its other options, with what each ``--resume`` changed
     checkpoint-00000012/  model + trainer state at optimizer step 12 (the newest few kept)
     final/                the finished model
+    features/             the images' features (polycap.features store; reused when the
+                          images and encoder are the same)
 
 Temporary folders a killed save leaves (``.checkpoint-….tmp-…``, ``.final.old-…``) are cleaned
 when the next run starts; a swap interrupted between its two renames is completed backwards
@@ -28,6 +30,7 @@ from polycap.errors import BadInput
 RUN_FILE = "run.json"
 CHECKPOINT_PREFIX = "checkpoint-"
 FINAL = "final"
+FEATURES = "features"
 TRAINER_STATE = "trainer_state.pt"
 
 # options that make a run what it is: a --resume that changes one is refused (flag shown)

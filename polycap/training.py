@@ -27,13 +27,20 @@ import torch
 from polycap.batching import bucketed_batches, padded_batches
 from polycap.encoding import EncoderSpec
 from polycap.errors import BadInput, PolycapError
-from polycap.run_folder import CHECKPOINT_PREFIX, TRAINER_STATE, RunFolder, check_writable
+from polycap.run_folder import (
+    CHECKPOINT_PREFIX,
+    FEATURES,
+    TRAINER_STATE,
+    RunFolder,
+    check_writable,
+)
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 HOOK_ENV = "POLYCAP_TRAIN_HOOK"
 HOOK_FILE_ENV = "POLYCAP_TRAIN_HOOK_FILE"
 TIMEOUT_ENV = "POLYCAP_DIST_TIMEOUT"
 if TYPE_CHECKING:
+    from polycap.features import Features
     from polycap.language import LanguagePack
     from polycap.plugins import Registries
 
@@ -99,7 +106,7 @@ class PreparedData:
 
     train: TokenizedSet
     val: TokenizedSet
-    features: torch.Tensor
+    features: Features  # rows read from the run's feature store, a batch at a time
     tokenizer: Any
     encoder_info: EncoderSpec
     skipped: int
@@ -159,7 +166,7 @@ def linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup: int, total: in
 
 
 def collate(
-    batch: list[int], tokens: TokenizedSet, features: torch.Tensor, pad_id: int
+    batch: list[int], tokens: TokenizedSet, features: Features | torch.Tensor, pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Features, right-padded ids and attention mask for one batch of caption indices."""
     longest = max(len(tokens.token_ids[i]) for i in batch)
@@ -170,7 +177,9 @@ def collate(
         input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         mask[row, : len(ids)] = 1
     rows = torch.tensor([tokens.feature_rows[i] for i in batch], dtype=torch.long)
-    return features[rows.to(features.device)], input_ids, mask
+    if isinstance(features, torch.Tensor):
+        rows = rows.to(features.device)
+    return features[rows], input_ids, mask
 
 
 def tokenize_records(
@@ -269,8 +278,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         self.take_folder(resume, overwrite)
-        with self.accelerator.main_process_first():
-            data = self.prepare_data()
+        data = self.prepare_data()  # every process encodes its share of the images
         self.record_run(resume, overwrite)
         start = self.folder.latest_checkpoint() if resume else None
         if resume and start is None:
@@ -344,7 +352,8 @@ class Trainer:
     def prepare_data(self) -> PreparedData:
         """Load captions, encode each image once, split by image, tokenize."""
         from polycap.data import load_captions, split_by_image
-        from polycap.encoding import encode_images, load_encoder
+        from polycap.encoding import load_encoder
+        from polycap.features import encode_to_store
 
         config = self.config
         captions = load_captions(
@@ -353,15 +362,18 @@ class Trainer:
         encoder = load_encoder(
             config.encoder, pretrained=config.pretrained, device=str(self.device)
         )
-        encoded = encode_images(
+        encoded = encode_to_store(
             encoder,
             captions.images(),
+            config.output / FEATURES,
             cache_dir=config.cache_dir,
             progress=config.progress and self.main,
         )
-        if not encoded.paths:
+        features, skipped = encoded.store, encoded.stats.skipped
+        assert features is not None
+        if not len(features):
             raise BadInput(f"{config.data}: none of its images could be read")
-        row_of = {path: row for row, path in enumerate(encoded.paths)}
+        row_of = {path: row for row, path in enumerate(features.paths())}
         train_set, val_set = split_by_image(captions, config.val_fraction, seed=config.seed)
         tokenizer = self.pack.load_tokenizer(config.lm or self.pack.default_lm)
         train = tokenize_records(train_set.records, row_of, self.pack, tokenizer, config.max_tokens)
@@ -372,10 +384,9 @@ class Trainer:
         self.say(
             f"{len(captions.records)} captions of {len(captions.images())} images; "
             f"train {len(train.token_ids)} / validation {len(val.token_ids)} captions; "
-            f"{len(encoded.skipped)} images skipped"
+            f"{len(skipped)} images skipped"
         )
-        features = encoded.features.to(self.device)
-        return PreparedData(train, val, features, tokenizer, encoder_info, len(encoded.skipped))
+        return PreparedData(train, val, features, tokenizer, encoder_info, len(skipped))
 
     def load_or_build(self, start: Path | None, data: PreparedData) -> Any:
         """The checkpoint's model when resuming, else a new one (with feature statistics)."""
@@ -399,7 +410,7 @@ class Trainer:
             registries=self.registries,
         )
         if config.standardize_features:
-            model.set_feature_stats(data.features[sorted(set(data.train.feature_rows))])
+            model.set_feature_stats(data.features.blocks(rows=sorted(set(data.train.feature_rows))))
         return model
 
     def epoch_batches(self, epoch: int, data: PreparedData) -> list[list[int]]:
@@ -457,7 +468,7 @@ class Trainer:
         if self.processes > 1:
             total_tokens = sum(len(data.train.token_ids[i]) for i in batch)
             weight *= float(mask.sum()) / total_tokens
-        loss = model(features, input_ids.to(self.device), mask.to(self.device)).loss
+        loss = model(features.to(self.device), input_ids.to(self.device), mask.to(self.device)).loss
         self.accelerator.backward(loss * (weight * self.processes))
         return float(loss.detach()) * weight
 
@@ -503,7 +514,7 @@ class Trainer:
         for batch in batches[self.rank :: self.processes]:
             feats, ids, mask = collate(batch, tokens, data.features, plain.pad_token_id)
             with self.accelerator.autocast():
-                loss = plain(feats, ids.to(self.device), mask.to(self.device)).loss
+                loss = plain(feats.to(self.device), ids.to(self.device), mask.to(self.device)).loss
             total += float(loss) * len(batch)
         plain.train()
         return self.sum_over_processes(total) / len(tokens.token_ids)

@@ -1,4 +1,5 @@
-"""``polycap encode``: CLIP features for images, cached on disk; training encodes nothing twice."""
+"""``polycap encode``: CLIP features for images, cached on disk and (with ``--output``) written
+to a feature store; under ``accelerate launch`` / ``torchrun`` the processes share the images."""
 
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ def encode_command(
     encoder: Encoder = "ViT-B-32",
     pretrained: Pretrained = "openai",
     batch_size: BatchSize = 64,
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Feature store folder to write (rows, image list, encoder)."
+    ),
     cache_dir: CacheDir = None,
     device: Device = "auto",
     max_pixels: MaxPixels = MAX_PIXELS,
@@ -39,8 +43,10 @@ def encode_command(
     """Encode images once into the feature cache: [bold]polycap encode --data captions.json[/]."""
     from polycap.data import load_captions
     from polycap.devices import resolve_device
-    from polycap.encoding import encode_images, load_encoder
+    from polycap.distributed import processes
+    from polycap.encoding import load_encoder
     from polycap.errors import BadInput
+    from polycap.features import encode_to_store
     from polycap.images import expand_image_paths
 
     paths = expand_image_paths(inputs) if inputs else []
@@ -48,35 +54,53 @@ def encode_command(
         paths += load_captions(data, images_dir=images).images()
     if not paths:
         raise BadInput("nothing to encode: give images, folders or --data")
+    procs = processes()
+    if device == "auto" and procs.device:
+        device = procs.device  # each launched process on its own GPU
     image_encoder = load_encoder(
         encoder,
         pretrained=pretrained,
         device=str(resolve_device(device)),
     )
-    result = encode_images(
-        image_encoder, paths, batch_size=batch_size, cache_dir=cache_dir, progress=not json_output
+    result = encode_to_store(
+        image_encoder,
+        paths,
+        output,
+        batch_size=batch_size,
+        cache_dir=cache_dir,
+        progress=not json_output,
+        procs=procs,
     )
+    stats = result.stats
+    if not procs.main:
+        return  # the other processes helped encode; one summary is enough
     summary = {
         "encoder": image_encoder.cache_key,
         "images": len(paths),
-        "encoded": len(result.paths),
-        "skipped": [{"image": str(p), "reason": r} for p, r in result.skipped],
+        "encoded": stats.rows,
+        "skipped": [{"image": str(p), "reason": r} for p, r in stats.skipped],
         "dim": image_encoder.embed_dim,
+        "store": str(output) if output is not None else None,
+        "processes": stats.processes,
+        "reused": stats.reused,
+        "seconds": round(stats.seconds, 2),
     }
     if json_output:
         print_json(summary)
         return
     print_table(
         "Encoding",
-        ["encoder", "images", "features", "skipped", "dim"],
+        ["encoder", "images", "features", "skipped", "dim", "processes", "store"],
         [
             (
                 image_encoder.cache_key,
                 len(paths),
-                len(result.paths),
-                len(result.skipped),
+                stats.rows,
+                len(stats.skipped),
                 image_encoder.embed_dim,
+                stats.processes,
+                f"{output} (reused)" if stats.reused else (output or "cache only"),
             )
         ],
     )
-    report_skipped(result.skipped)
+    report_skipped(stats.skipped)

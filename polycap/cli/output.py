@@ -30,8 +30,10 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
 
 
 def fail(message: str, code: int = 2) -> None:
-    """One red line on stderr, then exit with ``code``."""
-    err_console.print(f"[bold red]Error:[/] {message}", highlight=False, markup=True)
+    """One red line on stderr, then exit with ``code`` (the message is shown as written)."""
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, markup=True)
     raise SystemExit(code)
 
 

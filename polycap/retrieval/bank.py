@@ -21,7 +21,6 @@ The folder is built next to its destination and renamed into place when complete
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Iterable, Sequence
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from polycap.atomic import swap_into_place, temporary_folder
 from polycap.encoding import EncoderSpec
 from polycap.errors import BadInput
+from polycap.files import LineFile, write_lines
 
 if TYPE_CHECKING:
     from polycap.language import LanguagePack
@@ -40,55 +40,6 @@ BANK_FORMAT = "polycap-bank"
 BANK_VERSION = 1
 DTYPES = ("float16", "float32")
 META = "meta.json"
-
-
-# -- line files: read one line by offset ---------------------------------------------------------
-
-
-def write_lines(path: Path, lines: Iterable[str]) -> int:
-    """Write ``lines`` (no newlines inside) and ``<path stem>.offsets.npy``; returns the count."""
-    import numpy as np
-
-    offsets = [0]
-    with open(path, "wb") as handle:
-        for line in lines:
-            data = line.replace("\n", " ").encode("utf-8") + b"\n"
-            handle.write(data)
-            offsets.append(offsets[-1] + len(data))
-    np.save(_offsets_path(path), np.asarray(offsets, dtype=np.int64))
-    return len(offsets) - 1
-
-
-def _offsets_path(path: Path) -> Path:
-    return path.with_name(path.stem + ".offsets.npy")
-
-
-class LineFile:
-    """Random access to the lines of a file written by :func:`write_lines`."""
-
-    def __init__(self, path: Path) -> None:
-        import numpy as np
-
-        self.path = path
-        self.offsets = np.load(_offsets_path(path), mmap_mode="r")
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def get(self, ids: Sequence[int]) -> list[str]:
-        """The lines with these indices, in the order asked."""
-        result = []
-        with open(self.path, "rb") as handle:
-            for index in ids:
-                start, end = int(self.offsets[index]), int(self.offsets[index + 1])
-                handle.seek(start)
-                result.append(handle.read(end - start - 1).decode("utf-8"))
-        return result
-
-    def __iter__(self) -> Any:
-        with open(self.path, encoding="utf-8") as handle:
-            for line in handle:
-                yield line.rstrip("\n")
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -281,8 +232,30 @@ def build_bank(
         raise BadInput(f"{captions.source or 'captions'}: every caption is empty")
     texts_unique = list(ids)
 
+    from polycap.distributed import processes
+    from polycap.features import encode_to_store
+
+    procs = processes()
+    # images first, by every process (each encodes its share); the rest by one per machine
+    store_dir = out.parent / f".{out.name}.features"
+    encoded = encode_to_store(
+        encoder,
+        list(grouped),
+        store_dir,
+        batch_size=batch_size,
+        chunk=image_block,
+        cache_dir=cache_dir,
+        progress=progress,
+        procs=procs,
+    )
+    store, skipped = encoded.store, encoded.stats.skipped
+    assert store is not None
+    if not procs.local_main:
+        elapsed = time.perf_counter() - started
+        return BankStats(out, len(texts_unique), len(captions), len(store), skipped, False, elapsed)
     work = temporary_folder(out)
     try:
+        n_images = _write_image_embeddings(work, store, list(grouped), image_caption_lists, dtype)
         write_lines(work / "captions.txt", texts_unique)
         np.save(work / "captions.hashes.npy", hash_array(texts_unique))
         has_text, text_note = False, None
@@ -292,17 +265,6 @@ def build_bank(
             )
         else:
             text_note = "built with --no-text"
-        n_images, skipped = _write_image_embeddings(
-            work,
-            encoder,
-            list(grouped),
-            image_caption_lists,
-            dtype,
-            batch_size,
-            image_block,
-            cache_dir,
-            progress,
-        )
         if not has_text and not n_images:
             raise BadInput(
                 f"{captions.source or 'captions'}: nothing to index: no image could be read "
@@ -331,6 +293,8 @@ def build_bank(
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    store.close()
+    shutil.rmtree(store_dir, ignore_errors=True)  # kept only while the bank is unfinished
     return BankStats(
         out,
         len(texts_unique),
@@ -372,55 +336,24 @@ def _write_text_embeddings(
 
 
 def _write_image_embeddings(
-    work: Path,
-    encoder: Any,
-    images: list[Path],
-    caption_lists: list[list[int]],
-    dtype: str,
-    batch_size: int,
-    block: int,
-    cache_dir: str | Path | None,
-    progress: bool,
-) -> tuple[int, list[tuple[Path, str]]]:
+    work: Path, store: Any, images: list[Path], caption_lists: list[list[int]], dtype: str
+) -> int:
+    """L2-normalised rows of the feature ``store`` into ``image.npy`` (block by block), with
+    the image list and each image's caption ids; returns the number of images."""
     import numpy as np
 
-    from polycap.encoding import encode_images
-
+    rows = len(store)
     matrix = np.lib.format.open_memmap(
-        work / "image.npy", mode="w+", dtype=dtype, shape=(len(images), int(encoder.embed_dim))
+        work / "image.npy", mode="w+", dtype=dtype, shape=(rows, store.dim)
     )
-    rows = 0
-    kept: list[int] = []
-    skipped: list[tuple[Path, str]] = []
-    for start in range(0, len(images), block):
-        chunk = images[start : start + block]
-        encoded = encode_images(
-            encoder, chunk, batch_size=batch_size, cache_dir=cache_dir, progress=progress
-        )
-        skipped.extend(encoded.skipped)
-        position = {str(path): row for row, path in enumerate(encoded.paths)}
-        found = [
-            (start + offset, position[str(path)])
-            for offset, path in enumerate(chunk)
-            if str(path) in position
-        ]
-        if found:
-            order = [row for _, row in found]
-            matrix[rows : rows + len(found)] = _normalised_rows(encoded.features[order].numpy())
-            kept.extend(index for index, _ in found)
-            rows += len(found)
+    start = 0
+    for block in store.blocks(size=65536):
+        matrix[start : start + len(block)] = _normalised_rows(block.numpy())
+        start += len(block)
     matrix.flush()
     del matrix
-    if rows < len(images):  # unreadable images: rewrite the matrix without their empty rows
-        full = np.load(work / "image.npy", mmap_mode="r")
-        trimmed = np.lib.format.open_memmap(
-            work / "image.trim.npy", mode="w+", dtype=dtype, shape=(rows, int(encoder.embed_dim))
-        )
-        for begin in range(0, rows, 65536):
-            trimmed[begin : begin + 65536] = full[begin : min(begin + 65536, rows)]
-        trimmed.flush()
-        del trimmed, full
-        os.replace(work / "image.trim.npy", work / "image.npy")
+    position = {str(path): index for index, path in enumerate(images)}
+    kept = [position[str(path)] for path in store.paths()]
     write_lines(work / "images.txt", (str(images[i]) for i in kept))
     pointer = np.zeros(rows + 1, dtype=np.int64)
     for row, index in enumerate(kept):
@@ -432,7 +365,7 @@ def _write_image_embeddings(
     )
     np.save(work / "image_captions.ptr.npy", pointer)
     np.save(work / "image_captions.ids.npy", ids)
-    return rows, skipped
+    return rows
 
 
 def _polycap_version() -> str:
