@@ -14,7 +14,6 @@ from polycap.offline.synthetic import score_captions
 
 if TYPE_CHECKING:
     from polycap.language import LanguagePack
-    from polycap.plugins import Registries
 
 DEFAULT_HELDOUT_PAIRS: tuple[tuple[str, str], ...] = (
     ("red", "triangle"),
@@ -67,51 +66,34 @@ def compare_on_split(
     split: Any,
     model: Any,
     workdir: Path,
-    mode: str = "image",
-    consensus: bool = False,
-    k: int = 5,
+    retrieval: RetrievalOptions | None = None,
     generation: Any = None,
-    metrics: Sequence[str] | None = SPLIT_METRICS,
+    settings: CompareSettings | None = None,
     report: bool = True,
-    cache_dir: Path | None = None,
-    registries: Registries | None = None,
-    device: str = "cpu",
 ) -> SplitComparison:
     """Retrieval (bank of the training captions, the model's encoder) vs generation on the
     test images of a :class:`~polycap.offline.synthetic.SyntheticSplit`, with seen/unseen pair
-    accuracy. Writes ``workdir/bank`` and ``workdir/compare.html``."""
+    accuracy. Writes ``workdir/bank`` and ``workdir/compare.html``. ``settings`` default to
+    the split's metrics (:data:`SPLIT_METRICS`) on the CPU."""
     from polycap.captioning import encoder_for
     from polycap.data import load_captions
     from polycap.generation import GenerationConfig
-    from polycap.retrieval.bank import Bank, build_bank
+    from polycap.retrieval.bank import Bank, BankOptions, build_bank
 
     workdir = Path(workdir)
-    encoder = encoder_for(model, device=device)
-    train = load_captions(split.train_file)
-    heldout = load_captions(split.test_file)
+    settings = settings or CompareSettings(metrics=SPLIT_METRICS)
+    encoder = encoder_for(model, device=settings.device)
     bank_path = workdir / "bank"
-    build_bank(
-        train,
-        encoder,
-        bank_path,
-        pack,
-        dtype="float32",
-        cache_dir=cache_dir,
-        force=True,
-        progress=False,
-    )
-    bank = Bank.open(bank_path)
-    generation = generation or GenerationConfig(max_length=24)
+    options = BankOptions(dtype="float32", cache_dir=settings.cache_dir, force=True, progress=False)
+    build_bank(load_captions(split.train_file), encoder, bank_path, pack, options)
     comparison = compare(
-        heldout,
+        load_captions(split.test_file),
         pack,
         model=model,
-        bank=bank,
-        generation=generation,
-        retrieval=RetrievalOptions(mode=mode, k=k, consensus=consensus),
-        settings=CompareSettings(
-            metrics=metrics, cache_dir=cache_dir, registries=registries, device=device
-        ),
+        bank=Bank.open(bank_path),
+        generation=generation or GenerationConfig(max_length=24),
+        retrieval=retrieval,
+        settings=settings,
         encoder=encoder,
     )
     pair_scores: dict[str, dict[str, dict[str, float]]] = {}

@@ -161,16 +161,13 @@ def _run_demo(
     unseen_scores = score_captions(pack, unseen_captions, split.truths) if unseen_captions else None
     comparison = None
     if options.compare:
-        from polycap.compositional import compare_on_split
+        from polycap.compositional import SPLIT_METRICS, compare_on_split
+        from polycap.eval.compare import CompareSettings
 
-        comparison = compare_on_split(
-            pack,
-            split,
-            model,
-            workdir / "compare",
-            cache_dir=workdir / "cache",
-            registries=registries,
+        settings = CompareSettings(
+            metrics=SPLIT_METRICS, cache_dir=workdir / "cache", registries=registries
         )
+        comparison = compare_on_split(pack, split, model, workdir / "compare", settings=settings)
     rows = [
         ReportRow(
             path,

@@ -285,8 +285,9 @@ def test_compositional_split_generation_composes_retrieval_cannot(tmp_path: Path
     accuracy 0); generation names some unseen pairs correctly (3 of 30 when this was written)."""
     import torch
 
-    from polycap.compositional import DEFAULT_HELDOUT_PAIRS, compare_on_split
+    from polycap.compositional import DEFAULT_HELDOUT_PAIRS, SPLIT_METRICS, compare_on_split
     from polycap.demo import build_tiny_models
+    from polycap.eval.compare import CompareSettings
     from polycap.model import Captioner
     from polycap.offline.synthetic import make_synthetic_set
     from polycap.training import TrainConfig, train
@@ -321,9 +322,8 @@ def test_compositional_split_generation_composes_retrieval_cannot(tmp_path: Path
     torch.set_num_threads(1)
     try:
         model = Captioner.load(train(config).model_dir)
-        result = compare_on_split(
-            pack, split, model, tmp_path / "compare", cache_dir=tmp_path / "cache"
-        )
+        settings = CompareSettings(metrics=SPLIT_METRICS, cache_dir=tmp_path / "cache")
+        result = compare_on_split(pack, split, model, tmp_path / "compare", settings=settings)
     finally:
         torch.set_num_threads(threads)
     retrieval = result.comparison.method("retrieval")

@@ -61,7 +61,7 @@ def index_command(
     from polycap.devices import resolve_device
     from polycap.encoding import load_encoder
     from polycap.plugins import get_registries
-    from polycap.retrieval.bank import build_bank
+    from polycap.retrieval.bank import BankOptions, build_bank
 
     out = check_writable_folder(chosen_output(output, out), "--output")
     pack = get_registries().languages.get(lang)
@@ -71,11 +71,7 @@ def index_command(
         pretrained=pretrained,
         device=str(resolve_device(device)),
     )
-    stats = build_bank(
-        caption_set,
-        image_encoder,
-        out,
-        pack,
+    options = BankOptions(
         dtype=dtype,
         batch_size=batch_size,
         cache_dir=cache_dir,
@@ -83,6 +79,7 @@ def index_command(
         force=force,
         progress=not json_output,
     )
+    stats = build_bank(caption_set, image_encoder, out, pack, options)
     summary = {
         "bank": str(stats.path),
         "language": pack.code,

@@ -24,16 +24,18 @@ import json
 import shutil
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from polycap.atomic import swap_into_place, temporary_folder
+from polycap.atomic import atomic_folder
 from polycap.encoding import EncoderSpec
 from polycap.errors import BadInput
 from polycap.files import LineFile, write_lines
 
 if TYPE_CHECKING:
+    from polycap.data import CaptionSet
+    from polycap.encoding import ImageEncoder
     from polycap.language import LanguagePack
 
 BANK_FORMAT = "polycap-bank"
@@ -183,58 +185,48 @@ class BankStats:
     seconds: float
 
 
+@dataclass
+class BankOptions:
+    """How a bank is built: embedding ``dtype`` (float16 or float32), image and text batch
+    sizes, images encoded per chunk, the feature cache, whether to embed the captions
+    (``text``), whether to replace an existing bank (``force``), progress bars."""
+
+    dtype: str = "float16"
+    batch_size: int = 64
+    text_batch_size: int = 256
+    image_block: int = 4096
+    cache_dir: str | Path | None = None
+    text: bool = True
+    force: bool = False
+    progress: bool = True
+
+
 def build_bank(
-    captions: Any,
-    encoder: Any,
+    captions: CaptionSet,
+    encoder: ImageEncoder,
     out: str | Path,
     pack: LanguagePack,
-    dtype: str = "float16",
-    batch_size: int = 64,
-    text_batch_size: int = 256,
-    image_block: int = 4096,
-    cache_dir: str | Path | None = None,
-    text: bool = True,
-    force: bool = False,
-    progress: bool = True,
+    options: BankOptions | None = None,
+    **overrides: Any,
 ) -> BankStats:
     """Index a :class:`~polycap.data.CaptionSet` into a bank folder at ``out``.
 
     Captions are normalised by ``pack`` and de-duplicated; text embeddings are built when
-    ``text`` and the encoder has a text tower; images are encoded in blocks of
-    ``image_block`` (unreadable ones skipped and counted) and written as they come.
+    ``options.text`` and the encoder has a text tower; images are encoded in chunks of
+    ``options.image_block`` (unreadable ones skipped and counted) and written as they come.
+    ``overrides`` are :class:`BankOptions` fields (``build_bank(..., dtype="float32")``).
     """
-    import numpy as np
-
-    from polycap.eval.metrics.diversity import hash_array
-
-    started = time.perf_counter()
-    if dtype not in DTYPES:
-        raise BadInput(f"unknown bank dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    out = Path(out)
-    if out.exists() and not force:
-        raise BadInput(f"{out}: already exists (pass --force to replace it)")
-    if out.exists() and not (out / META).is_file():
-        raise BadInput(f"{out}: exists and is not a bank; refusing to replace it")
-    grouped = captions.by_image()
-    if not grouped:
-        raise BadInput(f"{captions.source or 'captions'}: no captions to index")
-
-    ids: dict[str, int] = {}
-    image_caption_lists: list[list[int]] = []
-    for texts in grouped.values():
-        row = []
-        for caption in texts:
-            normal = pack.normalize(caption)
-            if normal:
-                row.append(ids.setdefault(normal, len(ids)))
-        image_caption_lists.append(list(dict.fromkeys(row)))
-    if not ids:
-        raise BadInput(f"{captions.source or 'captions'}: every caption is empty")
-    texts_unique = list(ids)
-
     from polycap.distributed import processes
     from polycap.features import encode_to_store
 
+    started = time.perf_counter()
+    options = replace(options or BankOptions(), **overrides)
+    out = Path(out)
+    _check_target(out, options)
+    grouped = captions.by_image()
+    if not grouped:
+        raise BadInput(f"{captions.source or 'captions'}: no captions to index")
+    texts_unique, image_caption_lists = _unique_captions(captions, grouped, pack)
     procs = processes()
     # images first, by every process (each encodes its share); the rest by one per machine
     store_dir = out.parent / f".{out.name}.features"
@@ -242,10 +234,10 @@ def build_bank(
         encoder,
         list(grouped),
         store_dir,
-        batch_size=batch_size,
-        chunk=image_block,
-        cache_dir=cache_dir,
-        progress=progress,
+        batch_size=options.batch_size,
+        chunk=options.image_block,
+        cache_dir=options.cache_dir,
+        progress=options.progress,
         procs=procs,
     )
     store, skipped = encoded.store, encoded.stats.skipped
@@ -253,18 +245,11 @@ def build_bank(
     if not procs.local_main:
         elapsed = time.perf_counter() - started
         return BankStats(out, len(texts_unique), len(captions), len(store), skipped, False, elapsed)
-    work = temporary_folder(out)
-    try:
-        n_images = _write_image_embeddings(work, store, list(grouped), image_caption_lists, dtype)
-        write_lines(work / "captions.txt", texts_unique)
-        np.save(work / "captions.hashes.npy", hash_array(texts_unique))
-        has_text, text_note = False, None
-        if text:
-            has_text, text_note = _write_text_embeddings(
-                work / "text.npy", encoder, texts_unique, dtype, text_batch_size
-            )
-        else:
-            text_note = "built with --no-text"
+    with atomic_folder(out) as work:
+        n_images = _write_image_embeddings(
+            work, store, list(grouped), image_caption_lists, options.dtype
+        )
+        has_text, text_note = _write_captions(work, encoder, texts_unique, options)
         if not has_text and not n_images:
             raise BadInput(
                 f"{captions.source or 'captions'}: nothing to index: no image could be read "
@@ -276,7 +261,7 @@ def build_bank(
             "language": pack.code,
             "encoder": encoder.encoder_spec.to_json(),
             "embed_dim": int(encoder.embed_dim),
-            "dtype": dtype,
+            "dtype": options.dtype,
             "captions": len(texts_unique),
             "caption_records": len(captions),
             "images": n_images,
@@ -289,10 +274,6 @@ def build_bank(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         (work / META).write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
-        swap_into_place(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     store.close()
     shutil.rmtree(store_dir, ignore_errors=True)  # kept only while the bank is unfinished
     return BankStats(
@@ -303,6 +284,51 @@ def build_bank(
         skipped,
         has_text,
         time.perf_counter() - started,
+    )
+
+
+def _check_target(out: Path, options: BankOptions) -> None:
+    """BadInput for an unknown dtype, or an ``out`` that must not be replaced."""
+    if options.dtype not in DTYPES:
+        raise BadInput(f"unknown bank dtype {options.dtype!r}; choose one of {', '.join(DTYPES)}")
+    if out.exists() and not options.force:
+        raise BadInput(f"{out}: already exists (pass --force to replace it)")
+    if out.exists() and not (out / META).is_file():
+        raise BadInput(f"{out}: exists and is not a bank; refusing to replace it")
+
+
+def _unique_captions(
+    captions: CaptionSet, grouped: dict[Path, list[str]], pack: LanguagePack
+) -> tuple[list[str], list[list[int]]]:
+    """The distinct normalised captions, and for each image the ids of its captions."""
+    ids: dict[str, int] = {}
+    image_caption_lists: list[list[int]] = []
+    for texts in grouped.values():
+        row = []
+        for caption in texts:
+            normal = pack.normalize(caption)
+            if normal:
+                row.append(ids.setdefault(normal, len(ids)))
+        image_caption_lists.append(list(dict.fromkeys(row)))
+    if not ids:
+        raise BadInput(f"{captions.source or 'captions'}: every caption is empty")
+    return list(ids), image_caption_lists
+
+
+def _write_captions(
+    work: Path, encoder: ImageEncoder, texts: list[str], options: BankOptions
+) -> tuple[bool, str | None]:
+    """captions.txt (+ offsets), their hashes, and their embeddings when asked and possible."""
+    import numpy as np
+
+    from polycap.eval.metrics.diversity import hash_array
+
+    write_lines(work / "captions.txt", texts)
+    np.save(work / "captions.hashes.npy", hash_array(texts))
+    if not options.text:
+        return False, "built with --no-text"
+    return _write_text_embeddings(
+        work / "text.npy", encoder, texts, options.dtype, options.text_batch_size
     )
 
 
