@@ -1,6 +1,7 @@
 """Caption datasets: records, loading through registered formats, splitting by image.
 
-Formats (``captions-json``, ``coco``, ``csv``, ``tsv``, ``jsonl`` built in) are objects
+Formats (``captions-json``, ``coco``, ``csv``, ``tsv``, ``jsonl``, and ``parquet``,
+``arrow``, ``hf-dataset``, ``webdataset`` from :mod:`polycap.builtin.tables`) are objects
 registered through the ``register_caption_formats`` hook; see :class:`CaptionFormat`.
 """
 
@@ -35,6 +36,8 @@ class CaptionFormat(Protocol):
     the start of a file and says whether it is this format (used when suffixes are shared or
     unknown); ``read`` returns records with absolute image paths (existence is checked by
     :func:`load_captions`) and raises ``BadInput`` naming the file and line/key on bad input.
+    A format that reads sources other than one file (a folder, a pattern of shards) also has
+    ``accepts(path) -> bool``.
     """
 
     name: str
@@ -102,13 +105,14 @@ def load_captions(
     (default: the process setting, see :func:`allow_images_outside`).
     """
     path = Path(path)
-    if not path.is_file():
+    reader = None if path.is_file() else _source_format(path, format)
+    if not path.is_file() and reader is None:
         what = "is a folder, not a caption file" if path.is_dir() else "no such caption file"
         raise BadInput(f"{path}: {what}")
     directory = Path(images_dir) if images_dir is not None else None
     if directory is not None and not directory.is_dir():
         raise BadInput(f"{directory}: images folder does not exist")
-    reader = _choose_format(path, format)
+    reader = reader or _choose_format(path, format)
     records = reader.read(path, directory)
     if not records:
         raise BadInput(f"{path}: no captions found")
@@ -118,14 +122,30 @@ def load_captions(
 
 
 def _refuse_outside(path: Path, records: list[CaptionRecord], root: Path) -> None:
-    """BadInput naming the first record whose image is not inside ``root``."""
+    """BadInput naming the first record whose image is not inside ``root`` (images a format
+    stored from bytes, in :func:`embedded_images_dir`, are inside by construction)."""
     root = Path(os.path.normpath(os.path.abspath(root)))
+    embedded = embedded_images_dir().absolute()
     for record in records:
-        if not record.image.is_relative_to(root):
+        if not record.image.is_relative_to(root) and not record.image.is_relative_to(embedded):
             raise BadInput(
                 f"{path}: record {record.image_id!r} names an image outside the image folder "
                 f"{root} ({record.image}); pass --allow-outside-images if that is intended"
             )
+
+
+def _source_format(path: Path, name: str | None) -> CaptionFormat | None:
+    """The format that reads ``path`` when it is no file (a folder, a shard pattern): the one
+    named, or the first whose ``accepts(path)`` (an optional method of formats) says so."""
+    from polycap.plugins import get_registries
+
+    registry = get_registries().caption_formats
+    formats = [registry.get(name)] if name is not None else [f for _, f in registry.items()]
+    for fmt in formats:
+        accepts = getattr(fmt, "accepts", None)
+        if accepts is not None and accepts(path):
+            return fmt
+    return None
 
 
 def _choose_format(path: Path, name: str | None) -> CaptionFormat:
@@ -177,6 +197,27 @@ def _drop_missing_images(path: Path, records: list[CaptionRecord]) -> CaptionSet
 
 
 # -- helpers for format readers ------------------------------------------------------------
+
+_columns: dict[str, str | None] = {"image": None, "caption": None}
+
+
+def set_table_columns(image: str | None = None, caption: str | None = None) -> None:
+    """The image / caption columns table formats read, for this process (the CLI's
+    ``--image-column`` / ``--caption-column``); None: detected."""
+    _columns.update(image=image, caption=caption)
+
+
+def table_columns() -> tuple[str | None, str | None]:
+    """(image column, caption column) chosen by :func:`set_table_columns` (None: detect)."""
+    return _columns["image"], _columns["caption"]
+
+
+def embedded_images_dir() -> Path:
+    """Where images stored inside data (bytes columns, tar members) are written once, by
+    content hash: ``<feature cache dir>/embedded-images``."""
+    from polycap.encoding import default_cache_dir
+
+    return default_cache_dir() / "embedded-images"
 
 
 def resolve_image(name: str, base: Path) -> Path:

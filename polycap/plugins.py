@@ -44,6 +44,7 @@ BUILTIN_PLUGINS = (
     "polycap.builtin.encoders",
     "polycap.builtin.english",
     "polycap.builtin.formats",
+    "polycap.builtin.tables",
     "polycap.builtin.metrics",
 )
 REGISTRY_HOOKS = {

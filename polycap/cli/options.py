@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from polycap.data import allow_images_outside
+from polycap.data import allow_images_outside, set_table_columns, table_columns
 from polycap.errors import BadInput
 from polycap.images import DEFAULT_MAX_PIXELS, set_max_pixels
 
@@ -137,3 +137,36 @@ AllowOutside = Annotated[
         "(a '..' or absolute path); refused by default.",
     ),
 ]
+
+
+def _apply_image_column(value: str | None) -> str | None:
+    set_table_columns(image=value, caption=table_columns()[1])
+    return value
+
+
+def _apply_caption_column(value: str | None) -> str | None:
+    set_table_columns(image=table_columns()[0], caption=value)
+    return value
+
+
+ImageColumn = Annotated[
+    str | None,
+    typer.Option(
+        "--image-column",
+        callback=_apply_image_column,
+        help="Parquet/Arrow/saved-dataset column with the images (bytes or file names); "
+        "default: detected.",
+    ),
+]
+CaptionColumn = Annotated[
+    str | None,
+    typer.Option(
+        "--caption-column",
+        callback=_apply_caption_column,
+        help="Column with the captions (text or list of texts); default: detected.",
+    ),
+]
+DATA_HELP = (
+    "Caption data: captions.json, COCO json, CSV/TSV, JSONL, Parquet, Arrow, a "
+    "datasets.save_to_disk folder, or webdataset .tar shards (a file, folder or {00..09} pattern)."
+)

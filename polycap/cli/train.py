@@ -8,7 +8,10 @@ from typing import Annotated
 import typer
 
 from polycap.cli.options import (
+    DATA_HELP,
     MAX_PIXELS,
+    CaptionColumn,
+    ImageColumn,
     AllowOutside,
     CacheDir,
     DataFormat,
@@ -25,12 +28,7 @@ from polycap.cli.output import console, print_json, print_table
 
 
 def train_command(
-    data: Annotated[
-        Path,
-        typer.Option(
-            "--data", "-d", help="Caption file: captions.json, COCO json, CSV/TSV or JSONL."
-        ),
-    ],
+    data: Annotated[Path, typer.Option("--data", "-d", help=DATA_HELP)],
     lang: Lang,
     output: Annotated[Path, output_option("Run folder (checkpoints, final model).")] = Path(
         "runs/polycap"
@@ -38,6 +36,8 @@ def train_command(
     images: Images = None,
     allow_outside_images: AllowOutside = False,
     data_format: DataFormat = None,
+    image_column: ImageColumn = None,
+    caption_column: CaptionColumn = None,
     encoder: Encoder = "ViT-B-32",
     pretrained: Pretrained = "openai",
     lm: Annotated[
