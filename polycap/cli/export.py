@@ -1,0 +1,104 @@
+"""``polycap export``: share a trained captioner as a Hugging Face folder or as ONNX graphs."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from polycap.cli.options import output_option
+from polycap.cli.output import console
+
+
+class Target(str, Enum):
+    hf = "hf"
+    onnx = "onnx"
+
+
+def export_command(
+    model: Path = typer.Argument(
+        ..., help="Checkpoint or run folder (or a Hub id) to export.", show_default=False
+    ),
+    out: Path | None = typer.Argument(None, help="Folder to write.", show_default=False),
+    to: Target = typer.Option(
+        ..., "--to", help="hf: self-contained folder + model card; onnx: ONNX Runtime graphs."
+    ),
+    output: Annotated[Path | None, output_option("Folder to write (same as OUT).")] = None,
+    eval_file: Path | None = typer.Option(
+        None, "--eval", help="hf: a 'polycap eval --json' result to put on the model card."
+    ),
+    license: str = typer.Option("other", "--license", help="hf: license id on the model card."),
+    push_to_hub: str | None = typer.Option(
+        None, "--push-to-hub", help="hf: upload the folder to this Hub repository (owner/name)."
+    ),
+    private: bool = typer.Option(False, "--private", help="hf: create the Hub repo private."),
+    no_encoder: bool = typer.Option(
+        False, "--no-encoder", help="onnx: mapper and decoder only (caption image features)."
+    ),
+    quantize: bool = typer.Option(
+        False, "--int8", help="onnx: dynamic int8 quantisation of the graphs (smaller, faster)."
+    ),
+) -> None:
+    """Export a model: [bold]polycap export runs/ja --to hf shared/ja[/] (or [bold]--to onnx[/]).
+
+    [bold]--to hf[/] writes a folder that loads anywhere (LM, tokenizer and local encoder
+    weights bundled) with a model card (README.md); [bold]--to onnx[/] writes the image
+    encoder, mapper and decoder (with its KV cache) as ONNX graphs and a manifest.
+    [bold]polycap caption --model FOLDER[/] and [bold]polycap.load(FOLDER)[/] take either.
+    """
+    from polycap.captioning import load_captioner, resolve_model_dir
+    from polycap.cli.options import chosen_output
+    from polycap.errors import BadInput
+    from polycap.hub import resolve_model_source
+
+    target = chosen_output(output, out)
+    if to is Target.onnx and (eval_file or push_to_hub):
+        raise BadInput("--eval and --push-to-hub go with --to hf")
+    if to is Target.hf and (no_encoder or quantize):
+        raise BadInput("--no-encoder and --int8 go with --to onnx")
+    evaluation = None
+    if eval_file is not None:
+        from polycap.model_card import read_eval
+
+        evaluation = read_eval(eval_file)
+    source = resolve_model_dir(resolve_model_source(model))
+    captioner = load_captioner(source, device="cpu")
+    if to is Target.hf:
+        _export_hf(captioner, source, target, evaluation, push_to_hub, private, license)
+    else:
+        _export_onnx(captioner, target, no_encoder, quantize)
+
+
+def _export_hf(
+    captioner: object,
+    source: Path,
+    target: Path,
+    evaluation: dict | None,
+    push_to_hub: str | None,
+    private: bool,
+    license: str,
+) -> None:
+    from polycap.hub import push
+    from polycap.model import read_config
+    from polycap.sharing import export_hf
+
+    training = read_config(source).get("training")
+    written = export_hf(
+        captioner, target, training, evaluation, name=push_to_hub or target.name, license=license
+    )
+    console.print(f"wrote {written} (model card: {written / 'README.md'})")
+    if push_to_hub:
+        url = push(written, push_to_hub, private=private)
+        console.print(f"uploaded to {url}")
+
+
+def _export_onnx(captioner: object, target: Path, no_encoder: bool, quantize: bool) -> None:
+    from polycap.captioning import encoder_for
+    from polycap.onnx_export import export_onnx
+
+    encoder = None if no_encoder else encoder_for(captioner)
+    say = lambda step: console.print(f"exporting: {step}")  # noqa: E731
+    written = export_onnx(captioner, target, encoder, say=say, int8=quantize)
+    console.print(f"wrote {written}: run it with polycap caption IMAGES --model {written}")

@@ -1,0 +1,54 @@
+"""``polycap export``: a trained captioner as a self-contained Hugging Face folder or as ONNX.
+
+The Hugging Face folder is a polycap checkpoint that needs nothing from the machine it was
+made on: the LM is bundled (``lm/``), the tokenizer too (``tokenizer/``), and encoder weights
+that were a local file are copied into ``encoder/`` and named relative to the folder (open_clip
+weight tags such as ``openai`` stay tags: open_clip downloads or finds them itself). A model
+card (``README.md`` with YAML metadata for the Hub) is written from the checkpoint's records.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+CARD = "README.md"
+
+
+def export_hf(
+    model: Any,
+    directory: Path,
+    training: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
+    name: str | None = None,
+    license: str = "other",
+) -> Path:
+    """Write ``model`` (a loaded Captioner) as a self-contained folder with a model card."""
+    from polycap.model import CONFIG_FILE, ENCODER_DIR, LM_DIR, TOKENIZER_DIR, encoder_weights_file
+    from polycap.onnx_export import refuse_foreign_folder
+
+    directory = Path(directory)
+    refuse_foreign_folder(directory, CONFIG_FILE)
+    saved = copy.deepcopy(model.config)
+    bundled = [f"{LM_DIR}/", f"{TOKENIZER_DIR}/"]
+    weights = encoder_weights_file(model.config, getattr(model, "directory", None))
+    if weights is not None:
+        bundled.append(f"{ENCODER_DIR}/{weights.name}")
+    card = _card_text(model.config, training, evaluation, name or directory.name, license, bundled)
+    model.config["save_lm"] = True  # the LM travels with it, whatever the training did
+    try:
+        return model.save(
+            directory,
+            training=training,
+            extra=lambda target: (target / CARD).write_text(card, encoding="utf-8"),
+        )
+    finally:
+        model.config = saved
+
+
+def _card_text(config: dict[str, Any], *args: Any) -> str:
+    from polycap import __version__
+    from polycap.model_card import render
+
+    return render({**config, "polycap_version": __version__}, *args)

@@ -1,0 +1,243 @@
+"""``polycap export``: a Hugging Face folder and an ONNX export that ``polycap caption`` and
+``polycap.load`` take from another folder, with the models they came from gone; the model card;
+the Hub (offline here: one-line errors, and a model already in the Hub cache)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from cli_runner import run_cli
+from PIL import Image
+
+from polycap.builtin.english import ENGLISH
+from polycap.demo import build_tiny_models
+
+CAPTIONS = ["a red circle", "two blue squares", "a green triangle", "three yellow circles"] * 5
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A checkpoint whose LM and encoder weights live outside it (a frozen LM, local CLIP
+    weights), two images, and a real ``polycap eval --json`` result of it."""
+    from polycap.model import Captioner
+
+    root = tmp_path_factory.mktemp("export")
+    models = build_tiny_models(ENGLISH, CAPTIONS, root / "models", seed=0)
+    model = Captioner.build(
+        pack=ENGLISH,
+        tokenizer=ENGLISH.load_tokenizer(models["lm"]),
+        lm=ENGLISH.load_decoder(models["lm"]),
+        encoder_info={
+            "backend": "open_clip",
+            "name": models["encoder"],
+            "pretrained": models["pretrained"],
+            "embed_dim": 64,
+        },
+        prefix_length=2,
+    )
+    checkpoint = model.save(root / "checkpoint", training={"epochs": 3, "lr": 0.001})
+    images = root / "images"
+    images.mkdir()
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(images / "red.png")
+    Image.new("RGB", (50, 30), (20, 30, 200)).save(images / "blue.png")
+    references = root / "refs.jsonl"
+    references.write_text(
+        '{"image": "red.png", "caption": "a red square"}\n'
+        '{"image": "blue.png", "caption": "a blue square"}\n'
+    )
+    return {"root": root, "models": root / "models", "checkpoint": checkpoint,
+            "images": images, "references": references}  # fmt: skip
+
+
+def caption_json(capsys, model: Path | str, images: Path, *extra: str) -> list[list[str]]:
+    args = ["caption", str(images / "red.png"), str(images / "blue.png"), "--model", str(model)]
+    result = run_cli([*args, "--json", "--max-length", "6", "--device", "cpu", *extra], capsys)
+    assert result.code == 0, result.err
+    return [item["captions"] for item in json.loads(result.out)["captions"]]
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.code == 2, (result.out, result.err)
+    assert "Traceback" not in result.err
+    lines = [line for line in result.err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def models_gone(made):
+    """The folder with the LM and CLIP weights moved away (as on another machine)."""
+    away = made["root"] / "models-away"
+    made["models"].rename(away)
+    yield
+    away.rename(made["models"])
+
+
+@pytest.fixture(scope="module")
+def hf_folder(made, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import contextlib
+    import io
+
+    from polycap.cli import main as cli_main
+
+    evaluation = made["root"] / "eval.json"
+    args = ["polycap", "eval", str(made["references"]), "--model", str(made["checkpoint"])]
+    args += ["--images", str(made["images"]), "--metrics", "bleu", "--json", "--device", "cpu"]
+    _run_main(cli_main, args, evaluation)
+    out = tmp_path_factory.mktemp("hf") / "shared-en"
+    args = ["polycap", "export", str(made["checkpoint"]), "--to", "hf", str(out)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        _run_main(cli_main, [*args, "--eval", str(evaluation), "--license", "mit"], None)
+    return out
+
+
+def _run_main(main, argv: list[str], stdout_to: Path | None) -> None:
+    import contextlib
+    import io
+    import sys
+
+    saved, sys.argv = sys.argv, argv
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            try:
+                main()
+            except SystemExit as exit_:
+                assert not exit_.code, buffer.getvalue()
+    finally:
+        sys.argv = saved
+    if stdout_to is not None:
+        stdout_to.write_text(buffer.getvalue())
+
+
+def test_hf_folder_captions_from_another_folder_without_the_original_models(
+    capsys, made, hf_folder, tmp_path, models_gone
+) -> None:
+    moved = tmp_path / "elsewhere" / "model"
+    shutil.copytree(hf_folder, moved)
+    assert not made["models"].exists()
+    from_moved = caption_json(capsys, moved, made["images"])
+    assert all(len(c) == 1 and c[0] for c in from_moved)
+    config = json.loads((moved / "polycap.json").read_text())
+    assert config["save_lm"] is True and (moved / "lm" / "config.json").is_file()
+    assert (moved / config["encoder"]["bundled"]).is_file()
+    assert config["training"] == {"epochs": 3, "lr": 0.001}
+
+
+def test_hf_folder_captions_like_the_checkpoint(capsys, made, hf_folder) -> None:
+    expected = caption_json(capsys, made["checkpoint"], made["images"])
+    assert caption_json(capsys, hf_folder, made["images"]) == expected
+
+
+def test_model_card_states_the_model_training_and_scores(made, hf_folder) -> None:
+    card = (hf_folder / "README.md").read_text()
+    front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
+    for line in ('language: ["en"]', 'license: "mit"', "pipeline_tag: image-to-text", "tags:"):
+        assert line in front
+    evaluation = json.loads((made["root"] / "eval.json").read_text())
+    name, score = next(iter(evaluation["scores"].items()))
+    assert "model-index:" in front and f'{{type: "{name}", value: {score}}}' in front
+    assert "open_clip `polycap-tiny-vit`" in body and "| prefix length | 2 |" in body
+    assert "| mapper | mlp" in body and "`lm/` (bundled" in body
+    assert "| epochs | 3 |" in body and "| lr | 0.001 |" in body
+    assert f"| {name} | {score:.2f} |" in body
+    assert f"`{evaluation['segmenter']}`" in body
+    assert "polycap caption photos/ --model shared-en" in body
+    assert 'polycap.load("shared-en")' in body
+
+
+def test_python_api_takes_paths_pil_images_and_features(capsys, made, hf_folder) -> None:
+    import polycap
+
+    expected = [c[0] for c in caption_json(capsys, hf_folder, made["images"])]
+    captioner = polycap.load(hf_folder)
+    paths = [made["images"] / "red.png", made["images"] / "blue.png"]
+    assert captioner.caption(paths, max_length=6) == expected
+    assert captioner.caption(str(paths[0]), max_length=6) == expected[0]
+    pil = [Image.open(path) for path in paths]
+    assert captioner.caption(pil, max_length=6) == expected
+    _, features = captioner.features(paths)
+    assert captioner.caption(features, max_length=6) == expected
+    assert captioner.caption(features[1], max_length=6) == expected[1]
+    three = captioner.caption(paths, max_length=6, beams=3, num_captions=3)
+    assert all(isinstance(c, list) and 1 <= len(c) <= 3 for c in three)
+
+
+def test_python_api_bad_input_names_the_problem(made, hf_folder) -> None:
+    import polycap
+    from polycap.errors import BadInput
+
+    captioner = polycap.load(hf_folder)
+    with pytest.raises(BadInput, match="unknown generation option 'beam'"):
+        captioner.caption(made["images"] / "red.png", beam=3)
+    with pytest.raises(BadInput, match=r"missing\.png: not a readable image"):
+        captioner.caption([made["images"] / "missing.png"])
+
+
+def test_export_onnx_then_caption_it_like_the_checkpoint(capsys, made, tmp_path) -> None:
+    out = tmp_path / "onnx"
+    result = run_cli(["export", str(made["checkpoint"]), "--to", "onnx", str(out)], capsys)
+    assert result.code == 0, result.err
+    manifest = json.loads((out / "polycap-onnx.json").read_text())
+    assert manifest["graphs"]["image_encoder"] == "image_encoder.onnx"
+    for extra in ([], ["--beams", "3"]):
+        expected = caption_json(capsys, made["checkpoint"], made["images"], *extra)
+        assert caption_json(capsys, out, made["images"], *extra) == expected
+    import polycap
+
+    api = polycap.load(out).caption(made["images"] / "red.png", max_length=6)
+    assert api == caption_json(capsys, out, made["images"])[0][0]
+
+
+def test_export_refuses_a_folder_that_is_not_an_export(capsys, made, tmp_path) -> None:
+    (tmp_path / "keep.txt").write_text("mine")
+    for kind in ("hf", "onnx"):
+        result = run_cli(["export", str(made["checkpoint"]), "--to", kind, str(tmp_path)], capsys)
+        assert_one_line_error(result, "refusing to overwrite")
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_export_with_a_bad_eval_file(capsys, made, tmp_path) -> None:
+    bad = tmp_path / "eval.json"
+    bad.write_text('{"not": "scores"}')
+    args = ["export", str(made["checkpoint"]), "--to", "hf", str(tmp_path / "o"), "--eval"]
+    result = run_cli([*args, str(bad)], capsys)
+    assert_one_line_error(result, "--eval", "eval.json", "polycap eval --json")
+
+
+@pytest.fixture
+def offline_hub(monkeypatch, tmp_path):
+    """huggingface_hub offline, with an empty Hub cache of its own."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    return tmp_path / "hub-cache"
+
+
+def test_push_to_hub_offline_is_one_line(capsys, made, tmp_path, offline_hub) -> None:
+    args = ["export", str(made["checkpoint"]), "--to", "hf", str(tmp_path / "o")]
+    result = run_cli([*args, "--push-to-hub", "someone/polycap-en"], capsys)
+    assert_one_line_error(result, "--push-to-hub someone/polycap-en", "offline")
+    assert (tmp_path / "o" / "README.md").is_file()  # the folder is written before the upload
+
+
+def test_caption_a_hub_id_offline_is_one_line(capsys, made, offline_hub) -> None:
+    args = ["caption", str(made["images"] / "red.png"), "--model", "someone/not-cached"]
+    result = run_cli(args, capsys)
+    assert_one_line_error(result, "someone/not-cached", "Hugging Face Hub", "offline")
+
+
+def test_caption_a_hub_id_from_the_hub_cache(capsys, made, hf_folder, offline_hub) -> None:
+    """A model downloaded before (laid out as huggingface_hub caches it) loads offline."""
+    revision = "0" * 40
+    repo = offline_hub / "models--someone--polycap-en"
+    shutil.copytree(hf_folder, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    expected = caption_json(capsys, hf_folder, made["images"])
+    assert caption_json(capsys, "someone/polycap-en", made["images"]) == expected

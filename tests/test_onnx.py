@@ -1,0 +1,122 @@
+"""ONNX export run by ONNX Runtime: the same tokens as PyTorch, through the same decoding loops.
+
+The model is the tiny fitted captioner (captions of different lengths that end with the end
+token, so rows leave the batch at different steps); it is exported once for the module.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from helpers_lm import (
+    english_pack,
+    make_registries,
+    new_captioner,
+    torch_threads,
+    trained_captioner,
+)
+
+from polycap.errors import BadInput
+from polycap.generation import GenerationConfig, caption_features, generate_ids
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+MAX = 12
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    from polycap.onnx_export import export_onnx
+    from polycap.onnx_runtime import OnnxCaptioner
+
+    model, features, texts = trained_captioner()
+    folder = export_onnx(model, tmp_path_factory.mktemp("onnx") / "export", encoder=None)
+    runtime = OnnxCaptioner(folder, registries=make_registries(english_pack()), threads=1)
+    return model, runtime, features, texts, folder
+
+
+CONFIGS = [
+    GenerationConfig(max_length=MAX),
+    GenerationConfig(max_length=MAX, beams=3, num_captions=3),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["greedy", "beam"])
+def test_onnx_gives_the_same_tokens_as_pytorch_for_a_batch(exported, config) -> None:
+    model, runtime, features, _, _ = exported
+    ours = generate_ids(runtime, features, config)
+    assert ours == generate_ids(model, features, config)
+    lengths = {len(captions[0]) for captions in ours}
+    assert len(lengths) > 1 and max(lengths) < MAX  # rows ended at different steps
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=["greedy", "beam"])
+def test_onnx_gives_the_same_tokens_as_pytorch_one_image_at_a_time(exported, config) -> None:
+    model, runtime, features, _, _ = exported
+    for row in features[:3]:
+        assert generate_ids(runtime, row, config) == generate_ids(model, row, config)
+
+
+def test_onnx_captions_are_the_learnt_texts(exported) -> None:
+    _, runtime, features, texts, _ = exported
+    captions = caption_features(runtime, features, GenerationConfig(max_length=MAX))
+    assert captions == [[text] for text in texts]
+
+
+def test_onnx_untrained_model_runs_to_the_token_cap_like_pytorch(tmp_path: Path) -> None:
+    from polycap.onnx_export import export_onnx
+    from polycap.onnx_runtime import OnnxCaptioner
+
+    model = new_captioner(seed=5, prefix_length=3).eval()
+    folder = export_onnx(model, tmp_path / "random", encoder=None)
+    runtime = OnnxCaptioner(folder, registries=make_registries(english_pack()))
+    features = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    for config in CONFIGS:
+        assert generate_ids(runtime, features, config) == generate_ids(model, features, config)
+
+
+def test_manifest_names_tokenizer_stop_token_cache_and_defaults(exported) -> None:
+    model, _, _, _, folder = exported
+    manifest = json.loads((folder / "polycap-onnx.json").read_text())
+    assert manifest["format"] == "polycap-onnx"
+    assert manifest["stop_token_id"] == model.end_token_id
+    assert manifest["stop_token"] == "<|endoftext|>"
+    assert (folder / manifest["tokenizer"] / "tokenizer_config.json").is_file()
+    assert manifest["past"]["layers"] == 2 and manifest["past"]["heads"] == 2
+    assert manifest["generation"]["max_length"] == GenerationConfig().max_length
+    assert manifest["graphs"]["image_encoder"] is None
+    assert manifest["checkpoint"]["prefix_length"] == model.prefix_length
+
+
+def test_onnx_without_an_encoder_says_so(exported) -> None:
+    _, runtime, _, _, _ = exported
+    with pytest.raises(BadInput, match="no image encoder"):
+        runtime.image_encoder()
+
+
+def test_a_broken_export_is_one_clear_line(exported, tmp_path: Path) -> None:
+    import shutil
+
+    from polycap.onnx_runtime import OnnxCaptioner
+
+    _, _, _, _, folder = exported
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    (broken / "decoder.onnx").write_bytes(b"not a graph")
+    registries = make_registries(english_pack())
+    with pytest.raises(BadInput, match=r"decoder\.onnx: not a loadable ONNX graph"):
+        OnnxCaptioner(broken, registries=registries)
+    (broken / "polycap-onnx.json").write_text("{")
+    with pytest.raises(BadInput, match="not valid JSON"):
+        OnnxCaptioner(broken, registries=registries)
