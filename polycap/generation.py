@@ -38,6 +38,10 @@ class GenerationConfig:
     (1.0 = off); ``seed`` makes it reproducible; ``num_captions`` distinct samples per image
     (fewer when the model keeps repeating itself after a few retries).
     Otherwise greedy. ``max_length``: most tokens per caption, end token included.
+    ``cache``: ``"dynamic"`` (the default: the KV cache grows, finished rows leave the batch)
+    or ``"static"`` (fixed-shape buffers, every row keeps its slot to the end: what
+    ``torch.compile``/CUDA graphs need; the GPU path); ``compile``: run the static-cache step
+    through ``torch.compile(mode="reduce-overhead")`` (CUDA graphs on a GPU).
     """
 
     max_length: int = 30
@@ -49,6 +53,8 @@ class GenerationConfig:
     num_captions: int = 1
     seed: int | None = None
     use_cache: bool = True
+    cache: str = "dynamic"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -67,6 +73,10 @@ class GenerationConfig:
             raise BadInput(f"top_p must be in (0, 1], not {self.top_p}")
         if not self.temperature > 0.0:
             raise BadInput(f"temperature must be positive, not {self.temperature}")
+        if self.cache not in ("dynamic", "static"):
+            raise BadInput(f"cache must be 'dynamic' or 'static', not {self.cache!r}")
+        if self.compile and self.cache != "static":
+            raise BadInput("compile needs the static cache (cache='static')")
         if self.sample and self.beams > 1:
             raise BadInput("choose beam search (beams > 1) or sampling, not both")
         if not self.sample and self.num_captions > self.beams:
@@ -163,13 +173,87 @@ class UncachedLM:
         return prefix.index_select(0, rows), history.index_select(0, rows)
 
 
+class StaticCachedLM:
+    """The LM with transformers' ``StaticCache``: keys and values in buffers of fixed shape
+    (rows x (prefix + max_length) positions), written in place, so that every step has the same
+    shapes and addresses and can be compiled (``torch.compile``, CUDA graphs).
+
+    Every row keeps its slot for the whole run: a step always runs all slots (finished rows
+    ride along, their outputs ignored), and reordering beams copies keys and values between
+    slots in place. Its past is ``(cache, slots, buffer)``: ``slots[i]`` is the slot of the
+    loop's row ``i``."""
+
+    def __init__(
+        self, lm: Any, max_length: int, compile: bool = False, backend: str | None = None
+    ) -> None:
+        self.lm = lm
+        self.keywords = lm_keywords(lm)
+        self.max_length = max_length
+        self.forward = lm.forward
+        if compile:  # one compiled graph per batch size; prefill runs eagerly
+            options: dict[str, Any] = {"backend": backend} if backend else {}
+            if not backend:
+                options["mode"] = "reduce-overhead"  # CUDA graphs on a GPU
+            self.forward = torch.compile(lm.forward, dynamic=False, **options)
+
+    def start(self, prefix: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        from transformers import StaticCache
+
+        n, positions = prefix.shape[:2]
+        cache = StaticCache(config=self.lm.config, max_cache_len=positions + self.max_length)
+        out = self.lm(
+            inputs_embeds=prefix,
+            use_cache=True,
+            **{self.keywords.cache: cache},
+            **self.keywords.keep_last(1),
+        )
+        slots = torch.arange(n, device=prefix.device)
+        buffer = torch.zeros(n, 1, dtype=torch.long, device=prefix.device)
+        return out.logits[:, -1], (cache, slots, buffer)
+
+    def step(self, tokens: torch.Tensor, past: Any) -> tuple[torch.Tensor, Any]:
+        cache, slots, buffer = past
+        buffer.index_copy_(0, slots, tokens[:, None])
+        out = self.forward(
+            input_ids=buffer,
+            use_cache=True,
+            **{self.keywords.cache: cache},
+            **self.keywords.keep_last(1),
+        )
+        return out.logits[:, -1].index_select(0, slots), past
+
+    def select(self, past: Any, rows: torch.Tensor) -> Any:
+        cache, slots, buffer = past
+        chosen = slots.index_select(0, rows)
+        if rows.numel() > buffer.shape[0]:  # more rows than slots (beams of each prefix): grow
+            for layer in cache.layers:
+                layer.keys = layer.keys.index_select(0, chosen)
+                layer.values = layer.values.index_select(0, chosen)
+                layer.batch_size = rows.numel()
+                torch._dynamo.mark_static_address(layer.keys)
+                torch._dynamo.mark_static_address(layer.values)
+            slots = torch.arange(rows.numel(), device=rows.device)
+            return cache, slots, buffer.new_zeros(rows.numel(), 1)
+        if rows.numel() <= 1 or bool((rows[1:] > rows[:-1]).all()):
+            return cache, chosen, buffer  # rows leave: their slots are simply not read again
+        kept = slots[: rows.numel()]  # reordered (beams): copy into the first slots in use
+        for layer in cache.layers:
+            layer.keys.index_copy_(0, kept, layer.keys.index_select(0, chosen))
+            layer.values.index_copy_(0, kept, layer.values.index_select(0, chosen))
+        return cache, kept, buffer
+
+
 def decoder_step(model: Any, config: GenerationConfig) -> DecoderStep:
     """The decoder call for ``model`` under ``config``: the model's own ``decoder_step(config)``
     when it has one (an ONNX Runtime export), else its Hugging Face LM's."""
     own = getattr(model, "decoder_step", None)
     if own is not None:
         return own(config)
-    return CachedLM(model.lm) if config.use_cache else UncachedLM(model.lm)
+    if not config.use_cache:
+        return UncachedLM(model.lm)
+    if config.cache == "static":
+        return StaticCachedLM(model.lm, config.max_length, compile=config.compile)
+    return CachedLM(model.lm)
 
 
 # -- public entry points ------------------------------------------------------------------------
