@@ -17,6 +17,7 @@ of the batch's lengths.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
 import statistics
 import tempfile
@@ -99,9 +100,9 @@ def cases(options: Any, end_token_id: int) -> list[Case]:
 
     n = 16 if options.quick else options.batch
     coco = workload.batch_lengths(n, median=MEDIAN, longest_ratio=LONGEST_RATIO)
-    fixed = [options.max_length] * n
     cap = max(max(coco), options.max_length)
-    ref_greedy, ref_beam = (1, 1) if options.quick else (4, 2)
+    fixed_beam = n if options.quick else max(1, n // 4)  # beam 5 at the cap: the slowest row
+    ref_greedy, ref_beam = (1, 1) if options.quick else (2, 1)
     made = []
     plans = [
         ("greedy", "coco-like", coco, GenerationConfig(max_length=cap), ref_greedy),
@@ -113,8 +114,20 @@ def cases(options: Any, end_token_id: int) -> list[Case]:
             GenerationConfig(max_length=cap, sample=True, top_p=0.9, seed=0),
             0,
         ),
-        ("greedy", "fixed", fixed, GenerationConfig(max_length=cap), ref_greedy),
-        ("beam", "fixed", fixed, GenerationConfig(max_length=cap, beams=5), ref_beam),
+        (
+            "greedy",
+            "fixed",
+            [options.max_length] * n,
+            GenerationConfig(max_length=options.max_length),
+            ref_greedy,
+        ),
+        (
+            "beam",
+            "fixed",
+            [options.max_length] * fixed_beam,
+            GenerationConfig(max_length=options.max_length, beams=5),
+            ref_beam,
+        ),
     ]
     for strategy, name, lengths, config, refs in plans:
         if not options.wants(strategy):
@@ -162,18 +175,28 @@ def measure(case: Case, model: Any, features: Any, options: Any) -> dict[str, An
         if options.device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    sides = {"polycap": Timed(), "generate": Timed()}
+    static = dataclasses.replace(config, cache="static", compile=True)
+
+    def compiled() -> list[list[int]]:
+        return [c[0] for c in generate_ids(model, features, static, logits_hook=hook)]
+
+    runs = {"polycap": ours, "generate": theirs}
+    if options.device.startswith("cuda") or options.extra.get("static"):  # the GPU path
+        runs["polycap-static"] = compiled
+        options.say(f"{case.label}: compiling the static-cache step (one full run)")
+        compiled()
+    sides = {name: Timed() for name in runs}
     # warm-up: a short call each (allocator, thread pool; on a GPU, kernels load lazily)
-    short = copy.copy(config)
-    short.max_length = 2
+    short = dataclasses.replace(config, max_length=2)
     generate_ids(model, features[:2], short)
     peer.generate_ids(model, features[:2], short)
     label = f"{case.label}, {case.workload}, {features.shape[0]} images"
+    names = list(runs)
     for round_ in range(options.repeats):
-        order = ["polycap", "generate"] if round_ % 2 == 0 else ["generate", "polycap"]
+        order = names[round_ % len(names) :] + names[: round_ % len(names)]
         for name in order:
             options.say(f"{label}: {name} (round {round_ + 1} of {options.repeats})")
-            sides[name].run(ours if name == "polycap" else theirs, sync)
+            sides[name].run(runs[name], sync)
         if round_ == 0 and case.references:
             options.say(f"{label}: ClipCap loop on {len(case.references)} images")
             sides["clipcap"] = Timed()
@@ -181,10 +204,9 @@ def measure(case: Case, model: Any, features: Any, options: Any) -> dict[str, An
     return sides
 
 
-def row_steps(case: Case, n: int) -> tuple[int, int]:
+def row_steps(case: Case, n: int, prefix: int) -> tuple[int, int]:
     """Decoder rows x steps: polycap (finished rows leave; beam: the prefix once per image)
     and ``generate`` (every row to the end; beam: the prefix once per beam), prefix included."""
-    prefix = 10
     width = case.config.beams
     generated = sum(case.lengths) * width
     longest = max(case.lengths)
@@ -208,11 +230,16 @@ def section(options: Any) -> Section:
         same = sum(a == b for a, b in zip(ours.ids, theirs.ids, strict=True))
         lengths_ok = [len(ids) + 1 for ids in ours.ids] == case.lengths
         ratio = ours.rate / theirs.rate
+        cpu_ratio = min(theirs.cpu_seconds) / min(ours.cpu_seconds)
         clip = sides.get("clipcap")
+        static = sides.get("polycap-static")
+        static_same = (
+            sum(a == b for a, b in zip(ours.ids, static.ids, strict=True)) if static else 0
+        )
         clip_same = (
             sum(clip.ids[k] == ours.ids[i] for k, i in enumerate(case.references)) if clip else 0
         )
-        ours_steps, theirs_steps = row_steps(case, n)
+        ours_steps, theirs_steps = row_steps(case, n, model.prefix_length)
         cells = [
             case.label,
             f"{case.workload} (median {statistics.median(case.lengths):g}, longest "
@@ -220,11 +247,13 @@ def section(options: Any) -> Section:
             f"{report_rate(clip.rate)} ({clip.items} in {clip.best:.1f} s)" if clip else "n/a",
             f"{report_rate(ours.rate)} ({ours.best:.2f} s)",
             f"{report_rate(theirs.rate)} ({theirs.best:.2f} s)",
-            f"**{ratio:.2f}x**",
+            *static_cells(sides),
+            f"**{ratio:.2f}x** ({cpu_ratio:.2f}x)",
             f"{ours.rate / clip.rate:.1f}x" if clip else "n/a",
             f"{theirs_steps / ours_steps:.2f}x",
             f"{same}/{n}"
             + (f"; ClipCap {clip_same}/{clip.items}" if clip else "")
+            + (f"; static cache {static_same}/{n}" if static else "")
             + ("" if lengths_ok else "; LENGTHS DIFFER"),
         ]
         rows.append(cells)
@@ -255,6 +284,7 @@ def section(options: Any) -> Section:
                 "cpu_seconds": {name: side.cpu_seconds for name, side in sides.items()},
                 "rates": {name: side.rate for name, side in sides.items()},
                 "ratio_vs_generate": ratio,
+                "cpu_ratio_vs_generate": cpu_ratio,
                 "same_as_generate": same,
                 "same_as_clipcap": clip_same if clip else None,
                 "clipcap_images": case.references,
@@ -263,22 +293,27 @@ def section(options: Any) -> Section:
             }
         )
     shutil.rmtree(workdir, ignore_errors=True)
+    gpu = options.device.startswith("cuda") or bool(options.extra.get("static"))
     columns = [
         "strategy",
         "caption lengths (tokens)",
         "ClipCap loop, captions/s",
         "polycap, captions/s",
         "generate(), captions/s",
-        "polycap / generate",
+        *(["polycap static cache + compiled, captions/s"] if gpu else []),
+        "polycap / generate (by CPU time)",
         "polycap / ClipCap",
         "decoder rows x steps, generate / polycap",
         "same tokens as generate",
     ]
+    import torch
+
     notes.append(
-        f"GPT-2 {options.decoder} decoder (random weights), prefix 10, {options.device}, "
-        f"{options.precision}; best of {options.repeats} alternating runs per side (the "
-        "ClipCap loop once, on images at the quartiles of the lengths); the machine may be "
-        "shared, so compare ratios, not absolute rates"
+        f"GPT-2 {options.decoder} decoder (random weights), prefix {model.prefix_length}, "
+        f"{options.device}, {options.precision}, {torch.get_num_threads()} torch thread(s); "
+        f"best of {options.repeats} alternating runs per side (the ClipCap loop once, on "
+        "images at the quartiles of the lengths); ratio by wall time, in brackets by process "
+        "CPU time (less disturbed when other programs share the machine)"
     )
     notes.append(
         "every side runs the same logits hook, which ends each caption at its drawn length "
@@ -290,7 +325,7 @@ def section(options: Any) -> Section:
             f"{options.precision}: batches of different sizes round differently and near-ties "
             "in the logits flip; compare tokens in fp32"
         )
-    markdown = report.table(columns, rows, align="llrrrrrrl")
+    markdown = report.table(columns, rows, align="ll" + "r" * (len(columns) - 3) + "l")
     markdown += "\n\n" + "\n".join(f"- {note}" for note in notes + goals)
     return report.Section(
         name=options.section_name("decoding"),
@@ -345,6 +380,12 @@ def bandwidth_note(bound: dict[str, Any]) -> str:
     if bound.get("peak_gb_s"):
         line += f" = {bound['fraction_of_peak']:.1%} of the {bound['peak_gb_s']:,.0f} GB/s peak"
     return line
+
+
+def static_cells(sides: dict[str, Timed]) -> list[str]:
+    """The GPU path's cell (static cache + compiled step), when it ran."""
+    side = sides.get("polycap-static")
+    return [f"{report_rate(side.rate)} ({side.best:.2f} s)"] if side else []
 
 
 def report_rate(value: float) -> str:

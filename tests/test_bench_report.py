@@ -49,4 +49,6 @@ def test_section_names_and_options() -> None:
     assert options.section_name("decoding") == "decoding-cuda"
     assert run.Options(quick=True).section_name("decoding") == "decoding-quick"
     assert run.Options(only={"greedy"}).wants("greedy") and not run.Options(only=set()).wants("x")
-    assert {"features", "train", "memory"} <= set(run.names(run.modules()))
+    assert {"greedy", "beam", "sample", "pipeline", "features", "train", "memory"} <= set(
+        run.names(run.modules())
+    )
