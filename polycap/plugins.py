@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from polycap.encoding import ImageEncoder
     from polycap.eval.runner import Metric
     from polycap.language import LanguagePack
+    from polycap.retrieval.backends import IndexBackend
 
     EncoderLoader = Callable[[str, str | None, str], ImageEncoder]
     MapperClass = Callable[..., Any]  # cls(clip_dim, lm_dim, prefix_length, **options) -> Module
@@ -46,6 +47,7 @@ BUILTIN_PLUGINS = (
     "polycap.builtin.formats",
     "polycap.builtin.tables",
     "polycap.builtin.metrics",
+    "polycap.builtin.index_backends",
 )
 REGISTRY_HOOKS = {
     "languages": ("register_languages", "language pack"),
@@ -53,6 +55,7 @@ REGISTRY_HOOKS = {
     "mappers": ("register_mappers", "mapper"),
     "metrics": ("register_metrics", "metric"),
     "caption_formats": ("register_caption_formats", "caption format"),
+    "index_backends": ("register_index_backends", "index backend"),
 }
 ALIAS_HOOKS = {"register_datasets": "caption_formats"}  # the older name, still honoured
 
@@ -77,6 +80,7 @@ class Registries:
     mappers: Registry[MapperClass]
     metrics: Registry[Metric]
     caption_formats: Registry[CaptionFormat]
+    index_backends: Registry[IndexBackend]
 
     @property
     def datasets(self) -> Registry[CaptionFormat]:

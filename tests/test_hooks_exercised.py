@@ -15,6 +15,7 @@ from polycap.builtin.mappers import BuiltinMapper
 from polycap.hookspecs import hookimpl
 from polycap.language import LanguagePack
 from polycap.plugins import PluginHost
+from polycap.retrieval.backends import NumpyBackend
 
 TOY_LANGUAGE = LanguagePack(code="xx", name="Toy", default_lm="toy/lm")
 
@@ -60,6 +61,11 @@ def register_datasets(register):
 
 
 @hookimpl
+def register_index_backends(register):
+    register("toy-index", NumpyBackend())
+
+
+@hookimpl
 def register_commands(app):
     @app.command("toy-hello")
     def toy_hello() -> None:
@@ -77,6 +83,7 @@ REACHES = {
     "register_metrics": ("metrics", "toy-metric"),
     "register_caption_formats": ("caption_formats", "toy-format"),
     "register_datasets": ("caption_formats", "toy-format-old-hook"),
+    "register_index_backends": ("index_backends", "toy-index"),
     "register_commands": None,
 }
 

@@ -53,17 +53,33 @@ def index_command(
     max_pixels: MaxPixels = MAX_PIXELS,
     cache_dir: CacheDir = None,
     force: bool = typer.Option(False, "--force", help="Replace an existing bank at --output."),
+    backend: str = typer.Option(
+        "numpy", "--backend", help="Index backend: numpy (exact scan, built in) or a plugin's."
+    ),
+    index_type: str | None = typer.Option(
+        None, "--index-type", help="The backend's index type (faiss: flat, ivf, hnsw)."
+    ),
+    index_options: str | None = typer.Option(
+        None, "--index-options", help="Backend options, e.g. nlist=1024,nprobe=16 (faiss ivf)."
+    ),
     json_output: JsonOutput = False,
 ) -> None:
     """Build a caption bank: [bold]polycap index train.json --lang ja -o bank/[/]."""
     from polycap.atomic import check_writable_folder
     from polycap.data import load_captions
     from polycap.devices import resolve_device
+    from polycap.distributed import processes
     from polycap.encoding import load_encoder
     from polycap.plugins import get_registries
+    from polycap.retrieval.backends import IndexChoice, parse_options
     from polycap.retrieval.bank import BankOptions, build_bank
 
     out = check_writable_folder(chosen_output(output, out), "--output")
+    index = IndexChoice(backend, index_type, parse_options(index_options))
+    index.resolve()  # an unknown backend or type is refused before any encoding
+    procs = processes()
+    if device == "auto" and procs.device:
+        device = procs.device  # each launched process encodes on its own GPU
     pack = get_registries().languages.get(lang)
     caption_set = load_captions(captions, images_dir=images, format=data_format)
     image_encoder = load_encoder(
@@ -78,10 +94,15 @@ def index_command(
         text=text,
         force=force,
         progress=not json_output,
+        index=index,
     )
     stats = build_bank(caption_set, image_encoder, out, pack, options)
+    if not procs.main:
+        return  # the other processes helped encode the images
     summary = {
         "bank": str(stats.path),
+        "backend": backend,
+        "index_type": index.resolve()[1],
         "language": pack.code,
         "encoder": image_encoder.name,
         "pretrained": image_encoder.pretrained,
@@ -98,7 +119,7 @@ def index_command(
         return
     print_table(
         "Caption bank",
-        ["bank", "captions (unique)", "images", "text", "dim", "encoder"],
+        ["bank", "captions (unique)", "images", "text", "dim", "encoder", "index"],
         [
             (
                 stats.path,
@@ -107,6 +128,7 @@ def index_command(
                 "yes" if stats.has_text else "no",
                 f"{image_encoder.embed_dim} {dtype}",
                 image_encoder.name,
+                f"{backend} {summary['index_type']}",
             )
         ],
     )

@@ -24,14 +24,15 @@ import json
 import shutil
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from polycap.atomic import atomic_folder
 from polycap.encoding import EncoderSpec
-from polycap.errors import BadInput
+from polycap.errors import BadInput, UnknownName
 from polycap.files import LineFile, write_lines
+from polycap.retrieval.backends import IndexChoice, Searcher, get_backend
 
 if TYPE_CHECKING:
     from polycap.data import CaptionSet
@@ -53,6 +54,7 @@ class Bank:
 
     path: Path
     meta: dict[str, Any]
+    _searchers: dict[str, Searcher] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def open(cls, path: str | Path) -> Bank:
@@ -160,6 +162,26 @@ class Bank:
         """All captions, streamed from disk."""
         return iter(LineFile(self.path / "captions.txt"))
 
+    def index_backend(self) -> str:
+        """The backend that built the bank's index (banks without a record: numpy)."""
+        return str(self.meta.get("index", {}).get("backend", "numpy"))
+
+    def searcher(self, kind: str) -> Searcher:
+        """The index over the ``kind`` ("text" or "image") matrix, opened with the backend that
+        built it (an uninstalled backend is a one-line error naming it)."""
+        matrix = self.text_matrix() if kind == "text" else self.image_matrix()
+        if kind not in self._searchers:
+            name = self.index_backend()
+            record = self.meta.get("index", {}).get(kind, {"index_type": "flat"})
+            try:
+                backend = get_backend(name)
+            except UnknownName as error:
+                raise UnknownName(
+                    f"{self.path}: the bank was built with the {name!r} index backend: {error}"
+                ) from None
+            self._searchers[kind] = backend.open(self.path, kind, record, matrix)
+        return self._searchers[kind]
+
     @property
     def encoder_spec(self) -> EncoderSpec:
         return EncoderSpec.from_json(self.meta["encoder"])
@@ -189,7 +211,8 @@ class BankStats:
 class BankOptions:
     """How a bank is built: embedding ``dtype`` (float16 or float32), image and text batch
     sizes, images encoded per chunk, the feature cache, whether to embed the captions
-    (``text``), whether to replace an existing bank (``force``), progress bars."""
+    (``text``), whether to replace an existing bank (``force``), progress bars, and the
+    index backend and type to search it with (``index``)."""
 
     dtype: str = "float16"
     batch_size: int = 64
@@ -199,6 +222,7 @@ class BankOptions:
     text: bool = True
     force: bool = False
     progress: bool = True
+    index: IndexChoice = field(default_factory=IndexChoice)
 
 
 def build_bank(
@@ -216,6 +240,8 @@ def build_bank(
     ``options.image_block`` (unreadable ones skipped and counted) and written as they come.
     ``overrides`` are :class:`BankOptions` fields (``build_bank(..., dtype="float32")``).
     """
+    import numpy as np
+
     from polycap.distributed import processes
     from polycap.features import encode_to_store
 
@@ -223,6 +249,7 @@ def build_bank(
     options = replace(options or BankOptions(), **overrides)
     out = Path(out)
     _check_target(out, options)
+    backend, index_type = options.index.resolve()
     grouped = captions.by_image()
     if not grouped:
         raise BadInput(f"{captions.source or 'captions'}: no captions to index")
@@ -255,6 +282,12 @@ def build_bank(
                 f"{captions.source or 'captions'}: nothing to index: no image could be read "
                 f"and there are no text embeddings ({text_note})"
             )
+        kinds = [kind for kind, present in (("text", has_text), ("image", n_images)) if present]
+        records: dict[str, Any] = {"backend": backend.name}
+        for kind in kinds:
+            matrix = np.load(work / f"{kind}.npy", mmap_mode="r")
+            records[kind] = backend.build(matrix, work, kind, index_type, options.index.options)
+            del matrix
         meta = {
             "format": BANK_FORMAT,
             "version": BANK_VERSION,
@@ -268,6 +301,7 @@ def build_bank(
             "skipped_images": len(skipped),
             "has_text": has_text,
             "text_note": text_note,
+            "index": records,
             "normalised_by": f"language pack {pack.code!r}",
             "source": str(captions.source) if captions.source else None,
             "polycap_version": _polycap_version(),

@@ -176,9 +176,11 @@ def retrieve(
         raise BadInput("--consensus re-ranks image neighbours; use it with --mode image")
     queries = normalise_queries(features)
     if mode == "text":
-        scores, ids = top_k(bank.text_matrix(), queries, k, chunk_size)
+        scores, ids = bank.searcher("text").search(queries, k, chunk_size)
         results = []
         for row_scores, row_ids in zip(scores, ids, strict=True):
+            found = row_ids >= 0  # an approximate index may find fewer than k (id -1)
+            row_scores, row_ids = row_scores[found], row_ids[found]
             texts = bank.captions(row_ids)
             results.append(
                 [
@@ -188,10 +190,10 @@ def retrieve(
             )
         return results
     near = max(k, neighbours or (DEFAULT_NEIGHBOURS if consensus else k))
-    scores, ids = top_k(bank.image_matrix(), queries, near, chunk_size)
+    scores, ids = bank.searcher("image").search(queries, near, chunk_size)
     pointer, caption_ids = bank.image_caption_ids()
-    names = bank.image_names(sorted({int(i) for i in ids.ravel()}))
-    name_of = dict(zip(sorted({int(i) for i in ids.ravel()}), names, strict=True))
+    neighbour_ids = sorted({int(i) for i in ids.ravel() if i >= 0})  # -1: not found
+    name_of = dict(zip(neighbour_ids, bank.image_names(neighbour_ids), strict=True))
     if consensus and pack is None:
         from polycap.plugins import get_registries
 
@@ -200,6 +202,8 @@ def retrieve(
     for row_scores, row_ids in zip(scores, ids, strict=True):
         candidates: list[tuple[int, float, str]] = []  # (caption id, image score, image), repeats
         for score, image in zip(row_scores, row_ids, strict=True):
+            if image < 0:
+                continue
             for cid in caption_ids[int(pointer[image]) : int(pointer[image + 1])]:
                 candidates.append((int(cid), float(score), name_of[int(image)]))
         results.append(_rank_candidates(bank, candidates, k, consensus, pack))
