@@ -94,13 +94,24 @@ class PluginHost:
     def __init__(self, load_entry_points: bool = True, builtins: bool = True) -> None:
         self.pm = pluggy.PluginManager("polycap")
         self.pm.add_hookspecs(hookspecs)
-        self.infos: dict[str, PluginInfo] = {}
-        if builtins:
-            for module_name in BUILTIN_PLUGINS:
-                self._register_module(module_name, importlib.import_module(module_name))
+        self._infos: dict[str, PluginInfo] = {}
+        self._builtins_pending = builtins  # imported on first use: `polycap --help` needs none
         if load_entry_points:
             self._load_entry_points()
         self._registries: Registries | None = None
+
+    @property
+    def infos(self) -> dict[str, PluginInfo]:
+        """Every plugin (built-in parts included) by name, with its hooks and load error."""
+        self._load_builtins()
+        return self._infos
+
+    def _load_builtins(self) -> None:
+        """Register the built-in parts (they implement no ``register_commands``)."""
+        if self._builtins_pending:
+            self._builtins_pending = False
+            for module_name in BUILTIN_PLUGINS:
+                self._register_module(module_name, importlib.import_module(module_name))
 
     def _register_module(
         self, name: str, module: Any, distribution: str | None = None, version: str | None = None
@@ -108,7 +119,7 @@ class PluginHost:
         """Register ``module``; a hook implementation matching no hookspec (a misspelt hook
         name) unregisters it again and is recorded as its load error."""
         info = PluginInfo(name, distribution, version, self._hook_names(module))
-        self.infos[name] = info
+        self._infos[name] = info
         self.pm.register(module, name=name)
         try:
             self.pm.check_pending()
@@ -135,13 +146,13 @@ class PluginHost:
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             distribution = entry_point.dist.name if entry_point.dist else None
             version = entry_point.dist.version if entry_point.dist else None
-            if entry_point.name in self.infos or not _selected(entry_point.name):
+            if entry_point.name in self._infos or not _selected(entry_point.name):
                 continue
             try:
                 module = entry_point.load()
                 self._register_module(entry_point.name, module, distribution, version)
             except Exception as error:  # a broken plugin must not take the CLI down
-                self.infos[entry_point.name] = PluginInfo(
+                self._infos[entry_point.name] = PluginInfo(
                     entry_point.name,
                     distribution,
                     version,
@@ -158,6 +169,7 @@ class PluginHost:
     def registries(self) -> Registries:
         """The registries, filled on first use by calling each plugin's hooks in turn."""
         if self._registries is None:
+            self._load_builtins()
             self._registries = self._fill_registries()
         return self._registries
 
@@ -180,7 +192,7 @@ class PluginHost:
             raise
         except Exception as error:
             message = f"{hook_label(function)}: {type(error).__name__}: {error}"
-            self.infos[source].error = message
+            self._infos[source].error = message
             warn(f"plugin {source!r} failed in {message}")
 
     def register_commands(self, app: Any) -> None:

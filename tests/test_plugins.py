@@ -170,3 +170,24 @@ def run_polycap_env(site: Path, extra: dict[str, str]) -> subprocess.CompletedPr
         env=env,
         timeout=120,
     )
+
+
+def test_help_loads_plugins_but_not_the_built_in_parts():
+    """``polycap --help`` needs only the plugins' commands: no built-in part (they add no
+    commands), no encoder module, no torch."""
+    import importlib
+
+    from polycap.plugins import BUILTIN_PLUGINS
+
+    for name in BUILTIN_PLUGINS:
+        assert not hasattr(importlib.import_module(name), "register_commands"), name
+    probe = (
+        "import sys, polycap.cli as cli; from polycap.plugins import get_host; "
+        "get_host().register_commands(cli.app); "
+        "print(sorted(m for m in ('torch', 'transformers', 'open_clip', 'polycap.encoding', "
+        "'polycap.builtin.encoders') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "[]", done.stdout

@@ -18,7 +18,14 @@ _JA = (
     r"\u3000-\u303f\u3040-\u309f\u30a0-\u30ff\u31f0-\u31ff"  # punctuation, kana
     r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"  # kanji, full-width forms
 )
-_SPACE_BETWEEN_JA = re.compile(rf"(?<=[{_JA}])\s+(?=[{_JA}])")
+
+
+@cache
+def _space_between_ja() -> re.Pattern[str]:
+    """Compiled on first use (the wide character classes take milliseconds to compile)."""
+    return re.compile(rf"(?<=[{_JA}])\s+(?=[{_JA}])")
+
+
 _SPACES = re.compile(r"\s+")
 
 
@@ -53,7 +60,7 @@ class JapanesePack(LanguagePack):
     def normalize(self, text: str) -> str:
         """NFKC, lower-case, spaces between Japanese characters removed, others folded."""
         text = unicodedata.normalize("NFKC", text).lower()
-        text = _SPACE_BETWEEN_JA.sub("", text)
+        text = _space_between_ja().sub("", text)
         return _SPACES.sub(" ", text).strip()
 
     def eval_tokenize(self, text: str) -> list[str]:

@@ -44,9 +44,14 @@ _WIDE = (
     r"\uf900-\ufaff\ufe30-\ufe4f\uff00-\uffef\U00020000-\U0003134f"
 )
 _SPACES = re.compile(r"\s+")
-_SPACE_NEXT_TO_WIDE = re.compile(rf"(?<=[{_WIDE}])\x20|\x20(?=[{_WIDE}])")
 _CHARACTER_TOKENS = re.compile(r"[0-9a-z\u00c0-\u024f]+|\S")
 _LATIN = re.compile(r"[0-9A-Za-z]")
+
+
+@cache
+def _space_next_to_wide() -> re.Pattern[str]:
+    """Compiled on first use (the wide character classes take milliseconds to compile)."""
+    return re.compile(rf"(?<=[{_WIDE}])\x20|\x20(?=[{_WIDE}])")
 
 
 @dataclass
@@ -62,7 +67,7 @@ class ChinesePack(LanguagePack):
     def normalize(self, text: str) -> str:
         """NFC (full-width punctuation kept), white space folded and dropped beside CJK."""
         text = _SPACES.sub(" ", unicodedata.normalize("NFC", text)).strip()
-        return _SPACE_NEXT_TO_WIDE.sub("", text)
+        return _space_next_to_wide().sub("", text)
 
     def end_token_id(self, tokenizer: Any) -> int:
         """``[SEP]``, as in the UER GPT-2 models' training sequences."""
