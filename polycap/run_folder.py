@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -68,20 +67,6 @@ MAY_CHANGE = (
     "device",
     "cache_dir",
 )
-
-
-def check_writable(folder: Path, what: str) -> None:
-    """Create ``folder`` if needed and write a probe file in it; BadInput naming it if not."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise BadInput(f"{what} {folder}: is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(dir=folder, prefix=".polycap-write-test-")
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as error:
-        raise BadInput(f"{what} {folder}: not writable ({error.strerror or error})") from None
 
 
 def _normalised(value: Any) -> Any:

@@ -27,13 +27,7 @@ import torch
 from polycap.batching import bucketed_batches, padded_batches
 from polycap.encoding import EncoderSpec
 from polycap.errors import BadInput, PolycapError
-from polycap.run_folder import (
-    CHECKPOINT_PREFIX,
-    FEATURES,
-    TRAINER_STATE,
-    RunFolder,
-    check_writable,
-)
+from polycap.run_folder import CHECKPOINT_PREFIX, FEATURES, TRAINER_STATE, RunFolder
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 HOOK_ENV = "POLYCAP_TRAIN_HOOK"
@@ -310,12 +304,16 @@ class Trainer:
 
     def take_folder(self, resume: bool, overwrite: bool) -> None:
         """On the main process: check writability, clean leftovers, claim the run folder."""
+        from polycap.atomic import check_writable_folder
         from polycap.encoding import default_cache_dir
 
         if self.main:
-            check_writable(self.config.output, "--output")
+            check_writable_folder(self.config.output, "--output")
             cache = self.config.cache_dir
-            check_writable(Path(cache) if cache else default_cache_dir(), "feature cache")
+            if cache is not None:
+                check_writable_folder(Path(cache), "--cache-dir")
+            else:
+                check_writable_folder(default_cache_dir(), "feature cache")
             cleaned = self.folder.clean_stale()
             if cleaned:
                 self.say(f"Cleaned {len(cleaned)} temporary folder(s) left by an interrupted save")

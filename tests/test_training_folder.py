@@ -113,7 +113,7 @@ def test_unwritable_feature_cache_is_refused_before_any_work(setup, tmp_path, ca
     blocker.write_text("a file where the cache folder's parent should be")
     monkeypatch.setenv("POLYCAP_CACHE_DIR", str(blocker / "cache"))
     line = one_error_line(run_cli(args(setup, tmp_path / "run"), capsys))
-    assert f"feature cache {blocker / 'cache'}: not writable" in line
+    assert f"feature cache {blocker / 'cache'}: {blocker} is a file" in line
     assert not (tmp_path / "run" / "run.json").exists()
 
 
