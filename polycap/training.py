@@ -146,6 +146,7 @@ class TrainResult:
     resumed_from: Path | None = None
     processes: int = 1
     global_batch_size: int = 0
+    main_process: bool = True  # under a launcher, only the main process reports
 
 
 def linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> Any:
@@ -300,6 +301,7 @@ class Trainer:
             resumed_from=start,
             processes=self.processes,
             global_batch_size=self.global_batch_size,
+            main_process=self.main,
         )
 
     def take_folder(self, resume: bool, overwrite: bool) -> None:
@@ -455,19 +457,26 @@ class Trainer:
 
         return rich_progress(self.console, enabled=self.config.progress and self.main)
 
+    def share(self, batch: list[int], tokens: TokenizedSet) -> tuple[list[int], float]:
+        """This process's captions of a global batch, and its weight: its share of the batch's
+        tokens (1.0 on one process), so that the shares' token-mean losses, weighted, sum to
+        the whole batch's token-mean loss. With fewer captions than processes, a process
+        that got none takes one at weight 0 (it must still join the gradient all-reduce)."""
+        mine = batch[self.rank :: self.processes]
+        if self.processes == 1:
+            return mine, 1.0
+        if not mine:
+            return batch[:1], 0.0
+        total = sum(len(tokens.token_ids[i]) for i in batch)
+        return mine, sum(len(tokens.token_ids[i]) for i in mine) / total
+
     def train_batch(self, model: Any, batch: list[int], data: PreparedData) -> float:
-        """Forward and backward on this process's share of one global batch; returns its share
-        of the global batch's token-mean loss (the shares of all processes sum to it)."""
-        shard = batch[self.rank :: self.processes]
-        weight = 1.0
-        if not shard:  # fewer captions than processes: join the all-reduce with a zero gradient
-            shard, weight = batch[:1], 0.0
+        """Forward and backward on this process's share of one global batch; returns its part
+        of the global batch's token-mean loss (the parts of all processes sum to it)."""
+        shard, weight = self.share(batch, data.train)
         features, input_ids, mask = collate(shard, data.train, data.features, self.pad_id(model))
-        if self.processes > 1:
-            total_tokens = sum(len(data.train.token_ids[i]) for i in batch)
-            weight *= float(mask.sum()) / total_tokens
         loss = model(features.to(self.device), input_ids.to(self.device), mask.to(self.device)).loss
-        self.accelerator.backward(loss * (weight * self.processes))
+        self.accelerator.backward(loss * (weight * self.processes))  # DDP averages: × processes
         return float(loss.detach()) * weight
 
     def pad_id(self, model: Any) -> int:
@@ -500,20 +509,22 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, model: Any, data: PreparedData) -> float:
-        """Mean validation loss per caption (each process scores its share of the batches);
-        NaN when there is no validation split."""
+        """Mean validation loss per caption over global batches (each process scores its share
+        of each); NaN when there is no validation split."""
         tokens = data.val
         if not tokens.token_ids:
             return float("nan")
         plain = self.accelerator.unwrap_model(model)
         plain.eval()
         total = 0.0
-        batches = padded_batches(tokens.lengths, self.config.batch_size)
-        for batch in batches[self.rank :: self.processes]:
-            feats, ids, mask = collate(batch, tokens, data.features, plain.pad_token_id)
+        for batch in padded_batches(tokens.lengths, self.config.batch_size * self.processes):
+            shard, weight = self.share(batch, tokens)
+            if weight == 0.0:
+                continue
+            feats, ids, mask = collate(shard, tokens, data.features, plain.pad_token_id)
             with self.accelerator.autocast():
                 loss = plain(feats.to(self.device), ids.to(self.device), mask.to(self.device)).loss
-            total += float(loss) * len(batch)
+            total += float(loss) * weight * len(batch)
         plain.train()
         return self.sum_over_processes(total) / len(tokens.token_ids)
 

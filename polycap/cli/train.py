@@ -139,6 +139,8 @@ def train_command(
     result = train(
         config, resume=resume, overwrite=overwrite, console=None if json_output else console
     )
+    if not result.main_process:
+        return
     if json_output:
         print_json(
             {
