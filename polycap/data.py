@@ -37,7 +37,8 @@ class CaptionFormat(Protocol):
     unknown); ``read`` returns records with absolute image paths (existence is checked by
     :func:`load_captions`) and raises ``BadInput`` naming the file and line/key on bad input.
     A format that reads sources other than one file (a folder, a pattern of shards) also has
-    ``accepts(path) -> bool``.
+    ``accepts(path) -> bool``. A format may also define ``read_predictions(path)`` returning
+    :class:`polycap.eval.predictions.Prediction` objects, so ``polycap eval -p`` reads it too.
     """
 
     name: str
@@ -112,7 +113,7 @@ def load_captions(
     directory = Path(images_dir) if images_dir is not None else None
     if directory is not None and not directory.is_dir():
         raise BadInput(f"{directory}: images folder does not exist")
-    reader = reader or _choose_format(path, format)
+    reader = reader or choose_format(path, format)
     records = reader.read(path, directory)
     if not records:
         raise BadInput(f"{path}: no captions found")
@@ -148,7 +149,9 @@ def _source_format(path: Path, name: str | None) -> CaptionFormat | None:
     return None
 
 
-def _choose_format(path: Path, name: str | None) -> CaptionFormat:
+def choose_format(path: Path, name: str | None = None) -> CaptionFormat:
+    """The registered format called ``name``, else the one the file's suffix and start
+    (sniffing, where suffixes are shared or unknown) say it is; BadInput when none fits."""
     from polycap.plugins import get_registries
 
     registry = get_registries().caption_formats

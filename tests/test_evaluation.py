@@ -468,3 +468,47 @@ def test_clipscore_does_not_start_a_download_by_default(shapes) -> None:
     result = evaluate(ctx, ["clipscore"])
     assert "not downloaded" in result.display("CLIPScore")
     assert "--clip-download" in result.not_applicable["RefCLIPScore"]
+
+
+def test_predictions_are_read_through_the_caption_format_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    from polycap import plugins
+    from polycap.eval.predictions import Prediction
+    from polycap.hookspecs import hookimpl
+
+    class PipeFormat:
+        """``image|caption`` lines in ``.pipe`` files."""
+
+        name = "pipe"
+        suffixes = (".pipe",)
+
+        def sniff(self, path: Path) -> bool:
+            return False
+
+        def read(self, path: Path, images_dir: Path | None) -> list:
+            return []
+
+        def read_predictions(self, path: Path) -> list[Prediction]:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            return [Prediction(*line.split("|"), f"line {n}") for n, line in enumerate(lines, 1)]
+
+    @hookimpl
+    def register_caption_formats(register) -> None:
+        register("pipe", PipeFormat())
+
+    host = plugins.PluginHost(load_entry_points=False)
+    host.add_plugin(types.SimpleNamespace(register_caption_formats=register_caption_formats), "p")
+    monkeypatch.setattr(plugins, "get_host", lambda: host)
+    (tmp_path / "preds.pipe").write_text("a.png|a red circle\nb.png|two squares\n")
+    found = load_predictions(tmp_path / "preds.pipe")
+    assert [(p.key, p.caption) for p in found] == [
+        ("a.png", "a red circle"),
+        ("b.png", "two squares"),
+    ]
+    (tmp_path / "preds.tab").write_text("image\tcaption\na.png\tx\n")  # tsv's other suffix
+    assert [(p.key, p.caption) for p in load_predictions(tmp_path / "preds.tab")] == [
+        ("a.png", "x")
+    ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,11 +42,34 @@ def load_predictions(path: Path) -> list[Prediction]:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
         raise BadInput(f"{path}: cannot read predictions ({error})") from None
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        return _predictions_from_table(path, text, "\t" if suffix == ".tsv" else ",")
+    return _reader_for(path)(path, text)
+
+
+def _reader_for(path: Path) -> Callable[[Path, str], list[Prediction]]:
+    """The reader for the caption format the registry recognises (``load_captions``'s
+    choice): a format's own ``read_predictions(path)`` if it has one, CSV/TSV by its
+    delimiter, JSON lines; JSON for everything else (and when no format fits)."""
+    from polycap.data import choose_format
+
+    try:
+        found = choose_format(path)
+    except BadInput:
+        return _predictions_from_json
+    own = getattr(found, "read_predictions", None)
+    if own is not None:
+        return lambda path, _text: list(own(path))
+    delimiter = getattr(found, "delimiter", None)
+    if isinstance(delimiter, str):
+        return lambda path, text: _predictions_from_table(path, text, delimiter)
+    if found.name == "jsonl":
+        return _predictions_from_lines
+    return _predictions_from_json
+
+
+def _predictions_from_json(path: Path, text: str) -> list[Prediction]:
+    """A JSON list of predictions, or the objects one per line (JSON lines with .json)."""
     stripped = text.lstrip()
-    if suffix == ".jsonl" or (stripped.startswith("{") and "\n{" in stripped.rstrip()):
+    if stripped.startswith("{") and "\n{" in stripped.rstrip():
         return _predictions_from_lines(path, text)
     try:
         data = json.loads(text)
