@@ -71,18 +71,130 @@ def test_kv_cache_gives_the_same_tokens_as_no_cache(config, which, trained, rand
     assert generate_ids(model, features, config) == generate_ids(model, features, no_cache)
 
 
-def test_beam_width_one_is_greedy(trained, random_model) -> None:
-    for model, features in ((trained[0], trained[1]), (random_model, features_for(4))):
-        greedy = generate_ids(model, features, GenerationConfig(max_length=MAX))
-        beam1 = generate_ids(model, features, GenerationConfig(max_length=MAX, beams=1))
-        assert beam1 == greedy
-        # the beam code path itself with a single beam
-        from polycap.generation import _Decoder
+# -- independent references: plain loops, no cache, one hypothesis at a time ------------------
 
-        config = GenerationConfig(max_length=MAX)
-        with torch.inference_mode():
-            beam = _Decoder(model, config).beam(model.prefix(features))
-        assert beam == greedy
+
+def _ids(ids: list[int]) -> torch.Tensor:
+    return torch.tensor([ids], dtype=torch.long)
+
+
+def naive_greedy(model, feature: torch.Tensor, max_length: int) -> list[int]:
+    """Greedy decoding re-running the whole sequence for every token."""
+    with torch.no_grad():
+        prefix = model.prefix(feature[None])
+        ids: list[int] = []
+        for _ in range(max_length):
+            embeds = torch.cat([prefix, model.embed_tokens(_ids(ids))], dim=1)
+            token = int(model.lm(inputs_embeds=embeds).logits[0, -1].argmax())
+            if token == model.end_token_id:
+                break
+            ids.append(token)
+    return ids
+
+
+def naive_beam(model, feature: torch.Tensor, width: int, max_length: int, keep: int):
+    """ClipCap's beam search written plainly: each hypothesis is re-run from the prefix; the
+    candidates of all hypotheses are ranked by summed log-probability / length (end token
+    counted); a finished hypothesis stays as one candidate. Returns (the ``keep`` best distinct
+    captions, whether the surviving hypotheses ever came from their parents out of order)."""
+    end = model.end_token_id
+    reordered = False
+    with torch.no_grad():
+        prefix = model.prefix(feature[None])
+        beams = [([], 0.0, 0, False)]  # tokens, summed log-probability, length, finished
+        for step in range(max_length):
+            candidates = []  # (rank, parent, token or None, log-probability)
+            for parent, (ids, score, length, finished) in enumerate(beams):
+                if finished:
+                    candidates.append((score / length, parent, None, 0.0))
+                    continue
+                embeds = torch.cat([prefix, model.embed_tokens(_ids(ids))], dim=1)
+                logits = model.lm(inputs_embeds=embeds).logits[0, -1].float()
+                logp = torch.log_softmax(logits, dim=-1)
+                best = ((score + logp) / (length + 1)).topk(width)
+                for rank, token in zip(best.values.tolist(), best.indices.tolist()):
+                    candidates.append((rank, parent, token, float(logp[token])))
+            candidates.sort(key=lambda c: -c[0])
+            survivors = []
+            for _, parent, token, logp in candidates[:width]:
+                ids, score, length, _ = beams[parent]
+                if token is None:
+                    survivors.append((ids, score, length, True))
+                else:
+                    survivors.append((ids + [token], score + logp, length + 1, token == end))
+            parents = [c[1] for c in candidates[:width]]
+            reordered |= step > 0 and parents != sorted(parents)
+            beams = survivors
+            if all(b[3] for b in beams):
+                break
+    beams.sort(key=lambda b: -b[1] / max(b[2], 1))
+    captions: list[list[int]] = []
+    for ids, *_ in beams:
+        ids = ids[: ids.index(end)] if end in ids else ids
+        if ids not in captions:
+            captions.append(ids)
+    return captions[:keep], reordered
+
+
+# captions that branch early and late, and whose endings depend on words many tokens back
+# (the colour named again at the end): beams that get another beam's cache end wrongly
+BRANCHING = [
+    [
+        ("a red one , it is round and red", 3),
+        ("a red one , it is big and red", 2),
+        ("a blue one , it is round and blue", 3),
+        ("a green one , it is big and green", 1),
+    ],
+    [
+        ("the yellow one is big , so yellow", 3),
+        ("the blue one is big , so blue", 3),
+        ("the blue one is small , so blue", 2),
+    ],
+]
+
+
+@pytest.fixture(scope="module")
+def branching() -> tuple:
+    """A model trained so that each image has several likely captions (weighted as above)."""
+    from helpers_lm import CLIP_DIM, fit
+
+    centres = torch.randn(len(BRANCHING), CLIP_DIM, generator=torch.Generator().manual_seed(0))
+    features, texts = [], []
+    for centre, options in zip(centres, BRANCHING, strict=True):
+        for text, count in options:
+            features += [centre] * count
+            texts += [text] * count
+    model = fit(new_captioner(train_lm=True, seed=2), torch.stack(features), texts, steps=200)
+    return model, centres
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_beam_search_equals_a_plain_reference_when_beams_diverge(branching, use_cache) -> None:
+    model, features = branching
+    config = GenerationConfig(max_length=24, beams=3, num_captions=3, use_cache=use_cache)
+    found = generate_ids(model, features, config)
+    references = [naive_beam(model, feature, 3, 24, 3) for feature in features]
+    assert found == [captions for captions, _ in references]
+    # the evidence is only worth something if the beams really go separate ways
+    texts = [{model.pack.decode_caption(model.tokenizer, ids) for ids in c} for c in found]
+    likeliest = [{text for text, _ in sorted(o, key=lambda c: -c[1])[:3]} for o in BRANCHING]
+    assert texts == likeliest  # the three most frequent captions of each image
+    assert all(len({tuple(c[:5]) for c in captions}) >= 2 for captions in found)  # early
+    assert any(reordered for _, reordered in references)  # parents change order mid-search
+
+
+def test_beam_width_one_is_greedy(trained, random_model, branching) -> None:
+    from polycap.generation import _Decoder
+
+    cases = ((trained[0], trained[1]), (random_model, features_for(4)), branching)
+    for model, features in cases:
+        reference = [[naive_greedy(model, feature, MAX)] for feature in features]
+        greedy = generate_ids(model, features, GenerationConfig(max_length=MAX))
+        assert greedy == reference
+        with torch.inference_mode():  # the beam search loop itself with a single beam
+            beam = _Decoder(model, GenerationConfig(max_length=MAX)).beam(model.prefix(features))
+        assert beam == reference
+        assert [naive_beam(model, f, 1, MAX, 1)[0] for f in features] == reference
 
 
 @pytest.mark.parametrize(
