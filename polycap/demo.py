@@ -95,13 +95,10 @@ def run_demo(
 
 
 def _run_demo(
-    options: DemoOptions, console: Any, registries: Registries | None, started: float
+    options: DemoOptions, console: Any, registries: Registries, started: float
 ) -> DemoResult:
-    from polycap.captioning import caption_images
-    from polycap.eval.report import ReportRow, write_report
-    from polycap.generation import GenerationConfig
-    from polycap.offline.synthetic import make_synthetic_set, score_captions
-    from polycap.training import TrainConfig, train
+    from polycap.model import Captioner
+    from polycap.offline.synthetic import make_synthetic_set
 
     pack = registries.languages.get(options.language)
     if pack.demo is None:
@@ -114,6 +111,40 @@ def _run_demo(
         seed=options.seed,
         heldout_pairs=options.heldout_pairs,
     )
+    result = _train(pack, split, options, console, registries)
+    model = Captioner.load(result.model_dir, device="cpu", registries=registries)
+    captions, paths = _caption_test_images(model, split, options)
+    unseen = set(split.heldout_pairs)
+    scores, unseen_scores = _scores(pack, split, captions, unseen)
+    comparison = None
+    if options.compare:
+        from polycap.compositional import SPLIT_METRICS, compare_on_split
+        from polycap.eval.compare import CompareSettings
+
+        settings = CompareSettings(
+            metrics=SPLIT_METRICS, cache_dir=workdir / "cache", registries=registries
+        )
+        comparison = compare_on_split(pack, split, model, workdir / "compare", settings=settings)
+    report = _write_report(pack, split, captions, paths, (scores, unseen_scores), workdir)
+    return DemoResult(
+        scores=scores,
+        unseen_scores=unseen_scores,
+        model_dir=result.model_dir,
+        report=report,
+        captions=captions,
+        seconds=time.perf_counter() - started,
+        history=result.history,
+        comparison=comparison,
+    )
+
+
+def _train(
+    pack: LanguagePack, split: Any, options: DemoOptions, console: Any, registries: Registries
+) -> Any:
+    """Tiny models built for the split's training captions, then trained on them."""
+    from polycap.training import TrainConfig, train
+
+    workdir = options.workdir
     train_records = json.loads(Path(split.train_file).read_text(encoding="utf-8"))
     models = build_tiny_models(
         pack, [r["caption"] for r in train_records], workdir / "models", options.seed, options.lm
@@ -138,11 +169,16 @@ def _run_demo(
         cache_dir=workdir / "cache",
         progress=options.progress,
     )
-    result = train(config, registries=registries, console=console, overwrite=True)
+    return train(config, registries=registries, console=console, overwrite=True)
 
-    from polycap.model import Captioner
 
-    model = Captioner.load(result.model_dir, device="cpu", registries=registries)
+def _caption_test_images(
+    model: Any, split: Any, options: DemoOptions
+) -> tuple[dict[str, str], list[Path]]:
+    """The first caption of each readable test image (by file name), and their paths."""
+    from polycap.captioning import caption_images
+    from polycap.generation import GenerationConfig
+
     test_records = json.loads(Path(split.test_file).read_text(encoding="utf-8"))
     image_dir = Path(split.test_file).parent / "images"
     test_paths = sorted({image_dir / r["image_name"] for r in test_records})
@@ -151,23 +187,37 @@ def _run_demo(
         test_paths,
         GenerationConfig(max_length=24),
         progress=options.progress,
-        cache_dir=workdir / "cache",
+        cache_dir=options.workdir / "cache",
     )
     captions = {path.name: texts[0] for path, texts in zip(captioned.paths, captioned.captions)}
-    unseen = set(split.heldout_pairs)
+    return captions, list(captioned.paths)
+
+
+def _scores(
+    pack: LanguagePack, split: Any, captions: dict[str, str], unseen: set[tuple[str, str]]
+) -> tuple[dict[str, float], dict[str, float] | None]:
+    """Colour/shape/count accuracy on images of pairs seen in training, and of unseen pairs."""
+    from polycap.offline.synthetic import score_captions
+
     seen_captions = {n: c for n, c in captions.items() if split.truths[n][:2] not in unseen}
     unseen_captions = {n: c for n, c in captions.items() if split.truths[n][:2] in unseen}
     scores = score_captions(pack, seen_captions, split.truths)
     unseen_scores = score_captions(pack, unseen_captions, split.truths) if unseen_captions else None
-    comparison = None
-    if options.compare:
-        from polycap.compositional import SPLIT_METRICS, compare_on_split
-        from polycap.eval.compare import CompareSettings
+    return scores, unseen_scores
 
-        settings = CompareSettings(
-            metrics=SPLIT_METRICS, cache_dir=workdir / "cache", registries=registries
-        )
-        comparison = compare_on_split(pack, split, model, workdir / "compare", settings=settings)
+
+def _write_report(
+    pack: LanguagePack,
+    split: Any,
+    captions: dict[str, str],
+    paths: list[Path],
+    groups: tuple[dict[str, float], dict[str, float] | None],
+    workdir: Path,
+) -> Path:
+    """report.html: each test image with its caption and truth, the scores on top."""
+    from polycap.eval.report import ReportRow, write_report
+
+    unseen = set(split.heldout_pairs)
     rows = [
         ReportRow(
             path,
@@ -177,23 +227,14 @@ def _run_demo(
             },
             marks={"unseen pair": False} if split.truths[path.name][:2] in unseen else {},
         )
-        for path in captioned.paths
+        for path in paths
     ]
+    scores, unseen_scores = groups
     summary = [
         (f"{group}: {name}", f"{value:.3f}" if isinstance(value, float) else str(value))
         for group, group_scores in (("seen pairs", scores), ("unseen pairs", unseen_scores or {}))
         for name, value in group_scores.items()
     ]
-    report = write_report(
+    return write_report(
         workdir / "report.html", f"polycap demo ({pack.name})", rows, summary, ("score", "value")
-    )
-    return DemoResult(
-        scores=scores,
-        unseen_scores=unseen_scores,
-        model_dir=result.model_dir,
-        report=report,
-        captions=captions,
-        seconds=time.perf_counter() - started,
-        history=result.history,
-        comparison=comparison,
     )
