@@ -41,10 +41,14 @@ def train_command(
     encoder: Encoder = "ViT-B-32",
     pretrained: Pretrained = "openai",
     lm: Annotated[
-        str | None, typer.Option(help="Decoder hub id or local folder (default: the pack's).")
+        str | None,
+        typer.Option(
+            help="Decoder: any causal LM by hub id, local folder or .gguf file "
+            "(default: the pack's)."
+        ),
     ] = None,
     mapper: Annotated[
-        str, typer.Option(help="Prefix mapper: mlp or transformer (or a plugin's).")
+        str, typer.Option(help="Prefix mapper: mlp, transformer or linear (or a plugin's).")
     ] = "mlp",
     prefix_length: Annotated[int, typer.Option(min=1, help="Prefix tokens fed to the LM.")] = 10,
     clip_length: Annotated[
