@@ -75,6 +75,7 @@ class TrainConfig:
     device: str = "auto"
     cache_dir: Path | None = None
     progress: bool = True
+    eval_metrics: list[str] = field(default_factory=list)  # caption metrics on val, per epoch
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe copy for the checkpoint."""
@@ -499,6 +500,22 @@ class Trainer:
             "train_loss": train_loss,
             "val_loss": val_loss,
         }
+        if self.config.eval_metrics and data.val.token_ids:
+            from polycap.validation import validation_scores
+
+            plain = self.accelerator.unwrap_model(fit.model)
+            val = data.val
+            record.update(
+                validation_scores(
+                    plain,
+                    val.feature_rows,
+                    val.token_ids,
+                    data.features,
+                    self.config.eval_metrics,
+                    self.config.max_tokens,
+                    self.config.batch_size,
+                )
+            )
         state.history.append(record)
         state.epoch, state.batch, state.loss_sum, state.seen = epoch + 1, 0, 0.0, 0
         message = f"epoch {epoch + 1}: train loss {train_loss:.4f}"

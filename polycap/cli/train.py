@@ -23,6 +23,7 @@ from polycap.cli.options import (
     MaxPixels,
     Pretrained,
     output_option,
+    split_names,
 )
 from polycap.cli.output import console, print_json, print_table
 
@@ -91,6 +92,14 @@ def train_command(
     val_fraction: Annotated[
         float, typer.Option(min=0.0, max=0.9, help="Share of images held out for validation.")
     ] = 0.1,
+    eval_metrics: Annotated[
+        str | None,
+        typer.Option(
+            "--eval-metrics",
+            help="Caption the validation images each epoch and record these metrics in the "
+            "history, e.g. cider-d,bleu,wer.",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option()] = 0,
     save_every: Annotated[
         int, typer.Option(min=0, help="Also checkpoint every N optimizer steps.")
@@ -109,6 +118,7 @@ def train_command(
 ) -> None:
     """Train a captioner: [bold]polycap train --lang ja --data captions.json[/]."""
     from polycap.training import TrainConfig, train
+    from polycap.validation import check_metrics
 
     mapper_options = {"clip_length": clip_length} if clip_length else {}
     config = TrainConfig(
@@ -134,6 +144,7 @@ def train_command(
         precision=precision,
         max_tokens=max_tokens,
         val_fraction=val_fraction,
+        eval_metrics=check_metrics(split_names(eval_metrics) or []),
         seed=seed,
         save_every=save_every,
         device=device,
@@ -158,9 +169,17 @@ def train_command(
             }
         )
         return
+    extra = [k for k in (result.history[-1] if result.history else {}) if k.startswith("val_")]
+    extra = [k for k in extra if k != "val_loss"]
     rows = [
         (h["epoch"], h["step"], f"{h['train_loss']:.4f}", f"{h['val_loss']:.4f}")
+        + tuple(_score(h.get(key)) for key in extra)
         for h in result.history
     ]
-    print_table("Training", ["epoch", "step", "train loss", "val loss"], rows)
+    headers = ["epoch", "step", "train loss", "val loss", *(k.replace("_", " ") for k in extra)]
+    print_table("Training", headers, rows)
     console.print(f"Model saved to [bold]{result.model_dir}[/]")
+
+
+def _score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -1,0 +1,61 @@
+"""Caption metrics on the validation split during training (``polycap train --eval-metrics``).
+
+The validation images are captioned greedily with the model as it is at the end of an epoch
+and scored against their own captions with the registered metrics (``cider-d``, ``bleu``,
+``wer``, ...), tokenised by the language pack as ``polycap eval`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def check_metrics(names: Sequence[str]) -> list[str]:
+    """``names`` if every one is a registered metric (UnknownName with a did-you-mean else),
+    so that a misspelt name fails before training, not after the first epoch."""
+    from polycap.eval.runner import metric_registry
+
+    registry = metric_registry()
+    for name in names:
+        registry.get(name)
+    return list(names)
+
+
+def validation_scores(
+    model: Any,
+    feature_rows: Sequence[int],
+    token_ids: Sequence[Sequence[int]],
+    features: Any,
+    metrics: Sequence[str],
+    max_length: int = 40,
+    batch_size: int = 64,
+) -> dict[str, float | None]:
+    """``{"val_<column>": score}`` for each metric column (None where it does not apply).
+
+    ``feature_rows`` / ``token_ids``: one entry per validation caption (its image's row in
+    ``features``, its token ids); captions of one image are that image's references.
+    """
+    import torch
+
+    from polycap.eval.runner import EvalContext, evaluate
+    from polycap.generation import GenerationConfig, caption_features
+
+    references: dict[int, list[str]] = {}
+    for row, ids in zip(feature_rows, token_ids):
+        references.setdefault(int(row), []).append(model.decode_caption(list(ids)))
+    rows = sorted(references)
+    if not rows:
+        return {}
+    image_features = features[torch.tensor(rows, dtype=torch.long)]
+    captions = caption_features(
+        model, image_features, GenerationConfig(max_length=max_length), batch_size=batch_size
+    )
+    context = EvalContext(
+        pack=model.pack,
+        keys=[str(row) for row in rows],
+        predictions=[texts[0] if texts else "" for texts in captions],
+        references=[references[row] for row in rows],
+    )
+    result = evaluate(context, metrics)
+    return {f"val_{column}": score for column, score in result.scores.items()}
