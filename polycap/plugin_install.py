@@ -20,7 +20,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -209,14 +209,31 @@ class InstallReport:
         return [record for record in self.changed if record["error"]]
 
 
+@dataclass(frozen=True)
+class PipOptions:
+    """``pip install`` flags ``plugins install`` passes on (``editable`` applies to paths)."""
+
+    upgrade: bool = False
+    editable: bool = False
+    no_deps: bool = False
+    no_build_isolation: bool = False
+    force_reinstall: bool = False
+
+    def flags(self) -> list[str]:
+        """The pip flags, e.g. ``["--upgrade", "--no-deps"]``."""
+        wanted = (
+            ("--upgrade", self.upgrade),
+            ("--no-deps", self.no_deps),
+            ("--no-build-isolation", self.no_build_isolation),
+            ("--force-reinstall", self.force_reinstall),
+        )
+        return [flag for flag, on in wanted if on]
+
+
 def install(
     names: Sequence[str],
+    options: PipOptions | None = None,
     *,
-    upgrade: bool = False,
-    editable: bool = False,
-    no_deps: bool = False,
-    no_build_isolation: bool = False,
-    force_reinstall: bool = False,
     pip: Callable[[Sequence[str]], None] = run_pip,
     prober: Callable[[], Probe] = probe,
     on_targets: Callable[[list[Target]], None] | None = None,
@@ -225,23 +242,15 @@ def install(
     one pip call, then compare the plugins a fresh process loads before and after."""
     if not names:
         raise BadInput("name at least one plugin to install")
-    targets = [resolve(name, editable=editable) for name in names]
+    options = options or PipOptions()
+    targets = [resolve(name, editable=options.editable) for name in names]
     if on_targets is not None:
         on_targets(targets)
     if any(target.origin == "checkout" for target in targets) and _have_setuptools():
-        no_build_isolation = True  # build checkout packs with the setuptools already here
-    options = [
-        flag
-        for flag, wanted in (
-            ("--upgrade", upgrade),
-            ("--no-deps", no_deps),
-            ("--no-build-isolation", no_build_isolation),
-            ("--force-reinstall", force_reinstall),
-        )
-        if wanted
-    ]
+        # build checkout packs with the setuptools already here
+        options = replace(options, no_build_isolation=True)
     before = prober().by_name()
-    pip(["install", *options, *(arg for target in targets for arg in target.pip_args)])
+    pip(["install", *options.flags(), *(arg for target in targets for arg in target.pip_args)])
     after = prober()
     changed = [record for name, record in after.by_name().items() if before.get(name) != record]
     return InstallReport(targets, changed, after.error)

@@ -145,8 +145,7 @@ def test_install_reports_what_a_fresh_process_sees(tmp_path) -> None:
     calls: list[list[str]] = []
     report = plugin_install.install(
         [str(tmp_path)],
-        no_deps=True,
-        no_build_isolation=True,
+        plugin_install.PipOptions(no_deps=True, no_build_isolation=True),
         pip=lambda args: calls.append(list(args)),
         prober=lambda: next(probes),
     )

@@ -62,7 +62,7 @@ def install_command(
 
     Curated names (ja, ru, zh) come from languages/ in a checkout, else from the index.
     """
-    from polycap.plugin_install import PluginBroken, Target, install
+    from polycap.plugin_install import PipOptions, PluginBroken, Target, install
 
     def announce(targets: list[Target]) -> None:
         for target in targets:
@@ -79,15 +79,8 @@ def install_command(
                 soft_wrap=True,
             )
 
-    report = install(
-        names,
-        upgrade=upgrade,
-        editable=editable,
-        no_deps=no_deps,
-        no_build_isolation=no_build_isolation,
-        force_reinstall=force_reinstall,
-        on_targets=announce,
-    )
+    options = PipOptions(upgrade, editable, no_deps, no_build_isolation, force_reinstall)
+    report = install(names, options, on_targets=announce)
     working = [record for record in report.changed if not record["error"]]
     for record in working:
         console.print(f"Added plugin {_describe(record)}", highlight=False, soft_wrap=True)
