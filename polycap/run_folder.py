@@ -66,6 +66,7 @@ MAY_CHANGE = (
     "images_dir",
     "device",
     "cache_dir",
+    "eval_metrics",
 )
 
 

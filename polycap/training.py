@@ -200,7 +200,7 @@ def latest_checkpoint(output: Path) -> Path | None:
     return RunFolder(output).latest_checkpoint()
 
 
-class TestHook:
+class FaultHook:
     """Test-only fault injection, so kill and disk-failure tests are deterministic.
 
     ``POLYCAP_TRAIN_HOOK=pause@checkpoint:2,enospc@final:1``: at the n-th time training reaches
@@ -257,7 +257,7 @@ class Trainer:
         self.device = self.accelerator.device
         self.console = console if self.main else None
         self.folder = RunFolder(config.output)
-        self.hook = TestHook()
+        self.hook = FaultHook()
 
     def say(self, message: str) -> None:
         if self.console is not None:

@@ -102,3 +102,31 @@ def test_caption_file_whose_images_are_all_corrupt_is_bad_input(tiny_setup, tmp_
     (tmp_path / "captions.json").write_text(json.dumps(captions))
     with pytest.raises(BadInput, match="none of its images"):
         train(config_for(tiny_setup, tmp_path / "run", data=tmp_path / "captions.json"))
+
+
+def test_validation_cider_d_is_the_score_caption_and_eval_give(tiny_setup, tmp_path):
+    """The last epoch's validation CIDEr-D (``--eval-metrics``) is the score that captioning the
+    validation images with the final model and scoring them independently gives."""
+    from polycap.captioning import caption_images
+    from polycap.data import load_captions, split_by_image
+    from polycap.eval.runner import EvalContext, evaluate
+    from polycap.generation import GenerationConfig
+    from polycap.model import Captioner
+
+    config = config_for(tiny_setup, tmp_path / "run", lr=3e-3, eval_metrics=["cider-d"])
+    result = train(config)
+    last = result.history[-1]["val_CIDEr-D"]
+    assert last > 0
+
+    _, val = split_by_image(load_captions(config.data), config.val_fraction, seed=config.seed)
+    images = sorted(val.images())
+    model = Captioner.load(result.model_dir)
+    captioned = caption_images(model, images, GenerationConfig(max_length=40), progress=False)
+    by_image = dict(zip(captioned.paths, captioned.captions))
+    context = EvalContext(
+        pack=model.pack,
+        keys=[str(path) for path in images],
+        predictions=[by_image[path][0] for path in images],
+        references=[[r.caption for r in val.records if r.image == path] for path in images],
+    )
+    assert last == pytest.approx(evaluate(context, ["cider-d"]).scores["CIDEr-D"])
