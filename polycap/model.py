@@ -177,11 +177,7 @@ class Captioner(nn.Module):
     def encode_caption(self, text: str) -> list[int]:
         """Caption -> ids ending with this model's end token (the stop token when it has one;
         a caption that already ends with the stop token keeps just that one)."""
-        ids = self.pack.encode_caption(self.tokenizer, text)
-        if not self.stop_token:
-            return ids
-        ids = ids[:-1]  # the pack's end token
-        return ids if ids and ids[-1] == self.end_token_id else [*ids, self.end_token_id]
+        return caption_token_ids(self.pack, self.tokenizer, text, self.stop_token)
 
     def decode_caption(self, ids: list[int], finished: bool = True) -> str:
         """Generated ids (end token cut off) -> text; the stop token of a ``finished`` caption
@@ -443,6 +439,19 @@ class Captioner(nn.Module):
         model.to(device)
         model.eval()
         return model
+
+
+def caption_token_ids(
+    pack: Any, tokenizer: Any, text: str, stop_token: str | None = None
+) -> list[int]:
+    """``pack.encode_caption``, or with a ``stop_token`` the caption's ids ending with that token
+    instead of the pack's end token (once, when the caption already ends with it)."""
+    ids = pack.encode_caption(tokenizer, text)
+    if not stop_token:
+        return ids
+    stop = stop_token_id(tokenizer, stop_token)
+    ids = ids[:-1]  # the pack's end token
+    return ids if ids and ids[-1] == stop else [*ids, stop]
 
 
 def stop_token_id(tokenizer: Any, token: str) -> int:

@@ -76,6 +76,7 @@ class TrainConfig:
     cache_dir: Path | None = None
     progress: bool = True
     eval_metrics: list[str] = field(default_factory=list)  # caption metrics on val, per epoch
+    stop_token: str | None = None  # ends captions instead of the pack's end token (e.g. ".")
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe copy for the checkpoint."""
@@ -179,15 +180,23 @@ def collate(
 
 
 def tokenize_records(
-    records: list[Any], row_of: dict[Path, int], pack: LanguagePack, tokenizer: Any, max_tokens: int
+    records: list[Any],
+    row_of: dict[Path, int],
+    pack: LanguagePack,
+    tokenizer: Any,
+    max_tokens: int,
+    stop_token: str | None = None,
 ) -> TokenizedSet:
-    """Token ids per caption (end token kept when truncated) for records whose image encoded."""
+    """Token ids per caption (end token kept when truncated) for records whose image encoded;
+    with ``stop_token``, captions end with it instead of the pack's end token."""
+    from polycap.model import caption_token_ids
+
     rows: list[int] = []
     ids_list: list[list[int]] = []
     for record in records:
         if record.image not in row_of:
             continue
-        ids = pack.encode_caption(tokenizer, record.caption)
+        ids = caption_token_ids(pack, tokenizer, record.caption, stop_token)
         if len(ids) > max_tokens:
             ids = [*ids[: max_tokens - 1], ids[-1]]
         rows.append(row_of[record.image])
@@ -377,8 +386,9 @@ class Trainer:
         row_of = {path: row for row, path in enumerate(features.paths())}
         train_set, val_set = split_by_image(captions, config.val_fraction, seed=config.seed)
         tokenizer = self.pack.load_tokenizer(config.lm or self.pack.default_lm)
-        train = tokenize_records(train_set.records, row_of, self.pack, tokenizer, config.max_tokens)
-        val = tokenize_records(val_set.records, row_of, self.pack, tokenizer, config.max_tokens)
+        limit, stop = config.max_tokens, config.stop_token
+        train = tokenize_records(train_set.records, row_of, self.pack, tokenizer, limit, stop)
+        val = tokenize_records(val_set.records, row_of, self.pack, tokenizer, limit, stop)
         if not train.token_ids:
             raise BadInput(f"{config.data}: no training captions left after skipping bad images")
         encoder_info = encoder.encoder_spec
@@ -409,6 +419,7 @@ class Trainer:
             lm_source=config.lm or self.pack.default_lm,
             save_lm=config.train_lm or config.save_lm,
             registries=self.registries,
+            stop_token=config.stop_token,
         )
         if config.standardize_features:
             model.set_feature_stats(data.features.blocks(rows=sorted(set(data.train.feature_rows))))

@@ -42,8 +42,10 @@ def validation_scores(
     from polycap.generation import GenerationConfig, caption_features
 
     references: dict[int, list[str]] = {}
+    end = model.end_token_id
     for row, ids in zip(feature_rows, token_ids):
-        references.setdefault(int(row), []).append(model.decode_caption(list(ids)))
+        ids = list(ids[:-1]) if ids and ids[-1] == end else list(ids)
+        references.setdefault(int(row), []).append(model.decode_caption(ids))
     rows = sorted(references)
     if not rows:
         return {}

@@ -73,7 +73,10 @@ def imported(request, base_lm: Path, tmp_path_factory: pytest.TempPathFactory):
         folder / "weights.pt", folder / "model", lm=str(base_lm), encoder="tiny", pretrained=None
     )
     ours = Captioner.load(out)
-    return kind, model, ours, ours.end_token_id
+    from transformers import AutoTokenizer
+
+    stop = AutoTokenizer.from_pretrained(str(base_lm)).encode(".")[0]  # as the official code
+    return kind, model, ours, stop
 
 
 def test_keys_are_the_official_ones(imported) -> None:

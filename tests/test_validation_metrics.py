@@ -1,4 +1,5 @@
-"""``polycap train --eval-metrics``: validation captions scored every epoch, in the history."""
+"""``polycap train --eval-metrics``: validation captions scored every epoch, in the history;
+``--stop-token``: captions end with a token of the checkpoint's choosing."""
 
 from __future__ import annotations
 
@@ -50,3 +51,19 @@ def test_table_shows_the_scores_and_a_misspelt_metric_fails_first(setup, tmp_pat
     result = run_cli(args(setup, tmp_path / "other", "cider"), capsys)
     assert result.code == 2 and "Did you mean 'cider-d'?" in result.err
     assert not (tmp_path / "other").exists()  # refused before any work
+
+
+def test_stop_token_is_trained_recorded_and_ends_references(setup, tmp_path, capsys) -> None:
+    from polycap.model import Captioner
+
+    run = [*args(setup, tmp_path / "run", "bleu"), "--stop-token", ".", "--epochs", "1", "--json"]
+    result = run_cli(run, capsys)
+    assert result.code == 0, result.err
+    model = Captioner.load(json.loads(result.out)["model"])
+    assert model.config["stop_token"] == "."
+    stop = model.tokenizer.convert_tokens_to_ids(".")
+    assert model.end_token_id == stop
+    ids = model.encode_caption("two red circles")
+    assert ids[-1] == stop and model.pack.end_token_id(model.tokenizer) not in ids
+    assert model.encode_caption("two red circles.") == ids  # one stop token, not two
+    assert model.decode_caption(ids[:-1]) == "two red circles."

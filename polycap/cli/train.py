@@ -100,6 +100,14 @@ def train_command(
             "history, e.g. cider-d,bleu,wer.",
         ),
     ] = None,
+    stop_token: Annotated[
+        str | None,
+        typer.Option(
+            "--stop-token",
+            help="A token that ends captions instead of the pack's end token (ClipCap: '.'); "
+            "recorded in the model.",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option()] = 0,
     save_every: Annotated[
         int, typer.Option(min=0, help="Also checkpoint every N optimizer steps.")
@@ -145,6 +153,7 @@ def train_command(
         max_tokens=max_tokens,
         val_fraction=val_fraction,
         eval_metrics=check_metrics(split_names(eval_metrics) or []),
+        stop_token=stop_token or None,
         seed=seed,
         save_every=save_every,
         device=device,
