@@ -140,3 +140,26 @@ def test_train_and_caption_with_an_hf_encoder(tmp_path: Path, capsys) -> None:
     assert shown.code == 0, shown.err
     captioned = json.loads(shown.out)["captions"]
     assert captioned[0]["image"].endswith(image.name) and captioned[0]["captions"]
+
+
+def test_index_and_text_retrieval_with_the_text_tower(tmp_path: Path, capsys) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
+    from cli_runner import run_cli
+
+    folder = build("siglip", tmp_path / "siglip")
+    paths = pictures(tmp_path / "images")
+    captions = tmp_path / "captions.jsonl"
+    lines = [json.dumps({"image": f"images/{p.name}", "caption": t}) for p, t in zip(paths, TEXTS)]
+    captions.write_text("\n".join(lines) + "\n")
+    encoder = ["--encoder", f"hf:{folder}", "--device", "cpu"]
+    built = run_cli(
+        ["index", str(captions), "--lang", "en", "-o", str(tmp_path / "bank"), *encoder], capsys
+    )
+    assert built.code == 0, built.err
+    found = run_cli(
+        ["retrieve", str(paths[0]), "--bank", str(tmp_path / "bank"), "--mode", "text", "--json"],
+        capsys,
+    )
+    assert found.code == 0, found.err
+    assert json.loads((tmp_path / "bank" / "meta.json").read_text())["encoder"]["backend"] == "hf"
+    assert any(text in found.out for text in TEXTS)
