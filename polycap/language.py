@@ -117,7 +117,8 @@ def load_pretrained(loader: Callable[..., Any], name_or_path: str, what: str, **
     from safetensors import SafetensorError
 
     if looks_like_a_path(name_or_path) and not Path(name_or_path).expanduser().exists():
-        raise BadInput(f"{name_or_path}: no such folder (cannot load {what} from it)")
+        kind = "file" if name_or_path.lower().endswith(".gguf") else "folder"
+        raise BadInput(f"{name_or_path}: no such {kind} (cannot load {what} from it)")
     try:
         return loader(name_or_path, **kwargs)
     except SafetensorError as error:

