@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from polycap.errors import BadInput
+from polycap.plugins import warn
 
 SNIFF_BYTES = 4096
 
@@ -189,8 +190,6 @@ def _drop_missing_images(path: Path, records: list[CaptionRecord]) -> CaptionSet
             f"(first: {missing[0]}); is the images folder right?"
         )
     if missing:
-        from polycap.plugins import warn
-
         warn(
             f"{len(missing)} of {len(exists)} images listed in {path} are missing; "
             f"skipped (first: {missing[0]})"

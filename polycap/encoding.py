@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from polycap.atomic import atomic_file, write_text
 from polycap.errors import BadInput
+from polycap.plugins import warn
 from polycap.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -262,7 +263,6 @@ def _open_cache(root: Path, encoder: ImageEncoder, explicit: bool) -> FeatureCac
             raise BadInput(
                 f"--cache-dir {root}: cannot write the feature cache ({reason})"
             ) from None
-        from polycap.plugins import warn
 
         warn(f"{root}: cannot write the feature cache ({reason}); encoding without it")
         return None
@@ -380,8 +380,6 @@ def encode_images(
                 try:
                     writing[0].put(item.digest, row)
                 except OSError as error:  # disk full, read-only: keep encoding, stop caching
-                    from polycap.plugins import warn
-
                     warn(
                         f"{writing[0].directory}: cannot write to the feature cache "
                         f"({error.strerror or error}); the rest of this run is not cached"

@@ -25,6 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from polycap.atomic import atomic_folder, write_json
 from polycap.errors import BadInput
 
 MANIFEST = "polycap-onnx.json"
@@ -233,7 +234,6 @@ def export_onnx(
     into ``directory``, atomically; returns the folder. ``int8``: dynamic int8 quantisation of
     the graphs' weights (:func:`quantize_int8`)."""
     from polycap import __version__
-    from polycap.atomic import atomic_folder, write_json
     from polycap.encoding import EncoderSpec, file_digest
     from polycap.generation import GenerationConfig
 

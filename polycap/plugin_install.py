@@ -27,7 +27,13 @@ from typing import Any
 
 import polycap
 from polycap.errors import BadInput, PolycapError, UnknownName
-from polycap.plugins import canonical_name
+from polycap.plugins import (
+    BUILTIN_PLUGINS,
+    ENTRY_POINT_GROUP,
+    REGISTRY_HOOKS,
+    PluginHost,
+    canonical_name,
+)
 
 CURATED: dict[str, str] = {"ja": "polycap-ja", "ru": "polycap-ru", "zh": "polycap-zh"}
 _SHORT_NAME = re.compile(r"^[A-Za-z]{2,3}$")
@@ -150,8 +156,6 @@ def probe(python: str | None = None) -> Probe:
 
 def probe_main() -> None:
     """Body of the fresh process: print one JSON line with every plugin's record."""
-    from polycap.plugins import PluginHost
-
     host = PluginHost()
     error = None
     try:
@@ -164,8 +168,6 @@ def probe_main() -> None:
 
 def plugin_records(host: Any, with_provides: bool = True) -> list[dict[str, Any]]:
     """One dict per plugin: name, distribution, version, hooks, what it provides, its error."""
-    from polycap.plugins import REGISTRY_HOOKS
-
     provided: dict[str, list[str]] = {}
     if with_provides:
         registries = host.registries
@@ -279,8 +281,6 @@ def installed_distribution(name: str) -> str | None:
 
 def distribution_for(name: str) -> str:
     """The installed distribution behind a curated name, plugin name or distribution name."""
-    from polycap.plugins import ENTRY_POINT_GROUP
-
     candidates = [CURATED.get(name.lower(), name)]
     candidates += [
         ep.dist.name
@@ -407,8 +407,6 @@ def new_pack(code: str, name: str | None = None, directory: Path | None = None) 
 
 def _provider_of(code: str) -> str | None:
     """Who already provides language ``code``: a distribution, polycap itself, or nobody."""
-    from polycap.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP
-
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if entry_point.name == code:
             return entry_point.dist.name if entry_point.dist is not None else entry_point.value

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from polycap.atomic import check_writable_folder
 from polycap.batching import bucketed_batches, padded_batches
 from polycap.encoding import EncoderSpec
 from polycap.errors import BadInput, PolycapError
@@ -316,7 +317,6 @@ class Trainer:
 
     def take_folder(self, resume: bool, overwrite: bool) -> None:
         """On the main process: check writability, clean leftovers, claim the run folder."""
-        from polycap.atomic import check_writable_folder
         from polycap.encoding import default_cache_dir
 
         if self.main:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from polycap.atomic import write_bytes
 from polycap.builtin.formats import CAPTION_KEYS, IMAGE_KEYS
 from polycap.data import (
     CaptionRecord,
@@ -66,8 +67,6 @@ _MAGIC = (
 def store_image_bytes(data: bytes) -> Path:
     """Write ``data`` once as ``<embedded_images_dir>/<sha256[:2]>/<sha256>.<kind>`` (the kind
     from the first bytes, ``img`` when unknown: decoding sniffs the content anyway)."""
-    from polycap.atomic import write_bytes
-
     digest = hashlib.sha256(data).hexdigest()
     kind = next((k for magic, k in _MAGIC if data.startswith(magic)), None)
     if kind is None:

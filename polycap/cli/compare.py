@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from polycap.atomic import check_writable_file
 from polycap.cli.options import (
     MAX_PIXELS,
     AllowOutside,
@@ -68,7 +69,6 @@ def compare_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Retrieval vs generation: [bold]polycap compare test.json -m runs/ja -b bank/[/]."""
-    from polycap.atomic import check_writable_file
     from polycap.captioning import load_captioner
     from polycap.data import load_captions
     from polycap.devices import resolve_device

@@ -22,6 +22,7 @@ from polycap.cli.options import (
     Pretrained,
 )
 from polycap.cli.output import print_json, print_table, report_skipped
+from polycap.errors import BadInput
 
 
 def encode_command(
@@ -49,7 +50,6 @@ def encode_command(
     from polycap.devices import resolve_device
     from polycap.distributed import processes
     from polycap.encoding import load_encoder
-    from polycap.errors import BadInput
     from polycap.features import encode_to_store
     from polycap.images import expand_image_paths
 

@@ -35,6 +35,7 @@ from polycap.cli.output import (
     print_not_applicable,
     print_table,
 )
+from polycap.errors import BadInput
 from polycap.eval.predictions import PREDICTIONS_HELP
 from polycap.eval.runner import DEFAULT_CLIP_ENCODER, DEFAULT_CLIP_PRETRAINED
 
@@ -82,7 +83,6 @@ def eval_command(
     Scores are x100, over the language pack's segmentation (named in the output).
     """
     from polycap.data import load_captions
-    from polycap.errors import BadInput
     from polycap.eval.predictions import load_predictions, match_predictions
     from polycap.eval.runner import ClipOptions, context_for, evaluate
     from polycap.plugins import get_registries

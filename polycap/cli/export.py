@@ -10,6 +10,7 @@ import typer
 
 from polycap.cli.options import output_option
 from polycap.cli.output import console
+from polycap.errors import BadInput
 
 
 class Target(str, Enum):
@@ -50,7 +51,6 @@ def export_command(
     """
     from polycap.captioning import load_captioner, resolve_model_dir
     from polycap.cli.options import chosen_output
-    from polycap.errors import BadInput
     from polycap.hub import resolve_model_source
 
     target = chosen_output(output, out)

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from polycap.atomic import check_writable_folder
 from polycap.data import allow_images_outside, set_table_columns, table_columns
 from polycap.errors import BadInput
 from polycap.images import DEFAULT_MAX_PIXELS, set_max_pixels
@@ -70,8 +71,6 @@ Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1 … (au
 
 def _check_cache_dir(value: Path | None) -> Path | None:
     if value is not None:
-        from polycap.atomic import check_writable_folder
-
         check_writable_folder(value.expanduser(), "--cache-dir")
     return value
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from polycap.atomic import check_writable_folder
 from polycap.cli.options import (
     MAX_PIXELS,
     AllowOutside,
@@ -69,7 +70,6 @@ def index_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Build a caption bank: [bold]polycap index train.json --lang ja -o bank/[/]."""
-    from polycap.atomic import check_writable_folder
     from polycap.data import load_captions
     from polycap.devices import resolve_device
     from polycap.distributed import processes

@@ -28,7 +28,7 @@ import pytest
 
 from polycap.errors import PolycapError
 from polycap.language import DemoLexicon, LanguagePack
-from polycap.plugins import canonical_name
+from polycap.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, PluginHost, canonical_name
 
 DEMO_COLOURS = ("red", "green", "blue", "yellow")
 DEMO_SHAPES = ("circle", "square", "triangle")
@@ -45,14 +45,10 @@ def _require(condition: bool, message: str) -> None:
 
 
 def _fresh_host() -> Any:
-    from polycap.plugins import PluginHost
-
     return PluginHost(load_entry_points=False, builtins=False)
 
 
 def _entry_point(code: str, distribution: str) -> importlib.metadata.EntryPoint:
-    from polycap.plugins import ENTRY_POINT_GROUP
-
     found = [
         ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == code
     ]
@@ -72,8 +68,6 @@ def _entry_point(code: str, distribution: str) -> importlib.metadata.EntryPoint:
 
 
 def _builtin_module(code: str) -> Any:
-    from polycap.plugins import BUILTIN_PLUGINS
-
     for module_name in BUILTIN_PLUGINS:
         module = importlib.import_module(module_name)
         if not hasattr(module, "register_languages"):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from polycap.language import LanguagePack
+from polycap.plugins import PluginHost
 
 CLIP_DIM = 8
 STEPS = 80
@@ -29,7 +30,6 @@ def _require(condition: bool, message: str) -> None:
 def _registries(pack: LanguagePack) -> Any:
     from polycap.builtin import mappers
     from polycap.hookspecs import hookimpl
-    from polycap.plugins import PluginHost
 
     class _Pack:
         @hookimpl
