@@ -137,13 +137,7 @@ def make_synthetic_set(
     """
     if pack.demo is None:
         raise ValueError(f"language pack {pack.code!r} has no demo lexicon")
-    heldout = tuple(dict.fromkeys((str(c), str(s)) for c, s in heldout_pairs))
-    for pair in heldout:
-        if pair not in PAIRS:
-            raise ValueError(f"unknown (colour, shape) pair {pair!r}")
-    allowed = [pair for pair in PAIRS if pair not in heldout]
-    if not allowed:
-        raise ValueError("every (colour, shape) pair is held out: nothing left to train on")
+    heldout, allowed = _split_pairs(heldout_pairs)
     if n_images < 2:
         raise ValueError("n_images must be at least 2 (one training and one test image)")
     n_test = min(n_images - 1, max(1, round(n_images * test_fraction)))
@@ -188,6 +182,20 @@ def make_synthetic_set(
         heldout_pairs=heldout,
         captions=captions,
     )
+
+
+def _split_pairs(
+    heldout_pairs: Iterable[tuple[str, str]],
+) -> tuple[tuple[tuple[str, str], ...], list[tuple[str, str]]]:
+    """(the held-out pairs, checked and de-duplicated; the pairs left for training)."""
+    heldout = tuple(dict.fromkeys((str(c), str(s)) for c, s in heldout_pairs))
+    for pair in heldout:
+        if pair not in PAIRS:
+            raise ValueError(f"unknown (colour, shape) pair {pair!r}")
+    allowed = [pair for pair in PAIRS if pair not in heldout]
+    if not allowed:
+        raise ValueError("every (colour, shape) pair is held out: nothing left to train on")
+    return heldout, allowed
 
 
 def _cycle(pairs: list[tuple[str, str]], n: int, rng: random.Random) -> list[tuple[str, str]]:
