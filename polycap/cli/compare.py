@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -110,6 +111,11 @@ def compare_command(
         ),
     )
     written = result.write_report(report) if report is not None else None
+    _show(result, opened, written, json_output)
+
+
+def _show(result: Any, bank: Any, written: Path | None, json_output: bool) -> None:
+    """The comparison as JSON, or as a table with its notes."""
     if json_output:
         data = result.to_json(per_image=True)
         data["report"] = str(written) if written else None
@@ -123,7 +129,7 @@ def compare_command(
     )
     console.print(
         f"segmenter: {result.segmenter}; encoder: {result.encoder.get('name')}; "
-        f"bank: {opened.n_captions} captions; image encoding (shared, not in "
+        f"bank: {bank.n_captions} captions; image encoding (shared, not in "
         f"captions/s): {result.encode_seconds:.2f}s",
         highlight=False,
     )
