@@ -167,3 +167,47 @@ def test_bad_files_are_one_line_errors(base_lm: Path, tmp_path: Path, capsys) ->
         assert len(lines) == 1, result.err
     with pytest.raises(BadInput, match="pass --encoder"):
         import_clipcap(tmp_path / "linear.pt", tmp_path / "out", lm=str(base_lm))
+
+
+def test_imported_model_captions_images_as_the_official_pipeline(base_lm, tmp_path, capsys):
+    """End to end: image files -> CLIP (raw features) -> official generate2, versus
+    `polycap caption` on the imported checkpoint."""
+    import open_clip
+    from PIL import Image
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from polycap.offline.tiny import build_clip
+
+    name, weights = build_clip(tmp_path / "clip", seed=0)
+    clip, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(weights))
+    clip.eval()
+    paths = []
+    for i, colour in enumerate([(220, 20, 20), (20, 20, 220), (20, 200, 20), (230, 230, 30)]):
+        image = Image.new("RGB", (40, 40), (0, 0, 0))
+        image.paste(colour, (5 * i, 5, 30, 35))
+        paths.append(tmp_path / f"{i}.png")
+        image.save(paths[-1])
+    with torch.no_grad():
+        pixels = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in paths])
+        feats = clip.encode_image(pixels).float()
+    torch.manual_seed(1)
+    official = ClipCaptionModel(
+        GPT2LMHeadModel.from_pretrained(str(base_lm)), 4, feats.shape[1], "mlp"
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(base_lm))
+    with torch_threads(1):
+        fit(official, feats, [tokenizer.encode(text) for text in CAPTIONS], steps=40)
+    torch.save(official.state_dict(), tmp_path / "w.pt")
+    out = import_clipcap(
+        tmp_path / "w.pt", tmp_path / "m", lm=str(base_lm), encoder=name, pretrained=str(weights)
+    )
+    args = ["caption", *map(str, paths), "--model", str(out), "--json", "--max-length", "16"]
+    result = run_cli([*args, "--device", "cpu"], capsys)
+    assert result.code == 0, result.err
+    got = [item["captions"][0] for item in json.loads(result.out)["captions"]]
+    stop = tokenizer.encode(".")[0]
+    with torch_threads(1):
+        expected = [
+            tokenizer.decode(generate2(official, stop, official.embed(f[None]), 16)) for f in feats
+        ]
+    assert got == [" ".join(text.split()) for text in expected]
