@@ -57,10 +57,12 @@ def test_stop_token_is_trained_recorded_and_ends_references(setup, tmp_path, cap
     from polycap.model import Captioner
 
     run = [*args(setup, tmp_path / "run", "bleu"), "--stop-token", ".", "--epochs", "1", "--json"]
+    run += ["--raw-features", "--no-l2-normalize"]  # ClipCap's way: features as they come
     result = run_cli(run, capsys)
     assert result.code == 0, result.err
     model = Captioner.load(json.loads(result.out)["model"])
     assert model.config["stop_token"] == "."
+    assert model.config["normalize_features"] is False and model.feature_mean is None
     stop = model.tokenizer.convert_tokens_to_ids(".")
     assert model.end_token_id == stop
     ids = model.encode_caption("two red circles")

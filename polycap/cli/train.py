@@ -66,7 +66,16 @@ def train_command(
         bool,
         typer.Option(
             "--standardize-features/--raw-features",
-            help="Centre and scale CLIP features by training-set statistics (saved in the model).",
+            help="Centre and scale CLIP features by training-set statistics (saved in the "
+            "model); --raw-features turns this off.",
+        ),
+    ] = True,
+    l2_normalize: Annotated[
+        bool,
+        typer.Option(
+            "--l2-normalize/--no-l2-normalize",
+            help="L2-normalise CLIP features before the mapper; --no-l2-normalize with "
+            "--raw-features feeds them exactly as the encoder gives them (official ClipCap).",
         ),
     ] = True,
     epochs: Annotated[int, typer.Option(min=1)] = 10,
@@ -143,6 +152,7 @@ def train_command(
         prefix_length=prefix_length,
         train_lm=train_lm,
         standardize_features=standardize,
+        normalize_features=l2_normalize,
         save_lm=save_lm,
         epochs=epochs,
         batch_size=batch_size,
