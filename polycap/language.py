@@ -18,6 +18,8 @@ from typing import Any
 from polycap.errors import BadInput
 
 _SPACES = re.compile(r"\s+")
+DEFAULT_RETRIEVAL_PROMPT = "Similar images show: {captions}. This image shows:"
+DEFAULT_CAPTION_SEPARATOR = "; "
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,11 @@ class LanguagePack:
     tokenizer_kind: str = "bpe"  # which tiny tokenizer family stands in for the real one offline
     demo: DemoLexicon | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # retrieval-augmented captioning (polycap.augmented): the text put between the image prefix
+    # and the caption; ``{captions}`` is replaced by the retrieved captions joined by
+    # ``caption_separator``. Packs write it in their own language.
+    retrieval_prompt: str = DEFAULT_RETRIEVAL_PROMPT
+    caption_separator: str = DEFAULT_CAPTION_SEPARATOR
 
     # -- loading -------------------------------------------------------------------------
     def load_tokenizer(self, name_or_path: str) -> Any:
@@ -69,6 +76,11 @@ class LanguagePack:
     def eval_tokenize(self, text: str) -> list[str]:
         """Words for BLEU/CIDEr etc.; the segmenter is named in ``self.segmenter``."""
         return self.normalize(text).split()
+
+    def format_retrieval_prompt(self, captions: Sequence[str]) -> str:
+        """The retrieval prompt with ``captions`` filled in, normalised like captions."""
+        joined = self.caption_separator.join(captions)
+        return self.normalize(self.retrieval_prompt.replace("{captions}", joined))
 
     # -- captions as token ids -----------------------------------------------------------
     def end_token_id(self, tokenizer: Any) -> int:

@@ -271,28 +271,43 @@ class Captioner(nn.Module):
         features: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        prompt_ids: torch.Tensor | None = None,
+        prompt_mask: torch.Tensor | None = None,
     ) -> CaptionerOutput:
         """Teacher forcing on ``[prefix; token embeddings]``.
 
         ``input_ids``: ``[B, T]`` caption ids (each ending with the end token), right-padded;
         ``attention_mask``: 1 for real tokens, 0 for padding. The loss covers caption tokens
         only (the first is predicted from the last prefix position); prefix positions and
-        padding are ignored.
+        padding are ignored. ``prompt_ids`` / ``prompt_mask``: a retrieval prompt per row,
+        left-padded, placed between prefix and caption (:mod:`polycap.augmented`; position ids
+        then skip the padding).
         """
         prefix = self.prefix(features)
         input_ids = input_ids.to(prefix.device)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         attention_mask = attention_mask.to(prefix.device)
-        embeds = torch.cat([prefix, self.embed_tokens(input_ids)], dim=1)
-        prefix_mask = attention_mask.new_ones(prefix.shape[:2])
+        context, context_mask = prefix, attention_mask.new_ones(prefix.shape[:2])
+        extra: dict[str, Any] = {}
+        if prompt_ids is not None:
+            from polycap.augmented import positions, with_prompt
+
+            if prompt_mask is None:
+                prompt_mask = torch.ones_like(prompt_ids)
+            context, context_mask = with_prompt(self, prefix, prompt_ids, prompt_mask)
+        embeds = torch.cat([context, self.embed_tokens(input_ids)], dim=1)
+        mask = torch.cat([context_mask.to(attention_mask.dtype), attention_mask], dim=1)
+        if prompt_ids is not None:
+            extra["position_ids"] = positions(mask)
         caption_length = input_ids.shape[1]
         keep = self._logits_to_keep(caption_length + 1)
         out = self.lm(
             inputs_embeds=embeds,
-            attention_mask=torch.cat([prefix_mask, attention_mask], dim=1),
+            attention_mask=mask,
             use_cache=False,
             **keep,
+            **extra,
         )
         # position t predicts token t+1: the last prefix position predicts the first token
         logits = out.logits[:, -(caption_length + 1) : -1]

@@ -61,6 +61,8 @@ ENGLISH = EnglishPack(
     segmenter="lowercase + regex word split",
     tokenizer_kind="bpe",
     demo=ENGLISH_DEMO,
+    retrieval_prompt="Similar images show: {captions}. This image shows:",
+    caption_separator="; ",
 )
 
 

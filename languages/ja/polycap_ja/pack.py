@@ -126,4 +126,6 @@ JAPANESE = JapanesePack(
     segmenter="MeCab (fugashi) + unidic-lite",
     tokenizer_kind="sentencepiece",
     demo=JAPANESE_DEMO,
+    retrieval_prompt="似た画像:{captions}。この画像:",
+    caption_separator="、",
 )

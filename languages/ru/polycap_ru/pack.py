@@ -103,6 +103,8 @@ RUSSIAN = RussianPack(
     segmenter="lowercase, ё→е, regex words + punctuation (sacrebleu intl-like)",
     tokenizer_kind="bpe",
     demo=RUSSIAN_DEMO,
+    retrieval_prompt="На похожих изображениях: {captions}. На этом изображении:",
+    caption_separator="; ",
     metadata={
         "tokenizer": "GPT2Tokenizer (byte-level BPE)",
         "end_token": END_TOKEN,

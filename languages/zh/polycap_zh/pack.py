@@ -146,6 +146,8 @@ CHINESE = ChinesePack(
     segmenter="jieba",
     tokenizer_kind="char",
     demo=CHINESE_DEMO,
+    retrieval_prompt="相似的图片：{captions}。这张图片：",
+    caption_separator="；",
     metadata={
         "tokenizer": "BertTokenizer (character vocabulary)",
         "end_token": "[SEP]",
