@@ -60,21 +60,22 @@ class Captioner:
         from polycap.generation import caption_features
 
         config = generation_config(generation_options)
-        single, features = self.features(images, batch_size)
+        single = _is_one_image(images)
+        features = self.features(images, batch_size)
         captions = caption_features(self.model, features, config, batch_size=batch_size)
         results: list[Any] = [c[0] if config.num_captions == 1 else c for c in captions]
         return results[0] if single else results
 
-    def features(self, images: Any, batch_size: int = 64) -> tuple[bool, Any]:
-        """(whether ``images`` was one image, its ``[B, clip_dim]`` features)."""
+    def features(self, images: Any, batch_size: int = 64) -> Any:
+        """``[B, clip_dim]`` features of ``images`` from the model's own image encoder (a
+        feature tensor is returned as it is, ``[D]`` as ``[1, D]``)."""
         import torch
 
         if isinstance(images, torch.Tensor):
             if images.dim() not in (1, 2):
                 raise BadInput(f"feature tensor of shape {tuple(images.shape)}: expected [B, D]")
-            return images.dim() == 1, images.float().reshape(-1, images.shape[-1])
-        single = not isinstance(images, Sequence) or isinstance(images, str)
-        items = [images] if single else list(images)
+            return images.float().reshape(-1, images.shape[-1])
+        items = [images] if _is_one_image(images) else list(images)
         chunks = [
             self.encoder.encode_images(
                 torch.stack([self.encoder.preprocess(_rgb(item)) for item in chunk])
@@ -82,8 +83,16 @@ class Captioner:
             for chunk in (items[i : i + batch_size] for i in range(0, len(items), batch_size))
         ]
         if not chunks:
-            return single, torch.empty(0, int(self.model.config["encoder"]["embed_dim"]))
-        return single, torch.cat(chunks)
+            return torch.empty(0, int(self.model.config["encoder"]["embed_dim"]))
+        return torch.cat(chunks)
+
+
+def _is_one_image(images: Any) -> bool:
+    import torch
+
+    if isinstance(images, torch.Tensor):
+        return images.dim() == 1
+    return isinstance(images, (str, Path)) or not isinstance(images, Sequence)
 
 
 def _rgb(item: Any) -> Any:

@@ -160,7 +160,8 @@ def test_python_api_takes_paths_pil_images_and_features(capsys, made, hf_folder)
     assert captioner.caption(str(paths[0]), max_length=6) == expected[0]
     pil = [Image.open(path) for path in paths]
     assert captioner.caption(pil, max_length=6) == expected
-    _, features = captioner.features(paths)
+    features = captioner.features(paths)
+    assert features.shape == (2, 64)
     assert captioner.caption(features, max_length=6) == expected
     assert captioner.caption(features[1], max_length=6) == expected[1]
     three = captioner.caption(paths, max_length=6, beams=3, num_captions=3)
