@@ -114,7 +114,9 @@ def bench_section(options: Any) -> Any:
         "",
         f"- The fp32 ONNX export (torch.onnx.export, dynamo) took {export_seconds:.0f} s.",
         "- Timings on a shared machine are noisy; the ratio between runtimes, measured "
-        "alternately in one run, is the number to read.",
+        "alternately in one run, is the number to read. On an oversubscribed machine (load "
+        "above the core count) run it with `--threads 1`: with more threads both runtimes "
+        "lose most of their time waiting for each other's threads, PyTorch's much more.",
     ]
     return Section(options.section_name("onnx"), "\n".join(lines) + "\n", data)
 

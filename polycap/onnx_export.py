@@ -293,12 +293,17 @@ def quantize_int8(directory: Path, graphs: list[str]) -> None:
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
-    for graph in graphs:
-        path = directory / graph
-        quantized = path.with_name(path.stem + ".int8.onnx")
-        quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8)
-        quantized.replace(path)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its advice to pre-process goes to the root logger
+    try:
+        for graph in graphs:
+            path = directory / graph
+            quantized = path.with_name(path.stem + ".int8.onnx")
+            quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8)
+            quantized.replace(path)
+    finally:
+        root.setLevel(level)
 
 
 def refuse_foreign_folder(directory: Path, marker: str) -> None:
