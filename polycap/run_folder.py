@@ -6,6 +6,9 @@
                           its other options, with what each ``--resume`` changed
     checkpoint-00000012/  model + trainer state at optimizer step 12 (the newest few kept)
     final/                the finished model
+    best/                 the best epoch's model by --best-metric (its training record says
+                          which epoch and score)
+    logs/                 experiment tracker files (--log-with tensorboard, ...)
     features/             the images' features (polycap.features store; reused when the
                           images and encoder are the same)
 
@@ -29,6 +32,7 @@ from polycap.errors import BadInput
 RUN_FILE = "run.json"
 CHECKPOINT_PREFIX = "checkpoint-"
 FINAL = "final"
+BEST = "best"
 FEATURES = "features"
 TRAINER_STATE = "trainer_state.pt"
 
@@ -52,6 +56,7 @@ FIXED = {
     "batch_size": "--batch-size",
     "grad_accum": "--grad-accum",
     "processes": "processes",
+    "best_metric": "--best-metric",  # best/ and the best-so-far are by one metric for a run
 }
 # options a --resume may change; each change is recorded in run.json
 MAY_CHANGE = (
@@ -67,6 +72,8 @@ MAY_CHANGE = (
     "device",
     "cache_dir",
     "eval_metrics",
+    "early_stop",
+    "log_with",
 )
 
 
@@ -105,6 +112,10 @@ class RunFolder:
     @property
     def final(self) -> Path:
         return self.path / FINAL
+
+    @property
+    def best(self) -> Path:
+        return self.path / BEST
 
     def holds_run(self) -> bool:
         return self.path.is_dir() and (
@@ -162,8 +173,10 @@ class RunFolder:
         return cleaned
 
     def clear(self) -> None:
-        """Remove a previous run's files (only polycap's own: run.json, checkpoints, final)."""
-        for path in [*self.path.glob(f"{CHECKPOINT_PREFIX}*"), self.final]:
+        """Remove a previous run's files (only polycap's own: run.json, checkpoints, final,
+        best, tracker logs)."""
+        logs = self.path / "logs"  # polycap.trackers.LOG_DIR
+        for path in [*self.path.glob(f"{CHECKPOINT_PREFIX}*"), self.final, self.best, logs]:
             if path.is_dir():
                 shutil.rmtree(path)
         (self.path / RUN_FILE).unlink(missing_ok=True)

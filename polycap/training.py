@@ -29,6 +29,7 @@ from polycap.batching import bucketed_batches, padded_batches
 from polycap.encoding import EncoderSpec
 from polycap.errors import BadInput, PolycapError
 from polycap.run_folder import CHECKPOINT_PREFIX, FEATURES, TRAINER_STATE, RunFolder
+from polycap.trackers import check_trackers, log_dir, log_epoch, start_trackers
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 HOOK_ENV = "POLYCAP_TRAIN_HOOK"
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from polycap.features import Features
     from polycap.language import LanguagePack
     from polycap.plugins import Registries
+    from polycap.selection import Selection
 
 __all__ = ["CHECKPOINT_PREFIX", "TRAINER_STATE", "TrainConfig", "Trainer", "train"]
 
@@ -78,6 +80,9 @@ class TrainConfig:
     progress: bool = True
     eval_metrics: list[str] = field(default_factory=list)  # caption metrics on val, per epoch
     stop_token: str | None = None  # ends captions instead of the pack's end token (e.g. ".")
+    best_metric: str | None = None  # keep best/ by this validation score (polycap.selection)
+    early_stop: int = 0  # stop after this many epochs without improvement (0: never)
+    log_with: list[str] = field(default_factory=list)  # Accelerate trackers (polycap.trackers)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe copy for the checkpoint."""
@@ -120,6 +125,8 @@ class TrainState:
     loss_sum: float = 0.0
     seen: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, Any] | None = None  # the best epoch so far: metric, epoch, step, score
+    since_best: int = 0  # epochs since the best one (early stopping counts these)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,6 +157,8 @@ class TrainResult:
     processes: int = 1
     global_batch_size: int = 0
     main_process: bool = True  # under a launcher, only the main process reports
+    best: dict[str, Any] | None = None  # the best epoch (metric, epoch, step, score, model)
+    stopped_early: int | None = None  # the last epoch run when early stopping ended the run
 
 
 def linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> Any:
@@ -268,6 +277,7 @@ class Trainer:
         self.console = console if self.main else None
         self.folder = RunFolder(config.output)
         self.hook = FaultHook()
+        self.selection = make_selection(config, self.registries)
 
     def say(self, message: str) -> None:
         if self.console is not None:
@@ -298,11 +308,18 @@ class Trainer:
         state = self.restore(start, optimizer, scheduler) if start is not None else TrainState()
         fit = Fitting(*self.accelerator.prepare(model, optimizer), scheduler)
         self.announce(start, state, data)
+        start_trackers(self.accelerator, self.run_options())
         batches_run = 0
         for epoch in range(state.epoch, config.epochs):
+            if self.stops_early(state):
+                break
             batches_run += self.run_epoch(epoch, fit, state, data)
             self.end_epoch(epoch, fit, state, data)
+        stopped = self.stopped_early(state)
+        if stopped is not None and self.selection is not None:
+            self.say(self.selection.describe_stop(state))
         final = self.save(self.folder.final, fit.model, state, point="final")
+        self.accelerator.end_training()
         self.accelerator.wait_for_everyone()
         return TrainResult(
             final,
@@ -313,7 +330,22 @@ class Trainer:
             processes=self.processes,
             global_batch_size=self.global_batch_size,
             main_process=self.main,
+            best=self.best_record(state),
+            stopped_early=stopped,
         )
+
+    def stops_early(self, state: TrainState) -> bool:
+        return self.selection is not None and self.selection.should_stop(state)
+
+    def stopped_early(self, state: TrainState) -> int | None:
+        """The last epoch run, when early stopping ended the run before ``config.epochs``."""
+        early = self.stops_early(state) and state.epoch < self.config.epochs
+        return state.epoch if early else None
+
+    def best_record(self, state: TrainState) -> dict[str, Any] | None:
+        if state.best is None:
+            return None
+        return {**state.best, "model": str(self.folder.best)}
 
     def take_folder(self, resume: bool, overwrite: bool) -> None:
         """On the main process: check writability, clean leftovers, claim the run folder."""
@@ -533,7 +565,20 @@ class Trainer:
         if not math.isnan(val_loss):
             message += f", validation loss {val_loss:.4f}"
         self.say(message)
+        log_epoch(self.accelerator, record)
+        self.keep_best(fit, state, record)
         self.checkpoint(fit, state)
+
+    def keep_best(self, fit: Fitting, state: TrainState, record: dict[str, Any]) -> None:
+        """With a best metric: a new best epoch's model replaces ``best/`` (atomically), before
+        the epoch's checkpoint records it as the best (a kill between the two redoes the epoch,
+        which writes the same ``best/`` again)."""
+        if self.selection is None or not self.selection.update(state, record):
+            return
+        self.save(self.folder.best, fit.model, state, point="best")
+        self.accelerator.wait_for_everyone()
+        best = state.best or {}
+        self.say(f"best {best['metric']} so far ({best['score']:.4f}): saved {self.folder.best}")
 
     @torch.no_grad()
     def evaluate(self, model: Any, data: PreparedData) -> float:
@@ -571,6 +616,8 @@ class Trainer:
             "epochs_done": state.epoch,
             "steps_done": state.step,
             "history": state.history,
+            "best": state.best,
+            "stopped_early": self.stopped_early(state),
         }
 
     def checkpoint(self, fit: Fitting, state: TrainState) -> Path:
@@ -662,6 +709,18 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
 
 
+def make_selection(config: TrainConfig, registries: Registries) -> Selection | None:
+    """The run's best-epoch keeper: by ``--best-metric``, or by val_loss when only
+    ``--early-stop`` is given; None when neither is."""
+    from polycap.selection import LOSS, BestMetric, Selection
+
+    if config.best_metric is None and not config.early_stop:
+        return None
+    name = config.best_metric or LOSS
+    metric = BestMetric.resolve(name, config.eval_metrics, registries)
+    return Selection(metric, patience=config.early_stop)
+
+
 def make_accelerator(config: TrainConfig) -> Any:
     """An ``Accelerator`` for this run: the launcher's processes (one when not launched), the
     device from ``--device``, mixed precision, and a timeout on every collective."""
@@ -691,6 +750,8 @@ def make_accelerator(config: TrainConfig) -> Any:
             mixed_precision=PRECISIONS[config.precision],
             gradient_accumulation_steps=config.grad_accum,
             kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)],
+            log_with=check_trackers(config.log_with) or None,
+            project_dir=str(log_dir(config.output)) if config.log_with else None,
         )
     except ValueError as error:
         raise BadInput(f"--precision {config.precision}: {error}") from None

@@ -109,6 +109,32 @@ def train_command(
             "history, e.g. cider-d,bleu,wer.",
         ),
     ] = None,
+    best_metric: Annotated[
+        str | None,
+        typer.Option(
+            "--best-metric",
+            help="Keep the best epoch's model as best/ by this validation score: val_loss "
+            "(lower is better) or one of --eval-metrics (cider-d, bleu = BLEU-4, chrf: higher; "
+            "wer: lower).",
+        ),
+    ] = None,
+    early_stop: Annotated[
+        int,
+        typer.Option(
+            "--early-stop",
+            min=0,
+            help="Stop after N epochs without improvement of --best-metric (val_loss when "
+            "not given); 0: never.",
+        ),
+    ] = 0,
+    log_with: Annotated[
+        str | None,
+        typer.Option(
+            "--log-with",
+            help="Log each epoch's history to Accelerate trackers, e.g. tensorboard or wandb "
+            "(their package must be installed); files go to OUTPUT/logs.",
+        ),
+    ] = None,
     stop_token: Annotated[
         str | None,
         typer.Option(
@@ -134,6 +160,7 @@ def train_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Train a captioner: [bold]polycap train --lang ja --data captions.json[/]."""
+    from polycap.trackers import check_trackers
     from polycap.training import TrainConfig, train
     from polycap.validation import check_metrics
 
@@ -164,6 +191,9 @@ def train_command(
         val_fraction=val_fraction,
         eval_metrics=check_metrics(split_names(eval_metrics) or []),
         stop_token=stop_token or None,
+        best_metric=best_metric or None,
+        early_stop=early_stop,
+        log_with=check_trackers(split_names(log_with) or []),
         seed=seed,
         save_every=save_every,
         device=device,
@@ -185,6 +215,8 @@ def train_command(
                 "resumed_from": str(result.resumed_from) if result.resumed_from else None,
                 "processes": result.processes,
                 "global_batch_size": result.global_batch_size,
+                "best": result.best,
+                "stopped_early": result.stopped_early,
             }
         )
         return
@@ -197,6 +229,14 @@ def train_command(
     ]
     headers = ["epoch", "step", "train loss", "val loss", *(k.replace("_", " ") for k in extra)]
     print_table("Training", headers, rows)
+    if result.best:
+        best = result.best
+        console.print(
+            f"Best {best['metric']}: {best['score']:.4f} at epoch {best['epoch']} "
+            f"([bold]{best['model']}[/])"
+        )
+    if result.stopped_early is not None:
+        console.print(f"Stopped early at epoch {result.stopped_early}")
     console.print(f"Model saved to [bold]{result.model_dir}[/]")
 
 
