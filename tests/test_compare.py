@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -243,95 +244,31 @@ def test_cli_eval_with_a_checkpoint(setup, capsys) -> None:
     assert wrong.code == 2 and expected in flat(wrong.err)
 
 
-SHAPE_FIRST_ONE = (
-    "a {colour} {shape}",
-    "a {shape} that is {colour}",
-    "one {shape}, coloured {colour}",
-    "a single {colour} {shape}",
-)
-SHAPE_FIRST_MANY = (
-    "{number} {colour} {shape}s",
-    "{number} {shape}s that are {colour}",
-    "{number} {shapes}, coloured {colour}",
-)
-
-
-def shape_first_english(english):
-    """English with templates that also name the shape before the colour: a decoder trained
-    from scratch on captions where colour always comes right before shape learns that "red"
-    is never followed by "triangle" and cannot compose the held-out pair (0 of 30 unseen-pair
-    images right, beam 5 included); with both orders it can."""
-    import dataclasses
-    import random
-
-    from polycap.language import DemoLexicon
-
-    numbers = {1: "one", 2: "two", 3: "three"}
-
-    def describe(colour: str, shape: str, count: int, rng: random.Random) -> str:
-        template = rng.choice(SHAPE_FIRST_ONE if count == 1 else SHAPE_FIRST_MANY)
-        return template.format(
-            colour=colour, shape=shape, shapes=shape + "s", number=numbers[count]
-        )
-
-    lexicon = DemoLexicon(describe, english.demo.colour_terms, english.demo.shape_terms)
-    return dataclasses.replace(english, demo=lexicon)
+# Generation's unseen-pair accuracy in this setup over seeds 0-4 (python -m
+# benchmarks.compositional, table in docs/retrieval.md): 7, 10, 10, 10 and 7 of 30 images
+# (min 23.3 %, mean 29.3 %); picking colour and shape at random would give 1 in 12 (8.3 %),
+# retrieval gives 0. The bar sits one image below the lowest seed: 6 of 30.
+UNSEEN_PAIR_BAR = 0.2
 
 
 @pytest.mark.slow
-def test_compositional_split_generation_composes_retrieval_cannot(tmp_path: Path, english) -> None:
+def test_compositional_split_generation_composes_retrieval_cannot(tmp_path: Path) -> None:
     """Train the demo's tiny captioner on a split whose held-out colour-shape pairs appear only
     in the test set: retrieval only ever returns training captions (novelty 0, unseen-pair
-    accuracy 0); generation names some unseen pairs correctly (3 of 30 when this was written)."""
-    import torch
+    accuracy 0); generation names the unseen pairs of at least 6 of the 30 test images."""
+    ROOT = Path(__file__).resolve().parents[1]
+    if str(ROOT) not in sys.path:  # benchmarks/ lives beside polycap/, not installed
+        sys.path.insert(0, str(ROOT))
+    from benchmarks.compositional import run_split
 
-    from polycap.compositional import DEFAULT_HELDOUT_PAIRS, SPLIT_METRICS, compare_on_split
-    from polycap.demo import build_tiny_models
-    from polycap.eval.compare import CompareSettings
-    from polycap.model import Captioner
-    from polycap.offline.synthetic import make_synthetic_set
-    from polycap.training import TrainConfig, train
-
-    pack = shape_first_english(english)
-    split = make_synthetic_set(
-        pack, tmp_path / "data", 600, seed=0, heldout_pairs=DEFAULT_HELDOUT_PAIRS
-    )
-    train_captions = json.loads(split.train_file.read_text(encoding="utf-8"))
-    models = build_tiny_models(pack, [r["caption"] for r in train_captions], tmp_path / "models", 0)
-    config = TrainConfig(
-        language="en",
-        data=split.train_file,
-        output=tmp_path / "run",
-        encoder=models["encoder"],
-        pretrained=models["pretrained"],
-        lm=models["lm"],
-        mapper="mlp",
-        prefix_length=4,
-        train_lm=True,
-        epochs=20,
-        batch_size=32,
-        lr=1e-3,
-        warmup_steps=20,
-        val_fraction=0.1,
-        seed=0,
-        device="cpu",
-        cache_dir=tmp_path / "cache",
-        progress=False,
-    )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model = Captioner.load(train(config).model_dir)
-        settings = CompareSettings(metrics=SPLIT_METRICS, cache_dir=tmp_path / "cache")
-        result = compare_on_split(pack, split, model, tmp_path / "compare", settings=settings)
-    finally:
-        torch.set_num_threads(threads)
+    result = run_split(tmp_path, seed=0)
     retrieval = result.comparison.method("retrieval")
     generation = result.comparison.method("generation")
     print(result.comparison.table())
     assert retrieval.novelty == 0.0
     assert result.pair_scores["retrieval"]["unseen"]["pair_accuracy"] == 0.0
     assert result.pair_scores["generation"]["seen"]["pair_accuracy"] > 0.5
-    assert result.pair_scores["generation"]["unseen"]["pair_accuracy"] > 0.0
+    assert result.pair_scores["generation"]["unseen"]["n"] == 30
+    assert result.pair_scores["generation"]["unseen"]["pair_accuracy"] >= UNSEEN_PAIR_BAR
     assert generation.novelty is not None and generation.novelty > 0.0
     assert result.report is not None and result.report.is_file()
