@@ -28,6 +28,15 @@ def resolve_model_source(source: str | Path) -> Path:
     return Path(source)
 
 
+def _is_network_error(error: BaseException) -> bool:
+    """Offline or unreachable: ``ConnectionError`` (huggingface_hub's offline mode) or an
+    httpx/requests connection or transport error."""
+    names = {kind.__name__ for kind in type(error).__mro__}
+    return isinstance(error, ConnectionError) or bool(
+        names & {"ConnectError", "NetworkError", "TransportError", "ConnectTimeout"}
+    )
+
+
 def _first_line(error: Exception) -> str:
     text = str(error).strip()
     return (text.splitlines()[0] if text else type(error).__name__)[:240]
@@ -80,7 +89,7 @@ def push(folder: Path, repo_id: str, private: bool = False) -> str:
         )
     except Exception as error:  # offline, no token, no rights: all one line
         reason = _first_line(error)
-        if isinstance(error, ConnectionError) or "offline" in reason.lower():
-            reason = f"offline? {reason}"
+        if _is_network_error(error) and "offline" not in reason.lower():
+            reason = f"offline: cannot reach the Hugging Face Hub; {reason}"
         raise BadInput(f"--push-to-hub {repo_id}: upload failed ({reason})") from None
     return str(getattr(commit, "commit_url", None) or f"https://huggingface.co/{repo_id}")
