@@ -150,3 +150,25 @@ def test_killed_run_resumes_to_the_uninterrupted_result(
     assert resumed["history"] == expected["history"]  # exactly, the interrupted epoch too
     assert_bit_identical(straight_dir / "final", output / "final")
     assert stale(output) == []
+
+
+def test_killed_while_saving_best_resumes_to_the_same_best(setup, tmp_path_factory, tmp_path):
+    """``--best-metric``: SIGKILLed inside the second write of best/ (epoch 2's), the old best/
+    stays whole; the resumed run keeps the same best epoch and ends with the same best/."""
+    extra = ("--epochs", "3", "--best-metric", "val_loss")
+    straight_dir = tmp_path_factory.mktemp("straight-best") / "run"
+    expected = polycap(train_args(setup, straight_dir, *extra))
+    assert expected["best"]["epoch"] >= 2  # (else best/ is written once and never paused in)
+    output = tmp_path / "run"
+    run_until_killed(train_args(setup, output, *extra), "pause@best:2", tmp_path / "paused")
+    first = json.loads((output / "best" / "polycap.json").read_text())["training"]["best"]
+    assert first["epoch"] == 1  # the previous best/ intact, epoch 2's half-written beside it
+    assert [name for name in stale(output) if name.startswith(".best.tmp-")]
+
+    resumed = polycap(train_args(setup, output, *extra, "--resume"))
+
+    assert resumed["history"] == expected["history"]
+    assert {**resumed["best"], "model": None} == {**expected["best"], "model": None}
+    assert_bit_identical(straight_dir / "best", output / "best")
+    assert_bit_identical(straight_dir / "final", output / "final")
+    assert stale(output) == []
