@@ -68,6 +68,12 @@ def test_onnx_gives_the_same_tokens_as_pytorch_one_image_at_a_time(exported, con
         assert generate_ids(runtime, row, config) == generate_ids(model, row, config)
 
 
+def test_onnx_seeded_sampling_draws_what_pytorch_draws(exported) -> None:
+    model, runtime, features, _, _ = exported
+    config = GenerationConfig(max_length=MAX, sample=True, seed=3, num_captions=2, top_k=20)
+    assert generate_ids(runtime, features, config) == generate_ids(model, features, config)
+
+
 def test_onnx_captions_are_the_learnt_texts(exported) -> None:
     _, runtime, features, texts, _ = exported
     captions = caption_features(runtime, features, GenerationConfig(max_length=MAX))
