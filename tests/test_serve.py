@@ -102,6 +102,9 @@ def test_caption_by_upload_and_by_json_match_the_cli(models, checkpoint, images,
         assert reply.json()["captions"] == expected[image.name]
         assert reply.json()["language"] == "en"
     assert upload.json()["image"] == image.name
+    import polycap
+
+    assert polycap.load(checkpoint).caption(image, max_length=6) == expected[image.name][0]
 
 
 def test_concurrent_requests_are_batched_and_each_gets_what_the_cli_gives(

@@ -94,36 +94,26 @@ def split_spec(spec: str) -> tuple[str | None, Path]:
 def load_models(
     model_specs: list[str], bank_specs: list[str] | None = None, device: str = "cpu"
 ) -> dict[str, ServedModel]:
-    """The models (by language, in the order given) with their banks attached."""
-    from polycap.captioning import encoder_for, load_captioner
+    """The models (by language, in the order given) with their banks attached; each loaded
+    through the Python API, :func:`polycap.load`, as a program using polycap would."""
+    import polycap
 
     if not model_specs:
         raise BadInput("--model: give at least one checkpoint or run folder")
     served: dict[str, ServedModel] = {}
-    encoders: dict[tuple[Any, ...], Any] = {}
     for spec in model_specs:
         language, path = split_spec(spec)
-        captioner = load_captioner(path, device=device, expected_language=language)
-        code = captioner.config["language"]
+        loaded = polycap.load(path, device=device)
+        code = loaded.language
+        if language is not None and code != language:
+            raise BadInput(f"{path} was trained for language {code!r}, not {language!r}")
         if code in served:
-            raise BadInput(
-                f"--model: two models for language {code!r}: {served[code].source}, {path}"
-            )
-        if getattr(captioner, "image_encoder", None) is not None:  # brings its own (ONNX)
-            encoder = encoder_for(captioner, device=device)
-        else:  # models trained on one encoder share it
-            key = _encoder_key(captioner.config["encoder"])
-            if key not in encoders:
-                encoders[key] = encoder_for(captioner, device=device)
-            encoder = encoders[key]
-        served[code] = ServedModel(code, path, captioner, encoder, device)
+            first = served[code].source
+            raise BadInput(f"--model: two models for language {code!r}: {first}, {path}")
+        served[code] = ServedModel(code, path, loaded.model, loaded.encoder, device)
     for spec in bank_specs or []:
         _attach_bank(served, spec, device)
     return served
-
-
-def _encoder_key(info: dict[str, Any]) -> tuple[Any, ...]:
-    return (info.get("backend", "open_clip"), info.get("name"), str(info.get("pretrained")))
 
 
 def _attach_bank(served: dict[str, ServedModel], spec: str, device: str) -> None:
