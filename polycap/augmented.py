@@ -404,20 +404,19 @@ def caption_augmented(
 # -- training ----------------------------------------------------------------------------------
 
 
-def training_prompts(
+def training_neighbours(
     bank: Bank,
     features: Any,
     own_captions: dict[str, list[str]],
     pack: LanguagePack,
-    tokenizer: Any,
-    setup: RetrievalSetup,
+    k: int,
     block: int = 4096,
-) -> list[list[int]]:
-    """Prompt ids for every row of a feature store (``features.paths()`` order), each built
-    from its neighbours' captions without its own image and references (``own_captions``:
-    resolved image path -> its captions)."""
+) -> list[list[str]]:
+    """The retrieved captions for every row of a feature store (``features.paths()`` order),
+    without the row's own bank image and without any caption equal to one of its references
+    (``own_captions``: resolved image path -> its captions)."""
     paths = [str(p) for p in features.paths()]
-    prompts: list[list[int]] = []
+    found: list[list[str]] = []
     for start, rows in zip(range(0, len(paths), block), features.blocks(size=block), strict=False):
         names = paths[start : start + len(rows)]
         exclude = Exclusions(
@@ -426,6 +425,20 @@ def training_prompts(
                 {pack.normalize(t) for t in own_captions.get(_same_file(n), [])} for n in names
             ],
         )
-        for texts in neighbour_captions(bank, rows, setup.k, exclude):
-            prompts.append(prompt_token_ids(pack, tokenizer, texts, setup))
-    return prompts
+        found += neighbour_captions(bank, rows, k, exclude)
+    return found
+
+
+def training_prompts(
+    bank: Bank,
+    features: Any,
+    own_captions: dict[str, list[str]],
+    pack: LanguagePack,
+    tokenizer: Any,
+    setup: RetrievalSetup,
+) -> list[list[int]]:
+    """Prompt ids for every row of a feature store, from :func:`training_neighbours`."""
+    return [
+        prompt_token_ids(pack, tokenizer, texts, setup)
+        for texts in training_neighbours(bank, features, own_captions, pack, setup.k)
+    ]

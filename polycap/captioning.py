@@ -16,6 +16,7 @@ class CaptionedImages:
     paths: list[Path]
     captions: list[list[str]]
     skipped: list[tuple[Path, str]]
+    retrieved: list[list[str]] | None = None  # retrieval-augmented: the prompts' captions
 
 
 def generation_config(
@@ -133,15 +134,35 @@ def caption_images(
     device: str = "cpu",
     progress: bool = True,
     cache_dir: Path | None = None,
+    bank: Path | None = None,
 ) -> CaptionedImages:
-    """Encode ``paths`` with the model's encoder (cached) and caption them in batches."""
+    """Encode ``paths`` with the model's encoder (cached) and caption them in batches. A
+    retrieval-augmented model retrieves from ``bank``, else from the bank it recorded."""
     from polycap.encoding import encode_images
     from polycap.generation import caption_features
 
+    augmented = bool(getattr(model, "config", {}).get("retrieval"))
+    if bank is not None and not augmented:
+        raise BadInput(f"--bank {bank}: the model is not retrieval-augmented (it uses no bank)")
+    opened = None
+    if augmented:
+        from polycap.augmented import open_bank
+        from polycap.retrieval.search import check_encoder
+
+        opened = open_bank(model, bank)
     encoder = encoder_for(model, device=device)
+    if opened is not None:
+        check_encoder(opened, encoder)
     encoded = encode_images(
         encoder, paths, batch_size=batch_size, cache_dir=cache_dir, progress=progress
     )
+    if opened is not None:
+        from polycap.augmented import caption_augmented
+
+        found = caption_augmented(
+            model, encoded.features.to(device), opened, generation, batch_size=batch_size
+        )
+        return CaptionedImages(encoded.paths, found.captions, encoded.skipped, found.retrieved)
     captions = caption_features(
         model, encoded.features.to(device), generation, batch_size=batch_size, progress=progress
     )

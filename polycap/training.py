@@ -83,6 +83,8 @@ class TrainConfig:
     best_metric: str | None = None  # keep best/ by this validation score (polycap.selection)
     early_stop: int = 0  # stop after this many epochs without improvement (0: never)
     log_with: list[str] = field(default_factory=list)  # Accelerate trackers (polycap.trackers)
+    retrieval_bank: Path | None = None  # retrieval-augmented: prompts from this bank's kNN
+    retrieval_k: int = 4  # captions per prompt
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe copy for the checkpoint."""
@@ -112,6 +114,8 @@ class PreparedData:
     tokenizer: Any
     encoder_info: EncoderSpec
     skipped: int
+    prompts: list[list[int]] | None = None  # retrieval prompt ids per feature row
+    retrieval: dict[str, Any] | None = None  # the RetrievalSetup record
 
 
 @dataclass
@@ -187,6 +191,23 @@ def collate(
     if isinstance(features, torch.Tensor):
         rows = rows.to(features.device)
     return features[rows], input_ids, mask
+
+
+def prompt_inputs(
+    batch: list[int],
+    tokens: TokenizedSet,
+    prompts: list[list[int]] | None,
+    pad_id: int,
+    device: Any = None,
+) -> dict[str, torch.Tensor]:
+    """``prompt_ids`` / ``prompt_mask`` (left-padded) for a batch of caption indices, from the
+    prompt of each caption's image; nothing for a plain captioner."""
+    if prompts is None:
+        return {}
+    from polycap.augmented import left_padded
+
+    ids, mask = left_padded([prompts[tokens.feature_rows[i]] for i in batch], pad_id)
+    return {"prompt_ids": ids.to(device), "prompt_mask": mask.to(device)}
 
 
 def tokenize_records(
@@ -265,6 +286,11 @@ class Trainer:
         if config.precision not in PRECISIONS:
             raise BadInput(
                 f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}"
+            )
+        if config.retrieval_bank is not None and config.eval_metrics:
+            raise BadInput(
+                "--eval-metrics does not yet caption with retrieval prompts; "
+                "leave it out with --retrieval-bank (validation loss is recorded)"
             )
         self.config = config
         self.registries = registries or get_registries()
@@ -429,7 +455,36 @@ class Trainer:
             f"train {len(train.token_ids)} / validation {len(val.token_ids)} captions; "
             f"{len(skipped)} images skipped"
         )
-        return PreparedData(train, val, features, tokenizer, encoder_info, len(skipped))
+        data = PreparedData(train, val, features, tokenizer, encoder_info, len(skipped))
+        if config.retrieval_bank is not None:
+            self.add_prompts(data, captions, encoder)
+        return data
+
+    def add_prompts(self, data: PreparedData, captions: Any, encoder: Any) -> None:
+        """Retrieval prompts for every encoded image (its own entry and references excluded)."""
+        import os
+
+        from polycap.augmented import RetrievalSetup, training_prompts
+        from polycap.retrieval.bank import Bank
+        from polycap.retrieval.search import check_encoder
+
+        config = self.config
+        bank = Bank.open(config.retrieval_bank)
+        if bank.language != self.pack.code:
+            raise BadInput(
+                f"--retrieval-bank {bank.path}: bank is in {bank.language!r}, "
+                f"training in {self.pack.code!r}"
+            )
+        check_encoder(bank, encoder)
+        setup = RetrievalSetup.for_bank(bank, self.pack, config.retrieval_k)
+        own = {os.path.realpath(p): texts for p, texts in captions.by_image().items()}
+        data.prompts = training_prompts(bank, data.features, own, self.pack, data.tokenizer, setup)
+        data.retrieval = setup.to_json()
+        lengths = [len(p) for p in data.prompts]
+        self.say(
+            f"Retrieval prompts from {bank.path} (k={setup.k}): "
+            f"{sum(lengths) / max(1, len(lengths)):.1f} tokens on average"
+        )
 
     def load_or_build(self, start: Path | None, data: PreparedData) -> Any:
         """The checkpoint's model when resuming, else a new one (with feature statistics)."""
@@ -453,6 +508,8 @@ class Trainer:
             registries=self.registries,
             stop_token=config.stop_token,
         )
+        if data.retrieval is not None:
+            model.config["retrieval"] = data.retrieval
         if config.standardize_features:
             model.set_feature_stats(data.features.blocks(rows=sorted(set(data.train.feature_rows))))
         return model
@@ -519,7 +576,10 @@ class Trainer:
         of the global batch's token-mean loss (the parts of all processes sum to it)."""
         shard, weight = self.share(batch, data.train)
         features, input_ids, mask = collate(shard, data.train, data.features, self.pad_id(model))
-        loss = model(features.to(self.device), input_ids.to(self.device), mask.to(self.device)).loss
+        prompt = prompt_inputs(shard, data.train, data.prompts, self.pad_id(model), self.device)
+        loss = model(
+            features.to(self.device), input_ids.to(self.device), mask.to(self.device), **prompt
+        ).loss
         self.accelerator.backward(loss * (weight * self.processes))  # DDP averages: × processes
         return float(loss.detach()) * weight
 
@@ -595,8 +655,11 @@ class Trainer:
             if weight == 0.0:
                 continue
             feats, ids, mask = collate(shard, tokens, data.features, plain.pad_token_id)
+            prompt = prompt_inputs(shard, tokens, data.prompts, plain.pad_token_id, self.device)
             with self.accelerator.autocast():
-                loss = plain(feats.to(self.device), ids.to(self.device), mask.to(self.device)).loss
+                loss = plain(
+                    feats.to(self.device), ids.to(self.device), mask.to(self.device), **prompt
+                ).loss
             total += float(loss) * weight * len(batch)
         plain.train()
         return self.sum_over_processes(total) / len(tokens.token_ids)

@@ -37,6 +37,13 @@ def caption_command(
     num_captions: int = typer.Option(1, min=1, help="Distinct captions per image."),
     max_length: MaxLength = 30,
     seed: int | None = typer.Option(None, help="Seed for sampling."),
+    bank: Path | None = typer.Option(
+        None,
+        "--bank",
+        "-b",
+        help="Retrieval-augmented models: retrieve from this bank instead of the one they were "
+        "trained with (domain transfer).",
+    ),
     batch_size: BatchSize = 64,
     device: Device = "auto",
     max_pixels: MaxPixels = MAX_PIXELS,
@@ -67,6 +74,7 @@ def caption_command(
         batch_size=batch_size,
         device=torch_device,
         progress=not json_output,
+        bank=bank,
     )
     if json_output:
         print_json(
@@ -74,7 +82,8 @@ def caption_command(
                 "model": str(model),
                 "language": captioner.config["language"],
                 "captions": [
-                    {"image": str(p), "captions": c} for p, c in zip(result.paths, result.captions)
+                    {"image": str(p), "captions": c, **_retrieved(result, i)}
+                    for i, (p, c) in enumerate(zip(result.paths, result.captions))
                 ],
                 "skipped": [{"image": str(p), "reason": r} for p, r in result.skipped],
             }
@@ -94,3 +103,8 @@ def caption_command(
         raise typer.Exit(2)
     if not json_output:
         console.print(f"{len(result.paths)} image(s) captioned.")
+
+
+def _retrieved(result: object, index: int) -> dict[str, list[str]]:
+    retrieved = getattr(result, "retrieved", None)
+    return {} if retrieved is None else {"retrieved": retrieved[index]}

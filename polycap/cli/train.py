@@ -143,6 +143,18 @@ def train_command(
             "recorded in the model.",
         ),
     ] = None,
+    retrieval_bank: Annotated[
+        Path | None,
+        typer.Option(
+            "--retrieval-bank",
+            help="Retrieval-augmented: put the captions of each image's nearest bank images "
+            "(image kNN; its own excluded) into a prompt before the caption. Recorded in the "
+            "model; polycap caption uses it (or --bank).",
+        ),
+    ] = None,
+    retrieval_k: Annotated[
+        int, typer.Option("--retrieval-k", min=1, help="Retrieved captions per prompt.")
+    ] = 4,
     seed: Annotated[int, typer.Option()] = 0,
     save_every: Annotated[
         int, typer.Option(min=0, help="Also checkpoint every N optimizer steps.")
@@ -194,6 +206,8 @@ def train_command(
         best_metric=best_metric or None,
         early_stop=early_stop,
         log_with=check_trackers(split_names(log_with) or []),
+        retrieval_bank=retrieval_bank,
+        retrieval_k=retrieval_k,
         seed=seed,
         save_every=save_every,
         device=device,
