@@ -781,6 +781,9 @@ def make_selection(config: TrainConfig, registries: Registries) -> Selection | N
         return None
     name = config.best_metric or LOSS
     metric = BestMetric.resolve(name, config.eval_metrics, registries)
+    if config.val_fraction <= 0:
+        option = f"--best-metric {name}" if config.best_metric else "--early-stop"
+        raise BadInput(f"{option}: needs a validation split (--val-fraction is 0)")
     return Selection(metric, patience=config.early_stop)
 
 

@@ -133,9 +133,10 @@ def cli_args(setup: dict[str, str], output: Path, *extra: str) -> list[str]:
             "--best-metric wer: not among the validation scores (--eval-metrics: bleu)",
         ),
         (("--log-with", "tensorbored"), "--log-with tensorbored: not a tracker; choose from"),
+        (("--early-stop", "2", "--val-fraction", "0"), "--early-stop: needs a validation split"),
         (("--log-with", "wandb"), "--log-with wandb: the wandb package is not installed"),
     ],
-    ids=["not-evaluated", "another-metric", "unknown-tracker", "tracker-not-installed"],
+    ids=["not-evaluated", "another-metric", "unknown-tracker", "no-validation", "not-installed"],
 )
 def test_bad_names_are_one_line_before_training(setup, tmp_path, capsys, extra, message):
     if extra[-1] == "wandb":
