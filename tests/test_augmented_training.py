@@ -198,3 +198,56 @@ def test_a_twin_images_copies_of_the_references_are_excluded_too(trained, englis
     references = {english.normalize(t) for t in split.captions[names[0]]}
     assert found[0] and not references & set(found[0])
     assert references & set(bank.captions(range(bank.n_captions)))  # they are in the bank
+
+
+@pytest.fixture(scope="module")
+def plain_dir(trained, tiny_clip, tmp_path_factory) -> Path:
+    import sys
+
+    from polycap.cli import main
+
+    output = tmp_path_factory.mktemp("plain") / "out"
+    saved, sys.argv = sys.argv, ["polycap", *train_args(trained, tiny_clip, output)]
+    try:
+        main()
+    except SystemExit as exit_:
+        assert not exit_.code
+    finally:
+        sys.argv = saved
+    return output / "final"
+
+
+def test_compare_shows_three_methods(model_dir, plain_dir, trained, capsys, tmp_path) -> None:
+    split, bank = trained["split"], str(trained["root"] / "bank")
+    common = [
+        "compare",
+        str(split.test_file),
+        "-m",
+        str(plain_dir),
+        "-b",
+        bank,
+        "--augmented-model",
+        str(model_dir),
+        "--metrics",
+        "bleu,cider-d",
+        "--max-length",
+        "8",
+        "-k",
+        "2",
+    ]
+    report = tmp_path / "report.html"
+    result = run_cli([*common, "--json", "--report", str(report)], capsys)
+    assert result.code == 0, result.err
+    data = json.loads(result.out)
+    assert list(data["methods"]) == ["retrieval", "generation", "retrieval-augmented"]
+    augmented = data["methods"]["retrieval-augmented"]
+    assert augmented["captions_per_second"] > 0 and augmented["novelty"] is not None
+    assert "CIDEr-D" in augmented["scores"]
+    assert all(len(row["retrieval-augmented retrieved"]) == 2 for row in data["per_image"])
+    html = report.read_text(encoding="utf-8")
+    first = data["per_image"][0]["retrieval-augmented retrieved"][0]
+    assert "retrieved captions in its prompt" in html and first in html
+    table = run_cli(common, capsys)
+    assert table.code == 0 and "retrieval-augmented" in table.out
+    swapped = run_cli([*common[:3], str(model_dir), *common[4:]], capsys)
+    assert swapped.code == 2 and "--augmented-model" in swapped.err

@@ -43,6 +43,16 @@ def compare_command(
     bank: Path = typer.Option(
         ..., "--bank", "-b", help="Bank of the training captions, built with the model's encoder."
     ),
+    augmented_model: Path | None = typer.Option(
+        None,
+        "--augmented-model",
+        help="A retrieval-augmented checkpoint (trained with --retrieval-bank): a third column.",
+    ),
+    augmented_bank: Path | None = typer.Option(
+        None,
+        "--augmented-bank",
+        help="The bank the augmented model retrieves from (default: --bank).",
+    ),
     images: Images = None,
     allow_outside_images: AllowOutside = False,
     image_column: ImageColumn = None,
@@ -69,7 +79,8 @@ def compare_command(
     cache_dir: CacheDir = None,
     json_output: JsonOutput = False,
 ) -> None:
-    """Retrieval vs generation: [bold]polycap compare test.json -m runs/ja -b bank/[/]."""
+    """Retrieval vs generation (vs retrieval-augmented with --augmented-model):
+    [bold]polycap compare test.json -m runs/ja -b bank/[/]."""
     from polycap.captioning import load_captioner
     from polycap.data import load_captions
     from polycap.devices import resolve_device
@@ -89,6 +100,9 @@ def compare_command(
     torch_device = str(resolve_device(device))
     opened = Bank.open(bank)
     captioner = load_captioner(model, device=torch_device)
+    augmented = None
+    if augmented_model is not None:
+        augmented = load_captioner(augmented_model, device=torch_device)
     pack = captioner.pack
     refs = load_captions(heldout, images_dir=images, format=data_format)
     clip = ClipOptions(
@@ -106,6 +120,8 @@ def compare_command(
         bank=opened,
         generation=GenerationConfig(max_length=max_length, beams=beams),
         retrieval=RetrievalOptions(mode, k, consensus, neighbours),
+        augmented=augmented,
+        augmented_bank=Bank.open(augmented_bank) if augmented_bank is not None else None,
         settings=CompareSettings(
             names, clip, batch_size, torch_device, cache_dir, not json_output, registries
         ),
@@ -123,7 +139,8 @@ def _show(result: Any, bank: Any, written: Path | None, json_output: bool) -> No
         return
     header, rows = result.table()
     print_table(
-        f"Retrieval vs generation: {len(result.images)} held-out images ({result.language})",
+        f"{' vs '.join(m.name for m in result.methods).capitalize()}: "
+        f"{len(result.images)} held-out images ({result.language})",
         header,
         rows,
     )

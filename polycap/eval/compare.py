@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from polycap.errors import BadInput
-from polycap.eval.methods import GenerationMethod, Method, RetrievalMethod, RetrievalOptions
+from polycap.eval.methods import (
+    AugmentedMethod,
+    GenerationMethod,
+    Method,
+    RetrievalMethod,
+    RetrievalOptions,
+)
 from polycap.eval.runner import ClipOptions, EvalContext, EvalResult, evaluate, image_keys
 
 if TYPE_CHECKING:
@@ -58,6 +64,7 @@ class MethodResult:
     distinct_2: float
     unique_share: float
     extra: dict[str, float] = field(default_factory=dict)
+    retrieved: list[list[str]] | None = None  # retrieval-augmented: each prompt's captions
 
     @property
     def throughput(self) -> float:
@@ -154,7 +161,16 @@ class Comparison:
         }
         if per_image:
             data["per_image"] = [
-                {"image": key, "references": refs, **{m.name: m.captions[i] for m in self.methods}}
+                {
+                    "image": key,
+                    "references": refs,
+                    **{m.name: m.captions[i] for m in self.methods},
+                    **{
+                        f"{m.name} retrieved": m.retrieved[i]
+                        for m in self.methods
+                        if m.retrieved is not None
+                    },
+                }
                 for i, (key, refs) in enumerate(zip(self.keys, self.references, strict=True))
             ]
         return data
@@ -179,12 +195,18 @@ class Comparison:
                 if method.novel is not None:
                     label += " (novel)" if method.novel[i] else " (seen in training)"
                 texts[label] = shown
+                if method.retrieved is not None:
+                    texts[f"{method.name}: retrieved captions in its prompt"] = method.retrieved[i]
                 for badge, ok in ((marks or {}).get(method.name, {}).get(key, {})).items():
                     row_marks[f"{method.name} {badge}"] = ok
             rows.append(ReportRow(image, texts, row_marks))
         header, table = self.table()
         return write_report(
-            path, title or f"Retrieval vs generation ({self.language})", rows, table, header
+            path,
+            title or f"{' vs '.join(m.name for m in self.methods).capitalize()} ({self.language})",
+            rows,
+            table,
+            header,
         )
 
 
@@ -253,6 +275,7 @@ class ScoringContext:
             distinct_n(tokens, 1),
             distinct_n(tokens, 2),
             len(set(captions)) / len(captions) if captions else 0.0,
+            retrieved=getattr(method, "retrieved", None),
         )
 
 
@@ -265,9 +288,13 @@ def compare(
     retrieval: RetrievalOptions | None = None,
     settings: CompareSettings | None = None,
     encoder: ImageEncoder | None = None,
+    augmented: Any = None,
+    augmented_bank: Bank | None = None,
 ) -> Comparison:
-    """Caption ``heldout`` by retrieval from ``bank`` and by ``model``, with one encoder
-    (the model's; the bank must have been built with it), and score both alike."""
+    """Caption ``heldout`` by retrieval from ``bank``, by ``model`` and by the
+    retrieval-augmented model ``augmented`` (retrieving from ``augmented_bank``, else ``bank``,
+    else the bank it recorded), with one encoder (the model's; the banks must have been built
+    with it), and score all alike."""
     retrieval = retrieval or RetrievalOptions()
     settings = settings or CompareSettings()
     methods: list[Method] = []
@@ -275,6 +302,11 @@ def compare(
         methods.append(RetrievalMethod(bank, retrieval))
     if model is not None:
         methods.append(GenerationMethod(model, generation, settings.batch_size))
+    if augmented is not None:
+        from polycap.augmented import open_bank
+
+        own_bank = augmented_bank or bank or open_bank(augmented)
+        methods.append(AugmentedMethod(augmented, own_bank, generation, settings.batch_size))
     if not methods:
         raise BadInput("compare needs a model, a bank, or both")
     if encoder is None:
@@ -282,8 +314,8 @@ def compare(
 
         for method in methods:
             method.check_language(pack)
-        if model is not None:
-            encoder = encoder_for(model, device=settings.device)
+        if model is not None or augmented is not None:
+            encoder = encoder_for(model or augmented, device=settings.device)
         else:
             encoder = bank.load_encoder(device=settings.device)  # type: ignore[union-attr]
     record = {

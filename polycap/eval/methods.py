@@ -132,6 +132,11 @@ class GenerationMethod:
         return f"generation ({self.generation.strategy})"
 
     def check_language(self, pack: LanguagePack) -> None:
+        if self.model.config.get("retrieval"):
+            raise BadInput(
+                "the model is retrieval-augmented: compare it as --augmented-model, "
+                "beside a plain --model"
+            )
         if self.model.config.get("language") not in (None, pack.code):
             raise BadInput(
                 f"the model was trained for {self.model.config['language']!r}, "
@@ -155,3 +160,79 @@ class GenerationMethod:
 
     def settings(self) -> dict[str, Any]:
         return {"generation": self.generation.to_json()}
+
+
+@dataclass
+class AugmentedMethod:
+    """Captions decoded by a retrieval-augmented captioner (:mod:`polycap.augmented`): each
+    image's prompt holds the captions of its nearest ``bank`` images; ``retrieved`` keeps them
+    (per image, after :meth:`caption`) for the report."""
+
+    model: Any
+    bank: Bank
+    generation: Any = None
+    batch_size: int = 64
+    name: str = "retrieval-augmented"
+    retrieved: list[list[str]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.generation is None:
+            from polycap.generation import GenerationConfig
+
+            self.generation = GenerationConfig()
+
+    @property
+    def k(self) -> int:
+        from polycap.augmented import retrieval_setup
+
+        setup = retrieval_setup(self.model)
+        if setup is None:
+            raise BadInput("the augmented model is not retrieval-augmented (no --retrieval-bank)")
+        return setup.k
+
+    @property
+    def label(self) -> str:
+        return f"retrieval-augmented ({self.generation.strategy}, k={self.k})"
+
+    def check_language(self, pack: LanguagePack) -> None:
+        self.k  # noqa: B018 - a plain model is refused before anything runs
+        for what, code in (("model", self.model.config["language"]), ("bank", self.bank.language)):
+            if code != pack.code:
+                raise BadInput(
+                    f"the retrieval-augmented {what} is in {code!r}, the held-out set is "
+                    f"evaluated as {pack.code!r}"
+                )
+
+    def check_encoder(self, encoder: ImageEncoder) -> None:
+        from polycap.retrieval.search import check_encoder
+
+        check_encoder(self.bank, encoder)
+        recorded = int(self.model.config["encoder"]["embed_dim"])
+        if recorded != int(encoder.embed_dim):
+            raise BadInput(
+                f"the retrieval-augmented model was trained on {recorded}-dimensional image "
+                f"embeddings, the shared encoder gives {encoder.embed_dim}"
+            )
+
+    def caption(self, features: torch.Tensor) -> list[list[str]]:
+        from polycap.augmented import caption_augmented
+
+        found = caption_augmented(
+            self.model,
+            features.to(self.model.device),
+            self.bank,
+            self.generation,
+            batch_size=self.batch_size,
+        )
+        self.retrieved = found.retrieved
+        return found.captions
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "retrieval_augmented": {
+                "bank": str(self.bank.path),
+                "k": self.k,
+                "generation": self.generation.to_json(),
+                "template": self.model.config["retrieval"].get("template"),
+            }
+        }
