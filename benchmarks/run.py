@@ -133,7 +133,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--write",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="write docs/benchmarks.md and docs/benchmarks.json (default: yes, except --quick)",
+        help="write docs/benchmarks.md and docs/benchmarks.json (default: yes, except --quick "
+        "and except sections that --only ran in part, such as decoding with --only greedy)",
     )
     parser.add_argument("--doc", type=Path, default=report.DOC, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -149,6 +150,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.decoder = "tiny" if args.quick else "small"
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
+    args.write_explicit = args.write is True
     if args.write is None:
         args.write = not args.quick
     return args
@@ -196,16 +198,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = options_from(args, console)
     started = time.perf_counter()
     sections: list[report.Section] = []
+    partial: list[str] = []  # sections of a module run with only some of its benchmarks
     for module in found:
-        if not any(options.wants(name) for name in getattr(module, "BENCHMARKS", ())):
+        wanted = [options.wants(name) for name in getattr(module, "BENCHMARKS", ())]
+        if not any(wanted):
             continue
         made = module.bench_section(options)
         for section in made if isinstance(made, list) else [made]:
             console.print(Markdown(f"## {section.name}\n\n{section.markdown}"))
             sections.append(section)
+            if not all(wanted):
+                partial.append(section.name)
     command = report.command_line()
     console.print(f"total {time.perf_counter() - started:.0f} s")
-    if args.write:
+    if partial and not args.write_explicit:
+        console.print(f"not written (only part of their benchmarks ran): {', '.join(partial)}")
+        sections = [s for s in sections if s.name not in partial]
+    if args.write and sections:
         report.write(sections, command, doc=args.doc, json_path=None if args.json else report.JSON)
         console.print(f"wrote {len(sections)} section(s) into {args.doc}")
     if args.json:

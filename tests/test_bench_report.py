@@ -52,3 +52,24 @@ def test_section_names_and_options() -> None:
     assert {"greedy", "beam", "sample", "pipeline", "features", "train", "memory"} <= set(
         run.names(run.modules())
     )
+
+
+def test_a_section_run_in_part_is_not_written(tmp_path: Path, monkeypatch) -> None:
+    import types
+
+    fake = types.ModuleType("benchmarks.fake")
+    fake.BENCHMARKS = ("a", "b")
+    fake.bench_section = lambda options: report.Section(
+        "fake", "ran: " + ",".join(sorted(n for n in fake.BENCHMARKS if options.wants(n)))
+    )
+    monkeypatch.setattr(run, "modules", lambda: [fake])
+    doc = tmp_path / "bench.md"
+    out = tmp_path / "out.json"
+    common = ["--doc", str(doc), "--json", str(out)]
+    assert run.main(["--only", "a", *common]) == 0
+    assert not doc.exists()  # part of the section: not written
+    assert run.main(["--only", "a", "b", *common]) == 0
+    assert "ran: a,b" in doc.read_text(encoding="utf-8")
+    assert run.main(["--only", "a", "--write", *common]) == 0  # asked for explicitly
+    assert "ran: a\n" in doc.read_text(encoding="utf-8")
+    assert run.main(["--only", "nope", *common]) == 2
