@@ -15,6 +15,11 @@ class CliResult:
     err: str
 
 
+def flat(text: str) -> str:
+    """Output with rich's line wrapping undone (white space runs folded to one space)."""
+    return " ".join(text.split())
+
+
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> CliResult:
     """Call ``polycap.cli.main`` with ``args``; return exit code, stdout and stderr."""
     from polycap.cli import main

@@ -6,7 +6,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -52,6 +52,23 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> TinyClip:
         open_clip.add_model_config(config)
     weights = save_tiny_clip_weights(directory / "tiny_clip.pt", seed=0)
     return TinyClip(TINY_CLIP_NAME, weights, TINY_CLIP_CONFIG["embed_dim"])
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple:
+    """(model, features, texts): the tiny captioner fitted so that decoding gives captions of
+    different lengths that end with the end token (``helpers_lm.trained_captioner``)."""
+    from helpers_lm import trained_captioner
+
+    return trained_captioner()
+
+
+@pytest.fixture(scope="module")
+def english() -> Any:
+    """The built-in English pack, from the registries."""
+    from polycap.plugins import get_registries
+
+    return get_registries().languages.get("en")
 
 
 @pytest.fixture(scope="session", autouse=True)

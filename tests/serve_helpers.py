@@ -10,30 +10,17 @@ from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tiny_checkpoint import tiny_captioner
+
 T = TypeVar("T")
 
 
 def build_checkpoint(language: str, captions: list[str], root: Path, seed: int = 0) -> Path:
     """An untrained but complete checkpoint of ``language`` on tiny local models."""
-    from polycap.demo import build_tiny_models
-    from polycap.model import Captioner
     from polycap.plugins import get_registries
 
     pack = get_registries().languages.get(language)
-    models = build_tiny_models(pack, captions, root / "models", seed=seed)
-    model = Captioner.build(
-        pack=pack,
-        tokenizer=pack.load_tokenizer(models["lm"]),
-        lm=pack.load_decoder(models["lm"]),
-        encoder_info={
-            "backend": "open_clip",
-            "name": models["encoder"],
-            "pretrained": models["pretrained"],
-            "embed_dim": 64,
-        },
-        prefix_length=2,
-        train_lm=True,
-    )
+    model = tiny_captioner(pack, captions, root, seed=seed, train_lm=True)
     return model.save(root / "checkpoint")
 
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from helpers_lm import new_captioner, torch_threads, trained_captioner
+from helpers_lm import new_captioner
 
 from polycap.generation import GenerationConfig, generate_ids
 
@@ -26,18 +25,6 @@ reference = importlib.import_module("benchmarks.reference")
 workload = importlib.import_module("benchmarks.workload")
 
 MAX = 12
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def trained() -> tuple:
-    """A fitted tiny captioner: captions of different lengths that end with the end token."""
-    return trained_captioner()
 
 
 @pytest.fixture(scope="module")

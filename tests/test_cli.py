@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from cli_runner import run_cli
 from PIL import Image
+from tiny_checkpoint import tiny_captioner
 
 from polycap.builtin.english import ENGLISH
-from polycap.demo import build_tiny_models
 from polycap.images import DEFAULT_MAX_PIXELS, set_max_pixels
 
 CAPTIONS = ["a red circle", "two blue squares", "a green triangle", "three yellow circles"] * 5
@@ -19,24 +19,8 @@ CAPTIONS = ["a red circle", "two blue squares", "a green triangle", "three yello
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained but complete English checkpoint on tiny local models."""
-    from polycap.model import Captioner
-
     root = tmp_path_factory.mktemp("cli")
-    models = build_tiny_models(ENGLISH, CAPTIONS, root / "models", seed=0)
-    tokenizer = ENGLISH.load_tokenizer(models["lm"])
-    model = Captioner.build(
-        pack=ENGLISH,
-        tokenizer=tokenizer,
-        lm=ENGLISH.load_decoder(models["lm"]),
-        encoder_info={
-            "backend": "open_clip",
-            "name": models["encoder"],
-            "pretrained": models["pretrained"],
-            "embed_dim": 64,
-        },
-        prefix_length=2,
-        train_lm=True,
-    )
+    model = tiny_captioner(ENGLISH, CAPTIONS, root, train_lm=True)
     return model.save(root / "checkpoint")
 
 

@@ -7,20 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_runner import run_cli
+from cli_runner import flat, run_cli
 
 from polycap.errors import BadInput
 from polycap.plugins import get_registries
-
-
-def flat(text: str) -> str:
-    """Error output with rich's line wrapping undone."""
-    return " ".join(text.split())
-
-
-@pytest.fixture(scope="module")
-def english():
-    return get_registries().languages.get("en")
 
 
 @pytest.fixture(scope="module")

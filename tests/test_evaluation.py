@@ -9,19 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cli_runner import run_cli
+from cli_runner import flat, run_cli
 
 from polycap.errors import BadInput
 from polycap.eval.predictions import load_predictions, match_predictions
 from polycap.eval.runner import ClipOptions, EvalContext, evaluate
 from polycap.language import LanguagePack
 from polycap.plugins import get_registries
-
-
-def flat(text: str) -> str:
-    """Error output with rich's line wrapping undone."""
-    return " ".join(text.split())
-
 
 FAST = ["bleu", "rouge-l", "cider-d", "chrf", "wer", "meteor", "spice"]  # meteor/spice: n/a
 NO_JAVA = ["bleu", "rouge-l", "cider-d", "chrf", "wer"]

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from cli_runner import run_cli
 from PIL import Image
+from tiny_checkpoint import tiny_captioner
 
 from polycap.builtin.english import ENGLISH
-from polycap.demo import build_tiny_models
 
 CAPTIONS = ["a red circle", "two blue squares", "a green triangle", "three yellow circles"] * 5
 
@@ -22,22 +22,8 @@ CAPTIONS = ["a red circle", "two blue squares", "a green triangle", "three yello
 def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A checkpoint whose LM and encoder weights live outside it (a frozen LM, local CLIP
     weights), two images, and a real ``polycap eval --json`` result of it."""
-    from polycap.model import Captioner
-
     root = tmp_path_factory.mktemp("export")
-    models = build_tiny_models(ENGLISH, CAPTIONS, root / "models", seed=0)
-    model = Captioner.build(
-        pack=ENGLISH,
-        tokenizer=ENGLISH.load_tokenizer(models["lm"]),
-        lm=ENGLISH.load_decoder(models["lm"]),
-        encoder_info={
-            "backend": "open_clip",
-            "name": models["encoder"],
-            "pretrained": models["pretrained"],
-            "embed_dim": 64,
-        },
-        prefix_length=2,
-    )
+    model = tiny_captioner(ENGLISH, CAPTIONS, root)
     checkpoint = model.save(root / "checkpoint", training={"epochs": 3, "lr": 0.001})
     images = root / "images"
     images.mkdir()

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
-from helpers_lm import new_captioner, torch_threads, trained_captioner
+from helpers_lm import new_captioner
 
 from polycap.errors import BadInput
 from polycap.generation import (
@@ -18,18 +16,6 @@ from polycap.generation import (
 )
 
 MAX = 12
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def trained() -> tuple:
-    model, features, texts = trained_captioner()
-    return model, features, texts
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from helpers_lm import torch_threads, trained_captioner
 
 from polycap.errors import BadInput
 from polycap.generation import GenerationConfig, StaticCachedLM, decode, generate_ids
@@ -26,17 +24,6 @@ CONFIGS = {
     "beam": {"beams": 4, "num_captions": 3},
     "sample": {"sample": True, "seed": 5, "top_p": 0.9, "num_captions": 2},
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def trained() -> tuple:
-    return trained_captioner()
 
 
 @pytest.mark.parametrize("strategy", list(CONFIGS))

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from cli_runner import flat
 
 from polycap import hookspecs
 
@@ -33,10 +34,6 @@ def signature_text(function) -> str:
     return f"def {function.__name__}({parameters}) -> {signature.return_annotation}"
 
 
-def squash(text: str) -> str:
-    return " ".join(text.split())
-
-
 @pytest.fixture(scope="module")
 def hooks_doc() -> str:
     return (DOCS / "hooks.md").read_text(encoding="utf-8")
@@ -56,7 +53,7 @@ def test_hook_is_documented(name: str, hooks_doc: str) -> None:
     )
     docstring = inspect.getdoc(function) or ""
     assert docstring, f"hook {name} has no docstring"
-    assert squash(docstring) in squash(section), (
+    assert flat(docstring) in flat(section), (
         f"docs/hooks.md: the section on {name} should quote its docstring: {docstring!r}"
     )
 

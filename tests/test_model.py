@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from helpers_lm import (
     lm_files,
     make_registries,
     new_captioner,
-    torch_threads,
     trained_captioner,
 )
 
@@ -25,12 +23,6 @@ from polycap.generation import GenerationConfig, caption_features
 from polycap.model import Captioner
 
 TEXTS = ["a red square", "three yellow squares on a dark background", "a blue circle"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

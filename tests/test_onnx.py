@@ -7,7 +7,6 @@ token, so rows leave the batch at different steps); it is exported once for the 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from helpers_lm import (
     english_pack,
     make_registries,
     new_captioner,
-    torch_threads,
     trained_captioner,
 )
 
@@ -27,12 +25,6 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 MAX = 12
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -7,23 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_runner import run_cli
+from cli_runner import flat, run_cli
 
 from polycap.data import CaptionSet, load_captions
 from polycap.errors import BadInput
-from polycap.plugins import get_registries
 from polycap.retrieval.bank import Bank, build_bank
 from polycap.retrieval.search import consensus_order, retrieve, retrieve_images, top_k
-
-
-def flat(text: str) -> str:
-    """Error output with rich's line wrapping undone."""
-    return " ".join(text.split())
-
-
-@pytest.fixture(scope="module")
-def english():
-    return get_registries().languages.get("en")
 
 
 @pytest.fixture(scope="module")
