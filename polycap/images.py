@@ -139,6 +139,11 @@ def _reason(error: Exception) -> str:
     return text or type(error).__name__
 
 
+def skipped_rows(skipped: Iterable[tuple[str | Path, str]]) -> list[dict[str, str]]:
+    """Unreadable images for JSON output: ``[{"image": path, "reason": why}, ...]``."""
+    return [{"image": str(path), "reason": reason} for path, reason in skipped]
+
+
 def is_image_file(path: Path) -> bool:
     """Whether ``path`` has one of the common image suffixes (case-insensitive)."""
     return path.suffix.lower() in IMAGE_SUFFIXES

@@ -604,7 +604,7 @@ class Trainer:
             "val_loss": val_loss,
         }
         if self.config.eval_metrics and data.val.token_ids:
-            from polycap.validation import validation_scores
+            from polycap.eval.validation import validation_scores
 
             plain = self.accelerator.unwrap_model(fit.model)
             val = data.val

@@ -7,20 +7,40 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "polycap"
 TOP = ("polycap.cli", "polycap.serve", "polycap.demo", "polycap.compositional")
+ABOVE_THE_CORE = ("polycap.eval", "polycap.retrieval")
+# the flat core's one run-time use of eval/: training's per-epoch validation scores
+# (``train --eval-metrics``), imported when that option is on
+CORE_USES = {"polycap.training": {"polycap.eval.validation"}}
 
 
-def imports() -> dict[str, set[str]]:
-    """Module -> the polycap modules it imports (anywhere in it, type-checking blocks too)."""
+def _is_type_checking(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    )
+
+
+def _imported(tree: ast.AST, typing_too: bool) -> set[str]:
+    names: set[str] = set()
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif typing_too or not _is_type_checking(node):
+            names |= _imported(node, typing_too)
+    return names
+
+
+def imports(typing_too: bool = True) -> dict[str, set[str]]:
+    """Module -> the polycap modules it imports (anywhere in it; type-checking blocks too
+    unless ``typing_too`` is false)."""
     found: dict[str, set[str]] = {}
     for path in sorted(ROOT.rglob("*.py")):
         parts = path.relative_to(ROOT.parent).with_suffix("").parts
         module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        names: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names.add(node.module)
-            elif isinstance(node, ast.Import):
-                names.update(alias.name for alias in node.names)
+        names = _imported(ast.parse(path.read_text(encoding="utf-8")), typing_too)
         found[module] = {name for name in names if name.split(".")[0] == "polycap"}
     return found
 
@@ -43,3 +63,13 @@ def test_only_the_top_imports_the_top() -> None:
             continue
         upward = sorted(n for n in names if any(inside(n, top) for top in TOP))
         assert not upward, f"{module} imports {upward}"
+
+
+def test_the_core_runs_nothing_from_eval_or_retrieval() -> None:
+    """The flat core (polycap/*.py below the top) imports eval/ and retrieval/ for type
+    annotations only, but for the listed uses; built-in plugins (builtin/) register their parts."""
+    for module, names in imports(typing_too=False).items():
+        if module.count(".") != 1 or any(inside(module, top) for top in TOP):
+            continue
+        above = {n for n in names if any(inside(n, a) for a in ABOVE_THE_CORE)}
+        assert above <= CORE_USES.get(module, set()), f"{module} imports {sorted(above)}"

@@ -14,6 +14,7 @@ from polycap.cli.output import (
     print_table,
     report_skipped,
 )
+from polycap.images import expand_image_paths, skipped_rows
 
 
 def caption_command(
@@ -52,7 +53,6 @@ def caption_command(
     """Caption images: [bold]polycap caption photos/ --model runs/ja[/]."""
     from polycap.captioning import caption_images, generation_config, load_captioner
     from polycap.devices import resolve_device
-    from polycap.images import expand_image_paths
 
     generation = generation_config(
         beams=beams,
@@ -85,7 +85,7 @@ def caption_command(
                     {"image": str(p), "captions": c, **_retrieved(result, i)}
                     for i, (p, c) in enumerate(zip(result.paths, result.captions))
                 ],
-                "skipped": [{"image": str(p), "reason": r} for p, r in result.skipped],
+                "skipped": skipped_rows(result.skipped),
             }
         )
     else:

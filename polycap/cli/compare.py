@@ -86,17 +86,16 @@ def compare_command(
     from polycap.devices import resolve_device
     from polycap.eval.compare import CompareSettings, compare
     from polycap.eval.methods import RetrievalOptions
-    from polycap.eval.runner import ClipOptions
+    from polycap.eval.runner import ClipOptions, check_metrics
     from polycap.generation import GenerationConfig
     from polycap.plugins import get_registries
     from polycap.retrieval.bank import Bank
 
     if report is not None:
         check_writable_file(report, "--report")  # before the work, not after it
-    names = split_names(metrics)
     registries = get_registries()
-    for name in names or ():
-        registries.metrics.get(name)
+    names = split_names(metrics)
+    check_metrics(names or [], registries)
     torch_device = str(resolve_device(device))
     opened = Bank.open(bank)
     captioner = load_captioner(model, device=torch_device)

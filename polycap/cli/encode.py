@@ -23,6 +23,7 @@ from polycap.cli.options import (
 )
 from polycap.cli.output import print_json, print_table, report_skipped
 from polycap.errors import BadInput
+from polycap.images import expand_image_paths, skipped_rows
 
 
 def encode_command(
@@ -51,7 +52,6 @@ def encode_command(
     from polycap.distributed import processes
     from polycap.encoding import load_encoder
     from polycap.features import encode_to_store
-    from polycap.images import expand_image_paths
 
     paths = expand_image_paths(inputs) if inputs else []
     if data is not None:
@@ -82,7 +82,7 @@ def encode_command(
         "encoder": image_encoder.cache_key,
         "images": len(paths),
         "encoded": stats.rows,
-        "skipped": [{"image": str(p), "reason": r} for p, r in stats.skipped],
+        "skipped": skipped_rows(stats.skipped),
         "dim": image_encoder.embed_dim,
         "store": str(output) if output is not None else None,
         "processes": stats.processes,

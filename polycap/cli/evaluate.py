@@ -84,18 +84,16 @@ def eval_command(
     """
     from polycap.data import load_captions
     from polycap.eval.predictions import load_predictions, match_predictions
-    from polycap.eval.runner import ClipOptions, context_for, evaluate
+    from polycap.eval.runner import ClipOptions, check_metrics, context_for, evaluate
     from polycap.plugins import get_registries
 
     if (predictions is None) == (model is None):
         raise BadInput("give either --predictions FILE or --model CHECKPOINT")
     if predictions is not None and lang is None:
         raise BadInput("--lang is required with --predictions (the captions' language)")
-    names = split_names(metrics)
     registries = get_registries()
-    if names:
-        for name in names:
-            registries.metrics.get(name)
+    names = split_names(metrics)
+    check_metrics(names or [], registries)
     if lang is not None:
         registries.languages.get(lang)  # UnknownName before any heavy work
     refs = load_captions(references, images_dir=images, format=data_format)

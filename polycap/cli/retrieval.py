@@ -33,6 +33,7 @@ from polycap.cli.output import (
     print_table,
     report_skipped,
 )
+from polycap.images import expand_image_paths, skipped_rows
 
 
 def index_command(
@@ -115,7 +116,7 @@ def index_command(
         "caption_records": stats.caption_records,
         "images": stats.images,
         "text_embeddings": stats.has_text,
-        "skipped": [{"image": str(p), "reason": r} for p, r in stats.skipped],
+        "skipped": skipped_rows(stats.skipped),
         "seconds": round(stats.seconds, 2),
     }
     if json_output:
@@ -166,7 +167,6 @@ def retrieve_command(
 ) -> None:
     """Caption images by retrieval: [bold]polycap retrieve photo.jpg --bank bank/ --k 3[/]."""
     from polycap.devices import resolve_device
-    from polycap.images import expand_image_paths
     from polycap.retrieval.bank import Bank
     from polycap.retrieval.search import retrieve_images
 
@@ -207,7 +207,7 @@ def retrieve_command(
                     }
                     for p, rows in zip(result.paths, result.results, strict=True)
                 ],
-                "skipped": [{"image": str(p), "reason": r} for p, r in result.skipped],
+                "skipped": skipped_rows(result.skipped),
             }
         )
     else:

@@ -172,9 +172,9 @@ def train_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Train a captioner: [bold]polycap train --lang ja --data captions.json[/]."""
+    from polycap.eval.runner import check_metrics
     from polycap.trackers import check_trackers
     from polycap.training import TrainConfig, train
-    from polycap.validation import check_metrics
 
     mapper_options = {"clip_length": clip_length} if clip_length else {}
     config = TrainConfig(

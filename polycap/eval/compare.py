@@ -26,6 +26,7 @@ from polycap.eval.methods import (
     RetrievalOptions,
 )
 from polycap.eval.runner import ClipOptions, EvalContext, EvalResult, evaluate, image_keys
+from polycap.images import skipped_rows
 
 if TYPE_CHECKING:
     from polycap.data import CaptionSet
@@ -156,7 +157,7 @@ class Comparison:
             "settings": self.settings,
             "methods": {m.name: m.summary() for m in self.methods},
             "not_applicable": self.not_applicable,
-            "skipped": [{"image": str(p), "reason": r} for p, r in self.skipped],
+            "skipped": skipped_rows(self.skipped),
             "versions": self.methods[0].evaluation.versions if self.methods else {},
         }
         if per_image:

@@ -165,6 +165,15 @@ def metric_registry(registries: Registries | None = None) -> Any:
     return registries.metrics
 
 
+def check_metrics(names: Sequence[str], registries: Registries | None = None) -> list[str]:
+    """``names`` if every one is a registered metric (UnknownName with a did-you-mean else),
+    so that a misspelt name fails before any work (training, captioning), not after it."""
+    registry = metric_registry(registries)
+    for name in names:
+        registry.get(name)
+    return list(names)
+
+
 def evaluate(
     ctx: EvalContext, metrics: Sequence[str] | None = None, registries: Registries | None = None
 ) -> EvalResult:

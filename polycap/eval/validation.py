@@ -10,16 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-
-def check_metrics(names: Sequence[str]) -> list[str]:
-    """``names`` if every one is a registered metric (UnknownName with a did-you-mean else),
-    so that a misspelt name fails before training, not after the first epoch."""
-    from polycap.eval.runner import metric_registry
-
-    registry = metric_registry()
-    for name in names:
-        registry.get(name)
-    return list(names)
+from polycap.eval.runner import EvalContext, evaluate
 
 
 def validation_scores(
@@ -38,7 +29,6 @@ def validation_scores(
     """
     import torch
 
-    from polycap.eval.runner import EvalContext, evaluate
     from polycap.generation import GenerationConfig, caption_features
 
     references: dict[int, list[str]] = {}
