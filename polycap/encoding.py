@@ -349,8 +349,6 @@ def encode_images(
     encoder has no ``cache_key``. ``workers`` threads read and preprocess images ahead of the
     model (default: up to 4).
     """
-    import torch
-
     if batch_size < 1:
         raise BadInput(f"batch size must be at least 1, got {batch_size}")
     unique = _unique(paths)
@@ -360,54 +358,74 @@ def encode_images(
         cache = _open_cache(root, encoder, explicit=cache_dir is not None)
     if workers is None:
         workers = min(4, os.cpu_count() or 1)
-
-    features = torch.empty(len(unique), encoder.embed_dim, dtype=torch.float32)
-    ok = [False] * len(unique)
     skipped: list[tuple[Path, str]] = []
-    pending: list[_Loaded] = []
-    counts = {"cache": 0, "encoded": 0}
-    writing = [cache]  # the cache features are written to; emptied when a write fails
-
-    def flush() -> None:
-        if not pending:
-            return
-        batch = torch.stack([item.pixels for item in pending])  # type: ignore[misc]
-        output = encoder.encode_images(batch)
-        for item, row in zip(pending, output, strict=True):
-            features[item.index] = row
-            ok[item.index] = True
-            if writing[0] is not None and item.digest is not None:
-                try:
-                    writing[0].put(item.digest, row)
-                except OSError as error:  # disk full, read-only: keep encoding, stop caching
-                    warn(
-                        f"{writing[0].directory}: cannot write to the feature cache "
-                        f"({error.strerror or error}); the rest of this run is not cached"
-                    )
-                    writing[0] = None
-        counts["encoded"] += len(pending)
-        advance(len(pending))
-        pending.clear()
-
     with progress_bar("encoding images", len(unique), progress) as advance:
+        rows = _Rows(encoder, len(unique), cache, advance)
         for loaded, cached in _prefetch(unique, encoder, cache, workers):
             if loaded.error is not None:
                 skipped.append((loaded.path, loaded.error))
                 advance(1)
             elif cached is not None:
-                features[loaded.index] = cached
-                ok[loaded.index] = True
-                counts["cache"] += 1
-                advance(1)
+                rows.take(loaded.index, cached)
             else:
-                pending.append(loaded)
-                if len(pending) >= batch_size:
-                    flush()
-        flush()
+                rows.pending.append(loaded)
+                if len(rows.pending) >= batch_size:
+                    rows.flush()
+        rows.flush()
+    kept = [index for index, good in enumerate(rows.ok) if good]
+    features = rows.features if len(kept) == len(unique) else rows.features[kept]
+    return EncodedImages([unique[i] for i in kept], features, skipped, rows.cached, rows.encoded)
 
-    kept = [index for index, good in enumerate(ok) if good]
-    if len(kept) < len(unique):
-        features = features[kept]
-    return EncodedImages(
-        [unique[index] for index in kept], features, skipped, counts["cache"], counts["encoded"]
-    )
+
+class _Rows:
+    """The feature matrix of :func:`encode_images` being filled: rows from the cache, or encoded
+    a batch of pending images at a time and written to the cache (until a write fails)."""
+
+    def __init__(
+        self, encoder: ImageEncoder, n: int, cache: FeatureCache | None, advance: Any
+    ) -> None:
+        import torch
+
+        self.encoder = encoder
+        self.features = torch.empty(n, encoder.embed_dim, dtype=torch.float32)
+        self.ok = [False] * n
+        self.pending: list[_Loaded] = []
+        self.cache = cache  # where features are written; None once a write failed
+        self.advance = advance
+        self.cached = self.encoded = 0
+
+    def take(self, index: int, row: torch.Tensor) -> None:
+        """A row found in the cache."""
+        self.features[index] = row
+        self.ok[index] = True
+        self.cached += 1
+        self.advance(1)
+
+    def flush(self) -> None:
+        """Encode the pending images as one batch."""
+        import torch
+
+        if not self.pending:
+            return
+        batch = torch.stack([item.pixels for item in self.pending])  # type: ignore[misc]
+        output = self.encoder.encode_images(batch)
+        for item, row in zip(self.pending, output, strict=True):
+            self.features[item.index] = row
+            self.ok[item.index] = True
+            if self.cache is not None and item.digest is not None:
+                self._write(item.digest, row)
+        self.encoded += len(self.pending)
+        self.advance(len(self.pending))
+        self.pending.clear()
+
+    def _write(self, digest: str, row: torch.Tensor) -> None:
+        cache = self.cache
+        assert cache is not None
+        try:
+            cache.put(digest, row)
+        except OSError as error:  # disk full, read-only: keep encoding, stop caching
+            warn(
+                f"{cache.directory}: cannot write to the feature cache "
+                f"({error.strerror or error}); the rest of this run is not cached"
+            )
+            self.cache = None

@@ -240,10 +240,7 @@ def build_bank(
     ``options.image_block`` (unreadable ones skipped and counted) and written as they come.
     ``overrides`` are :class:`BankOptions` fields (``build_bank(..., dtype="float32")``).
     """
-    import numpy as np
-
     from polycap.distributed import processes
-    from polycap.features import encode_to_store
 
     started = time.perf_counter()
     options = replace(options or BankOptions(), **overrides)
@@ -257,16 +254,7 @@ def build_bank(
     procs = processes()
     # images first, by every process (each encodes its share); the rest by one per machine
     store_dir = out.parent / f".{out.name}.features"
-    encoded = encode_to_store(
-        encoder,
-        list(grouped),
-        store_dir,
-        batch_size=options.batch_size,
-        chunk=options.image_block,
-        cache_dir=options.cache_dir,
-        progress=options.progress,
-        procs=procs,
-    )
+    encoded = _encode_images(encoder, list(grouped), store_dir, options, procs)
     store, skipped = encoded.store, encoded.stats.skipped
     assert store is not None
     if not procs.local_main:
@@ -283,42 +271,80 @@ def build_bank(
                 f"and there are no text embeddings ({text_note})"
             )
         kinds = [kind for kind, present in (("text", has_text), ("image", n_images)) if present]
-        records: dict[str, Any] = {"backend": backend.name}
-        for kind in kinds:
-            matrix = np.load(work / f"{kind}.npy", mmap_mode="r")
-            records[kind] = backend.build(matrix, work, kind, index_type, options.index.options)
-            del matrix
-        meta = {
-            "format": BANK_FORMAT,
-            "version": BANK_VERSION,
-            "language": pack.code,
-            "encoder": encoder.encoder_spec.to_json(),
-            "embed_dim": int(encoder.embed_dim),
-            "dtype": options.dtype,
-            "captions": len(texts_unique),
-            "caption_records": len(captions),
-            "images": n_images,
-            "skipped_images": len(skipped),
-            "has_text": has_text,
-            "text_note": text_note,
-            "index": records,
-            "normalised_by": f"language pack {pack.code!r}",
-            "source": str(captions.source) if captions.source else None,
-            "polycap_version": _polycap_version(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
+        meta = _bank_meta(
+            pack,
+            encoder,
+            options,
+            captions.source,
+            captions=len(texts_unique),
+            caption_records=len(captions),
+            images=n_images,
+            skipped_images=len(skipped),
+            has_text=has_text,
+            text_note=text_note,
+            index=_build_indexes(work, kinds, backend, index_type, options),
+        )
         (work / META).write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
     store.close()
     shutil.rmtree(store_dir, ignore_errors=True)  # kept only while the bank is unfinished
-    return BankStats(
-        out,
-        len(texts_unique),
-        len(captions),
-        n_images,
-        skipped,
-        has_text,
-        time.perf_counter() - started,
+    elapsed = time.perf_counter() - started
+    return BankStats(out, len(texts_unique), len(captions), n_images, skipped, has_text, elapsed)
+
+
+def _encode_images(
+    encoder: ImageEncoder, images: list[Path], store_dir: Path, options: BankOptions, procs: Any
+) -> Any:
+    """``images`` encoded into the feature store at ``store_dir`` (each process its share)."""
+    from polycap.features import encode_to_store
+
+    return encode_to_store(
+        encoder,
+        images,
+        store_dir,
+        batch_size=options.batch_size,
+        chunk=options.image_block,
+        cache_dir=options.cache_dir,
+        progress=options.progress,
+        procs=procs,
     )
+
+
+def _build_indexes(
+    work: Path, kinds: list[str], backend: Any, index_type: str, options: BankOptions
+) -> dict[str, Any]:
+    """The backend's index over each written matrix (``text``, ``image``): meta's ``index``."""
+    import numpy as np
+
+    records: dict[str, Any] = {"backend": backend.name}
+    for kind in kinds:
+        matrix = np.load(work / f"{kind}.npy", mmap_mode="r")
+        records[kind] = backend.build(matrix, work, kind, index_type, options.index.options)
+        del matrix
+    return records
+
+
+def _bank_meta(
+    pack: LanguagePack,
+    encoder: ImageEncoder,
+    options: BankOptions,
+    source: str | Path | None,
+    **contents: Any,
+) -> dict[str, Any]:
+    """meta.json: format, language, encoder and dtype, then ``contents`` (counts, index)
+    in the order given, then where the captions came from and when."""
+    return {
+        "format": BANK_FORMAT,
+        "version": BANK_VERSION,
+        "language": pack.code,
+        "encoder": encoder.encoder_spec.to_json(),
+        "embed_dim": int(encoder.embed_dim),
+        "dtype": options.dtype,
+        **contents,
+        "normalised_by": f"language pack {pack.code!r}",
+        "source": str(source) if source else None,
+        "polycap_version": _polycap_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
 
 def _check_target(out: Path, options: BankOptions) -> None:
