@@ -30,12 +30,12 @@ class BestMetric:
         """``--best-metric NAME``: ``val_loss`` (or ``loss``), a metric of ``--eval-metrics``
         (``cider-d``; a metric of several columns means its last, e.g. ``bleu`` = BLEU-4) or one
         of its columns (``BLEU-2``); ``val_`` prefix and case optional. BadInput otherwise."""
-        from polycap.eval.runner import metric_registry
+        from polycap.plugins import get_registries
 
         wanted = name.strip().lower().removeprefix("val_")
         if wanted == "loss":
             return cls(LOSS, lower_is_better=True)
-        registry = metric_registry(registries)
+        registry = (registries or get_registries()).metrics
         for metric_name in eval_metrics:
             metric = registry.get(metric_name)
             columns = list(metric.columns)

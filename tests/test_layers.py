@@ -8,9 +8,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "polycap"
 TOP = ("polycap.cli", "polycap.serve", "polycap.demo", "polycap.compositional")
 ABOVE_THE_CORE = ("polycap.eval", "polycap.retrieval")
-# the flat core's one run-time use of eval/: training's per-epoch validation scores
-# (``train --eval-metrics``), imported when that option is on
-CORE_USES = {"polycap.training": {"polycap.eval.validation"}}
+# the flat core's run-time uses of eval/ and retrieval/, each imported where it is needed:
+# training's per-epoch validation scores (``train --eval-metrics``); retrieval-augmented
+# captioning's bank look-ups
+CORE_USES = {
+    "polycap.training": {"polycap.eval.validation"},
+    "polycap.augmented": {"polycap.retrieval.bank", "polycap.retrieval.search"},
+}
 
 
 def _is_type_checking(node: ast.AST) -> bool:
