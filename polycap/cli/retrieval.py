@@ -168,18 +168,14 @@ def retrieve_command(
     """Caption images by retrieval: [bold]polycap retrieve photo.jpg --bank bank/ --k 3[/]."""
     from polycap.devices import resolve_device
     from polycap.retrieval.bank import Bank
-    from polycap.retrieval.search import retrieve_images
+    from polycap.retrieval.search import RetrievalOptions, retrieve_images
 
     opened = Bank.open(bank)
     paths = expand_image_paths(inputs)
     result = retrieve_images(
         opened,
         paths,
-        mode=mode,
-        k=k,
-        consensus=consensus,
-        neighbours=neighbours,
-        chunk_size=chunk_size,
+        RetrievalOptions(mode, k, consensus, neighbours, chunk_size),
         batch_size=batch_size,
         device=str(resolve_device(device)),
         cache_dir=cache_dir,

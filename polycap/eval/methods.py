@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from polycap.errors import BadInput
+from polycap.retrieval.search import RetrievalOptions
 
 if TYPE_CHECKING:
     import torch
@@ -44,26 +45,6 @@ class Method(Protocol):
 
 
 @dataclass
-class RetrievalOptions:
-    """How to retrieve: ``mode`` image (kNN images' captions) or text; ``k`` captions kept;
-    ``consensus`` re-ranking over ``neighbours`` images; bank rows per search chunk."""
-
-    mode: str = "image"
-    k: int = 5
-    consensus: bool = False
-    neighbours: int | None = None
-    chunk_size: int | None = None
-
-    def settings(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "k": self.k,
-            "consensus": self.consensus,
-            "neighbours": self.neighbours,
-        }
-
-
-@dataclass
 class RetrievalMethod:
     """Captions of the nearest bank entries (:func:`polycap.retrieval.search.retrieve`)."""
 
@@ -90,18 +71,7 @@ class RetrievalMethod:
         check_encoder(self.bank, encoder)
 
     def caption(self, features: torch.Tensor) -> list[list[str]]:
-        from polycap.retrieval.search import DEFAULT_CHUNK, retrieve
-
-        found = retrieve(
-            self.bank,
-            features,
-            mode=self.options.mode,
-            k=self.options.k,
-            consensus=self.options.consensus,
-            neighbours=self.options.neighbours,
-            chunk_size=self.options.chunk_size or DEFAULT_CHUNK,
-            pack=self.pack,
-        )
+        found = self.options.search(self.bank, features, self.pack)
         return [[r.caption for r in rows] for rows in found]
 
     def settings(self) -> dict[str, Any]:

@@ -45,6 +45,33 @@ class Retrieved:
 
 
 @dataclass
+class RetrievalOptions:
+    """How to retrieve: ``mode`` image (kNN images' captions) or text; ``k`` captions kept;
+    ``consensus`` re-ranking over ``neighbours`` images; bank rows per search chunk."""
+
+    mode: str = "image"
+    k: int = 5
+    consensus: bool = False
+    neighbours: int | None = None
+    chunk_size: int | None = None
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "k": self.k,
+            "consensus": self.consensus,
+            "neighbours": self.neighbours,
+        }
+
+    def search(self, bank: Any, features: Any, pack: LanguagePack | None = None) -> Any:
+        """:func:`retrieve` with these options: top-``k`` captions per row of ``features``."""
+        chunk = self.chunk_size or DEFAULT_CHUNK
+        return retrieve(
+            bank, features, self.mode, self.k, self.consensus, self.neighbours, chunk, pack
+        )
+
+
+@dataclass
 class RetrievedImages:
     """Results per readable query image, the unreadable ones, and the time spent searching."""
 
@@ -233,11 +260,7 @@ def _rank_candidates(
 def retrieve_images(
     bank: Any,
     paths: Sequence[Path],
-    mode: str = "text",
-    k: int = 5,
-    consensus: bool = False,
-    neighbours: int | None = None,
-    chunk_size: int = DEFAULT_CHUNK,
+    options: RetrievalOptions | None = None,
     encoder: Any = None,
     batch_size: int = 64,
     device: str = "cpu",
@@ -245,9 +268,11 @@ def retrieve_images(
     progress: bool = True,
     pack: LanguagePack | None = None,
 ) -> RetrievedImages:
-    """Encode ``paths`` with the bank's encoder (or ``encoder``) and retrieve for each."""
+    """Encode ``paths`` with the bank's encoder (or ``encoder``) and retrieve for each
+    (``options``: text mode, k 5 by default)."""
     from polycap.encoding import encode_images
 
+    options = options or RetrievalOptions(mode="text")
     if encoder is None:
         encoder = bank.load_encoder(device=device)
     check_encoder(bank, encoder)
@@ -257,7 +282,7 @@ def retrieve_images(
     if not encoded.paths:
         return RetrievedImages([], [], encoded.skipped)
     started = time.perf_counter()
-    results = retrieve(bank, encoded.features, mode, k, consensus, neighbours, chunk_size, pack)
+    results = options.search(bank, encoded.features, pack)
     return RetrievedImages(encoded.paths, results, encoded.skipped, time.perf_counter() - started)
 
 
