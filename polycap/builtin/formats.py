@@ -48,6 +48,15 @@ def _load_json(path: Path) -> Any:
         ) from None
 
 
+def _check_object(path: Path, where: str, item: Any, keys: tuple[str, ...]) -> None:
+    """BadInput naming ``path`` and ``where`` unless ``item`` is an object with ``keys``."""
+    if not isinstance(item, dict):
+        raise BadInput(f"{path}: {where}: expected an object, found {_type_name(item)}")
+    for key in keys:
+        if key not in item:
+            raise BadInput(f"{path}: {where}: missing key {key!r}")
+
+
 def _type_name(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string"}.get(
         type(value), type(value).__name__
@@ -85,10 +94,7 @@ class CaptionsJson:
         records = []
         for index, item in enumerate(data):
             where = f"item [{index}]"
-            if not isinstance(item, dict):
-                raise BadInput(f"{path}: {where}: expected an object, found {_type_name(item)}")
-            if "caption" not in item:
-                raise BadInput(f"{path}: {where}: missing key 'caption'")
+            _check_object(path, where, item, ("caption",))
             key = _first_key(item, IMAGE_KEYS)
             if key is None:
                 raise BadInput(f"{path}: {where}: missing key 'image_name'")
@@ -126,11 +132,7 @@ class CocoJson:
         first: dict[str, int] = {}
         for index, image in enumerate(data["images"]):
             where = f"images[{index}]"
-            if not isinstance(image, dict):
-                raise BadInput(f"{path}: {where}: expected an object, found {_type_name(image)}")
-            for key in ("id", "file_name"):
-                if key not in image:
-                    raise BadInput(f"{path}: {where}: missing key {key!r}")
+            _check_object(path, where, image, ("id", "file_name"))
             name = check_image_name(path, where, "file_name", image["file_name"])
             key = str(image["id"])
             if key in first:
@@ -144,11 +146,7 @@ class CocoJson:
         records = []
         for index, note in enumerate(data["annotations"]):
             where = f"annotations[{index}]"
-            if not isinstance(note, dict):
-                raise BadInput(f"{path}: {where}: expected an object, found {_type_name(note)}")
-            for key in ("image_id", "caption"):
-                if key not in note:
-                    raise BadInput(f"{path}: {where}: missing key {key!r}")
+            _check_object(path, where, note, ("image_id", "caption"))
             image_id = str(note["image_id"])
             if image_id not in files:
                 raise BadInput(f"{path}: {where}: image_id {note['image_id']!r} is not in 'images'")
