@@ -63,6 +63,13 @@ def japanese() -> LanguagePack:
     return registry.get("ja")
 
 
+def assert_agrees_with_coco(result, ctx: EvalContext, columns: tuple[str, ...]) -> None:
+    """Our scores of ``columns`` are pycocoevalcap's on the same segmented captions."""
+    coco = coco_scores(ctx)
+    for column in columns:
+        assert result.scores[column] == pytest.approx(coco[column], abs=1e-4), column
+
+
 def coco_scores(ctx: EvalContext) -> dict[str, float]:
     """BLEU, ROUGE-L, CIDEr called directly from pycocoevalcap on the same segmented text."""
     from pycocoevalcap.bleu.bleu import Bleu
@@ -120,9 +127,9 @@ def test_english_metrics_match_reference_implementations() -> None:
 
     ctx = EvalContext(english(), ["a", "b", "c", "d"], EN_PREDICTIONS, EN_REFERENCES)
     result = evaluate(ctx, NO_JAVA)
-    coco = coco_scores(ctx)
-    for column in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D"):
-        assert result.scores[column] == pytest.approx(coco[column], abs=1e-4), column
+    assert_agrees_with_coco(
+        result, ctx, ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D")
+    )
     # sacrebleu directly: variable numbers of references as None-padded streams
     streams = [
         [refs[j] if j < len(refs) else None for refs in ctx.segmented_references] for j in range(3)
@@ -185,9 +192,7 @@ def test_chinese_case_is_segmented_by_jieba() -> None:
     assert ctx.prediction_tokens[1] != list(predictions[1])  # words, not characters
     assert len(ctx.prediction_tokens[1]) > 1
     result = evaluate(ctx, FAST)
-    coco = coco_scores(ctx)
-    for column in ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr-D"):
-        assert result.scores[column] == pytest.approx(coco[column], abs=1e-4), column
+    assert_agrees_with_coco(result, ctx, ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr-D"))
     assert result.segmenter == pack.segmenter and "jieba" in result.segmenter
     assert result.to_json()["segmenter"] == pack.segmenter
     assert result.scores["METEOR"] is None
@@ -205,9 +210,7 @@ def test_japanese_case_is_segmented_by_the_ja_pack() -> None:
     ctx = EvalContext(pack, ["a", "b", "c"], predictions, references)
     assert len(ctx.prediction_tokens[0]) >= 3  # 赤い / 丸 / が / ...
     result = evaluate(ctx, FAST)
-    coco = coco_scores(ctx)
-    for column in ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr-D"):
-        assert result.scores[column] == pytest.approx(coco[column], abs=1e-4), column
+    assert_agrees_with_coco(result, ctx, ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr-D"))
     assert result.to_json()["segmenter"] == pack.segmenter
 
 

@@ -191,26 +191,28 @@ def test_retrieve_images_checks_the_encoder(bank, tmp_path: Path, shapes) -> Non
         )
 
 
+def index_args(shapes, tiny_clip, out: Path, *extra: str) -> list[str]:
+    """``polycap index`` of the training captions into ``out`` with the tiny CLIP."""
+    train, weights = str(shapes.train_file), str(tiny_clip.weights)
+    return [
+        "index",
+        train,
+        "--lang",
+        "en",
+        "--out",
+        str(out),
+        "--encoder",
+        tiny_clip.name,
+        "--pretrained",
+        weights,
+        *extra,
+    ]
+
+
 def test_cli_index_and_retrieve(tmp_path: Path, shapes, tiny_clip, capsys) -> None:
     out = tmp_path / "bank"
     result = run_cli(
-        [
-            "index",
-            str(shapes.train_file),
-            "--lang",
-            "en",
-            "--out",
-            str(out),
-            "--encoder",
-            tiny_clip.name,
-            "--pretrained",
-            str(tiny_clip.weights),
-            "--device",
-            "cpu",
-            "--dtype",
-            "float32",
-            "--json",
-        ],
+        index_args(shapes, tiny_clip, out, "--device", "cpu", "--dtype", "float32", "--json"),
         capsys,
     )
     assert result.code == 0, result.err
@@ -240,40 +242,10 @@ def test_cli_index_and_retrieve(tmp_path: Path, shapes, tiny_clip, capsys) -> No
         ["retrieve", str(image), "--bank", str(out), "--k", "3", "--device", "cpu"], capsys
     )
     assert table.code == 0 and "Retrieved captions (text)" in table.out
-    again = run_cli(
-        [
-            "index",
-            str(shapes.train_file),
-            "--lang",
-            "en",
-            "--out",
-            str(out),
-            "--encoder",
-            tiny_clip.name,
-            "--pretrained",
-            str(tiny_clip.weights),
-        ],
-        capsys,
-    )
+    again = run_cli(index_args(shapes, tiny_clip, out), capsys)
     assert again.code == 2 and "already exists" in flat(again.err)
     notext = tmp_path / "notext"
-    run_cli(
-        [
-            "index",
-            str(shapes.train_file),
-            "--lang",
-            "en",
-            "--out",
-            str(notext),
-            "--no-text",
-            "--encoder",
-            tiny_clip.name,
-            "--pretrained",
-            str(tiny_clip.weights),
-            "--json",
-        ],
-        capsys,
-    )
+    run_cli(index_args(shapes, tiny_clip, notext, "--no-text", "--json"), capsys)
     result = run_cli(["retrieve", str(image), "--bank", str(notext), "--device", "cpu"], capsys)
     assert result.code == 2 and "no text embeddings" in flat(result.err)
     assert "Traceback" not in (result.err)
