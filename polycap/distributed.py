@@ -61,6 +61,11 @@ class Processes:
     def local_main(self) -> bool:
         return self.local_rank == 0
 
+    def device_for(self, device: str) -> str:
+        """``device`` as asked; for ``auto``, the launcher's device of this process if any
+        (each launched process then encodes on its own GPU)."""
+        return self.device if device == "auto" and self.device else device
+
     def share(self, count: int) -> range:
         """This process's contiguous part of ``range(count)`` (sizes differ by at most one)."""
         base, extra = divmod(count, self.world_size)

@@ -59,12 +59,10 @@ def encode_command(
     if not paths:
         raise BadInput("nothing to encode: give images, folders or --data")
     procs = processes()
-    if device == "auto" and procs.device:
-        device = procs.device  # each launched process on its own GPU
     image_encoder = load_encoder(
         encoder,
         pretrained=pretrained,
-        device=str(resolve_device(device)),
+        device=str(resolve_device(procs.device_for(device))),
     )
     result = encode_to_store(
         image_encoder,

@@ -83,14 +83,12 @@ def index_command(
     index = IndexChoice(backend, index_type, parse_options(index_options))
     index.resolve()  # an unknown backend or type is refused before any encoding
     procs = processes()
-    if device == "auto" and procs.device:
-        device = procs.device  # each launched process encodes on its own GPU
     pack = get_registries().languages.get(lang)
     caption_set = load_captions(captions, images_dir=images, format=data_format)
     image_encoder = load_encoder(
         encoder,
         pretrained=pretrained,
-        device=str(resolve_device(device)),
+        device=str(resolve_device(procs.device_for(device))),
     )
     options = BankOptions(
         dtype=dtype,
