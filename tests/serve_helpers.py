@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tiny_checkpoint import tiny_captioner
+from tiny_setup import tiny_captioner
 
 T = TypeVar("T")
 

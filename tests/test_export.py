@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cli_runner import run_cli
 from PIL import Image
-from tiny_checkpoint import tiny_captioner
+from tiny_setup import tiny_captioner
 
 from polycap.builtin.english import ENGLISH
 

@@ -15,10 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_setup import training_setup
 
-from polycap.builtin.english import ENGLISH
-from polycap.demo import build_tiny_models
-from polycap.offline.synthetic import make_synthetic_set
 from polycap.training import TrainConfig, train
 
 pytestmark = pytest.mark.slow  # each launch starts 2 processes (about 30-60 s on 2 busy cores)
@@ -29,10 +27,7 @@ PER_PROCESS_BATCH = 4
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("ddp")
-    split = make_synthetic_set(ENGLISH, root / "data", 48, seed=1)
-    captions = [r["caption"] for r in json.loads(split.train_file.read_text())]
-    return {"data": str(split.train_file), **build_tiny_models(ENGLISH, captions, root, seed=0)}
+    return training_setup(tmp_path_factory.mktemp("ddp"), 48, seed=1)
 
 
 def options(setup: dict[str, str], output: Path) -> dict:

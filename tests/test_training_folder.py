@@ -9,18 +9,12 @@ from pathlib import Path
 
 import pytest
 from cli_runner import run_cli
-
-from polycap.builtin.english import ENGLISH
-from polycap.demo import build_tiny_models
-from polycap.offline.synthetic import make_synthetic_set
+from tiny_setup import training_setup
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("folder")
-    split = make_synthetic_set(ENGLISH, root / "data", 24, seed=1)
-    captions = [r["caption"] for r in json.loads(split.train_file.read_text())]
-    return {"data": str(split.train_file), **build_tiny_models(ENGLISH, captions, root, seed=0)}
+    return training_setup(tmp_path_factory.mktemp("folder"), 24, seed=1)
 
 
 def args(setup: dict[str, str], output: Path, *extra: str) -> list[str]:

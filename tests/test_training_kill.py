@@ -21,10 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from polycap.builtin.english import ENGLISH
-from polycap.demo import build_tiny_models
-from polycap.offline.synthetic import make_synthetic_set
+from tiny_setup import training_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, BATCH, SAVE_EVERY = 2, 8, 2
@@ -32,10 +29,7 @@ EPOCHS, BATCH, SAVE_EVERY = 2, 8, 2
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("kill")
-    split = make_synthetic_set(ENGLISH, root / "data", 48, seed=1)
-    captions = [r["caption"] for r in json.loads(split.train_file.read_text())]
-    return {"data": str(split.train_file), **build_tiny_models(ENGLISH, captions, root, seed=0)}
+    return training_setup(tmp_path_factory.mktemp("kill"), 48, seed=1)
 
 
 def train_args(setup: dict[str, str], output: Path, *extra: str) -> list[str]:

@@ -11,19 +11,14 @@ import pytest
 import torch
 from cli_runner import run_cli
 from safetensors.torch import load_file
+from tiny_setup import training_setup
 
-from polycap.builtin.english import ENGLISH
-from polycap.demo import build_tiny_models
-from polycap.offline.synthetic import make_synthetic_set
 from polycap.training import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("selection")
-    split = make_synthetic_set(ENGLISH, root / "data", 40, seed=4)
-    captions = [r["caption"] for r in json.loads(split.train_file.read_text())]
-    return {"data": str(split.train_file), **build_tiny_models(ENGLISH, captions, root, seed=0)}
+    return training_setup(tmp_path_factory.mktemp("selection"), 40, seed=4)
 
 
 def config_for(setup: dict[str, str], output: Path, **overrides) -> TrainConfig:

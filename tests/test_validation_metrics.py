@@ -8,18 +8,12 @@ from pathlib import Path
 
 import pytest
 from cli_runner import run_cli
-
-from polycap.builtin.english import ENGLISH
-from polycap.demo import build_tiny_models
-from polycap.offline.synthetic import make_synthetic_set
+from tiny_setup import training_setup
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("val-metrics")
-    split = make_synthetic_set(ENGLISH, root / "data", 30, seed=2)
-    captions = [r["caption"] for r in json.loads(split.train_file.read_text())]
-    return {"data": str(split.train_file), **build_tiny_models(ENGLISH, captions, root, seed=0)}
+    return training_setup(tmp_path_factory.mktemp("val-metrics"), 30, seed=2)
 
 
 def args(setup: dict[str, str], output: Path, metrics: str) -> list[str]:

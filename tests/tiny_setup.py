@@ -1,4 +1,5 @@
-"""An untrained but complete captioner on the demo's tiny local models (no network)."""
+"""Tiny local set-ups (no network): an untrained but complete captioner on the demo's tiny
+models; a synthetic English split with the tiny models built for its training captions."""
 
 from __future__ import annotations
 
@@ -30,3 +31,18 @@ def tiny_captioner(
         prefix_length=2,
         **options,
     )
+
+
+def training_setup(root: Path, images: int, seed: int) -> dict[str, str]:
+    """A synthetic English split of ``images`` images (``seed``) under ``root / "data"`` and the
+    tiny models for its training captions under ``root``: ``data``, ``lm``, ``encoder``,
+    ``pretrained`` (as ``polycap train`` options take them)."""
+    import json
+
+    from polycap.builtin.english import ENGLISH
+    from polycap.demo import build_tiny_models
+    from polycap.offline.synthetic import make_synthetic_set
+
+    split = make_synthetic_set(ENGLISH, root / "data", images, seed=seed)
+    captions = [r["caption"] for r in json.loads(split.train_file.read_text())]
+    return {"data": str(split.train_file), **build_tiny_models(ENGLISH, captions, root, seed=0)}
