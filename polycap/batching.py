@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def bucketed_batches(
@@ -30,3 +34,17 @@ def padded_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Consecutive batches in data order (evaluation: order does not matter, bucketing does not)."""
     order = sorted(range(len(lengths)), key=lambda index: lengths[index])
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id ``rows`` right-padded with ``pad_id`` to the longest, and the attention mask
+    (1 over each row's own tokens), both ``[len(rows), longest]`` long tensors."""
+    import torch
+
+    longest = max(len(row) for row in rows)
+    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for index, row in enumerate(rows):
+        ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[index, : len(row)] = 1
+    return ids, mask

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from polycap.atomic import check_writable_folder
-from polycap.batching import bucketed_batches, padded_batches
+from polycap.batching import bucketed_batches, pad_right, padded_batches
 from polycap.encoding import EncoderSpec
 from polycap.errors import BadInput, PolycapError
 from polycap.run_folder import CHECKPOINT_PREFIX, FEATURES, TRAINER_STATE, RunFolder
@@ -180,13 +180,7 @@ def collate(
     batch: list[int], tokens: TokenizedSet, features: Features | torch.Tensor, pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Features, right-padded ids and attention mask for one batch of caption indices."""
-    longest = max(len(tokens.token_ids[i]) for i in batch)
-    input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), longest), dtype=torch.long)
-    for row, index in enumerate(batch):
-        ids = tokens.token_ids[index]
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        mask[row, : len(ids)] = 1
+    input_ids, mask = pad_right([tokens.token_ids[i] for i in batch], pad_id)
     rows = torch.tensor([tokens.feature_rows[i] for i in batch], dtype=torch.long)
     if isinstance(features, torch.Tensor):
         rows = rows.to(features.device)

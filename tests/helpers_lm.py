@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from polycap.batching import pad_right
 from polycap.hookspecs import hookimpl
 from polycap.language import LanguagePack
 
@@ -183,13 +184,7 @@ def concept_data(n_concepts: int = 6, seed: int = 0) -> tuple[torch.Tensor, list
 def collate(model: Any, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids (each ending with the end token) and attention mask."""
     encoded = [model.pack.encode_caption(model.tokenizer, text) for text in texts]
-    width = max(len(ids) for ids in encoded)
-    ids = torch.full((len(encoded), width), model.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, item in enumerate(encoded):
-        ids[row, : len(item)] = torch.tensor(item)
-        mask[row, : len(item)] = 1
-    return ids, mask
+    return pad_right(encoded, model.pad_token_id)
 
 
 def fit(model: Any, features: torch.Tensor, texts: list[str], steps: int = 60) -> Any:

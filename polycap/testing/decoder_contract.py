@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from polycap.batching import pad_right
 from polycap.language import LanguagePack
 from polycap.plugins import PluginHost
 
@@ -46,13 +47,7 @@ def _fit(model: Any, features: Any, texts: Sequence[str]) -> tuple[float, float]
     """STEPS AdamW steps on (features, texts); the loss before and after."""
     import torch
 
-    encoded = [model.encode_caption(text) for text in texts]
-    width = max(len(ids) for ids in encoded)
-    ids = torch.full((len(encoded), width), model.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, item in enumerate(encoded):
-        ids[row, : len(item)] = torch.tensor(item)
-        mask[row, : len(item)] = 1
+    ids, mask = pad_right([model.encode_caption(text) for text in texts], model.pad_token_id)
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
     model.train()
     losses = []
