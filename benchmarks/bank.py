@@ -1,7 +1,8 @@
 """Bank search at scale: polycap's numpy scan against each FAISS index type, side by side.
 
 ``python -m benchmarks.bank`` (``--rows 20000`` for a quick run; ``--write`` puts the table
-into docs/benchmarks.md, as ``make bench`` does through :func:`bench_section`). The bank is
+into docs/benchmarks.md, as ``make bench`` does through :func:`bench_section` for the plans
+in :data:`BENCH_PLANS`). The bank is
 ``rows`` random unit vectors of ``dim`` dimensions (float32, memory-mapped from a temporary
 file), with planted near-duplicates: for each of ``queries`` random unit queries, ``k`` rows
 are replaced by the query plus noise (cosine about 0.99 down to 0.96), so every query has one
@@ -204,14 +205,26 @@ def markdown(plan: Plan, rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+# what ``make bench`` runs: 1M rows with the approximate indexes (FAISS's flat search, exact
+# like the scan, takes longer than the scan on a 2-core machine), then 100k rows with all three
+BENCH_OPTIONS = {"ivf": {"nprobe": "4", "train_rows": "32000"}, "hnsw": {"m": "16"}}
+BENCH_PLANS = (
+    Plan(rows=FULL_ROWS, types=("ivf", "hnsw"), options=BENCH_OPTIONS),
+    Plan(rows=100_000, types=TYPES, options=BENCH_OPTIONS),
+)
+
+
 def bench_section(options: Any) -> Any:
-    """``make bench``'s hook: the full 1M-row table (20,000 rows with ``--quick``)."""
+    """``make bench``'s hook: the tables of :data:`BENCH_PLANS` (20,000 rows with ``--quick``)."""
     from benchmarks.report import Section
 
-    plan = Plan(rows=QUICK_ROWS if options.quick else FULL_ROWS)
-    rows = run(plan, options.say)
-    data = {"plan": plan.__dict__, "rows": [row.__dict__ for row in rows]}
-    return Section(section_name(options, plan), markdown(plan, rows), data)
+    plans = [Plan(rows=QUICK_ROWS, options=BENCH_OPTIONS)] if options.quick else BENCH_PLANS
+    sections = []
+    for plan in plans:
+        rows = run(plan, options.say)
+        data = {"plan": plan.__dict__, "rows": [row.__dict__ for row in rows]}
+        sections.append(Section(section_name(options, plan), markdown(plan, rows), data))
+    return sections
 
 
 def section_name(options: Any, plan: Plan) -> str:

@@ -180,7 +180,7 @@ class Features:
             raise BadInput(f"{self.path / MATRIX}: feature store is truncated")
         return np.frombuffer(data, dtype=ROW_DTYPE).astype(np.float32).reshape(-1, self.dim)
 
-    def blocks(self, size: int = 65536, rows: Sequence[int] | None = None) -> Iterator[Any]:
+    def blocks(self, size: int = 8192, rows: Sequence[int] | None = None) -> Iterator[Any]:
         """``torch.Tensor`` blocks of at most ``size`` rows: all rows in order, or ``rows``."""
         import numpy as np
         import torch
@@ -271,6 +271,50 @@ class _Writer:
         for handle in (self.matrix, self.skips, self.images.handle):
             handle.close()
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+def create_store(
+    out: str | Path,
+    blocks: Iterable[np.ndarray],
+    paths: Iterable[str | Path],
+    encoder: dict[str, Any],
+) -> Features:
+    """A store at ``out`` from features computed elsewhere: ``blocks`` of rows (in order) and
+    one image path per row; ``encoder`` is the record to keep (``EncoderSpec.to_json()``)."""
+    from polycap import __version__
+
+    out = Path(out)
+    names = [os.fspath(path) for path in paths]
+    writer = _Writer(temporary_folder(out))
+    try:
+        start = 0
+        for block in blocks:
+            writer.add(names[start : start + len(block)], block, [])
+            start += len(block)
+        if start != len(names):
+            raise BadInput(f"{out}: {start} feature rows for {len(names)} image paths")
+        dim = int(encoder.get("embed_dim") or 0)
+        writer.finish(
+            {
+                "format": STORE_FORMAT,
+                "version": STORE_VERSION,
+                "encoder": encoder,
+                "dim": dim,
+                "dtype": "float32",
+                "rows": start,
+                "images_requested": start,
+                "skipped_images": 0,
+                "images_digest": images_digest(names),
+                "processes": 1,
+                "polycap_version": __version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        )
+        swap_into_place(writer.work, out)
+    except BaseException:
+        writer.abort()
+        raise
+    return Features.open(out)
 
 
 def _unique(paths: Iterable[str | Path]) -> list[Path]:

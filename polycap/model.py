@@ -219,36 +219,12 @@ class Captioner(nn.Module):
             self.feature_mean = prepared.mean(dim=0)
             spread = prepared.std(dim=0) if len(prepared) > 1 else None
         else:
-            mean, spread = self._streamed_stats(features)
+            mean, spread = streamed_mean_std(features, self._prepare)
             self.feature_mean = mean
         self.feature_std = (
             spread.clamp_min(1e-6) if spread is not None else torch.ones_like(self.feature_mean)
         )
         self.config["standardize_features"] = True
-
-    def _streamed_stats(
-        self, blocks: Iterable[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Mean and (unbiased) std over blocks of rows, merged pairwise in float64 (Chan et al.)."""
-        count, mean, squares = 0, None, None
-        for block in blocks:
-            rows = self._prepare(block.float().cpu()).double()
-            if not len(rows):
-                continue
-            block_mean = rows.mean(dim=0)
-            block_squares = ((rows - block_mean) ** 2).sum(dim=0)
-            if mean is None:
-                count, mean, squares = len(rows), block_mean, block_squares
-                continue
-            total = count + len(rows)
-            delta = block_mean - mean
-            mean = mean + delta * (len(rows) / total)
-            squares = squares + block_squares + delta**2 * (count * len(rows) / total)
-            count = total
-        if mean is None:
-            raise ValueError("no feature rows to take statistics of")
-        spread = (squares / (count - 1)).sqrt().float() if count > 1 else None
-        return mean.float(), spread
 
     def _prepare(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(features, dim=-1) if self.normalize_features else features
@@ -613,6 +589,32 @@ def _interrupted_save_hint(directory: Path) -> str:
         if (old / CONFIG_FILE).is_file():
             return f" (a save was interrupted; the previous checkpoint is at {old})"
     return ""
+
+
+def streamed_mean_std(
+    blocks: Iterable[torch.Tensor], prepare: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-dimension mean and (unbiased) std of ``prepare(block)`` over blocks of rows, merged
+    pairwise in float64 (Chan et al.); std is None for a single row."""
+    count, mean, squares = 0, None, None
+    for block in blocks:
+        rows = prepare(block.float().cpu()).double()
+        if not len(rows):
+            continue
+        block_mean = rows.mean(dim=0)
+        block_squares = ((rows - block_mean) ** 2).sum(dim=0)
+        if mean is None:
+            count, mean, squares = len(rows), block_mean, block_squares
+            continue
+        total = count + len(rows)
+        delta = block_mean - mean
+        mean = mean + delta * (len(rows) / total)
+        squares = squares + block_squares + delta**2 * (count * len(rows) / total)
+        count = total
+    if mean is None or squares is None:
+        raise ValueError("no feature rows to take statistics of")
+    spread = (squares / (count - 1)).sqrt().float() if count > 1 else None
+    return mean.float(), spread
 
 
 def atomic_directory(directory: Path, write: Callable[[Path], None]) -> Path:

@@ -202,3 +202,20 @@ def test_a_process_that_dies_is_one_line_not_a_hang(clip, tmp_path: Path) -> Non
     assert "Traceback" not in done.stderr
     assert len(errors) == 1 and "process 0 of 2 lost the others" in errors[0], done.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_streamed_statistics_equal_the_whole_tensor_and_stores_from_blocks(tmp_path) -> None:
+    from polycap.features import create_store
+    from polycap.model import streamed_mean_std
+
+    rows = torch.randn(103, 16, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    store = create_store(
+        tmp_path / "s",
+        (rows[i : i + 10].numpy() for i in range(0, 103, 10)),
+        [f"img{i}.png" for i in range(103)],
+        {"name": "outside", "embed_dim": 16},
+    )
+    assert torch.equal(store[:], rows) and store.paths()[5] == Path("img5.png")
+    mean, std = streamed_mean_std(store.blocks(size=7), lambda block: block)
+    torch.testing.assert_close(mean, rows.mean(dim=0))
+    torch.testing.assert_close(std, rows.std(dim=0))

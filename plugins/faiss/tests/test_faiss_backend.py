@@ -157,7 +157,9 @@ def test_a_bank_whose_backend_is_missing_names_it(setting, monkeypatch) -> None:
 def test_index_command_with_faiss(setting, tmp_path: Path, capsys) -> None:
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
+    tests = str(Path(__file__).resolve().parents[3] / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
     from cli_runner import run_cli
 
     banks, _ = setting
