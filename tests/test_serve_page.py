@@ -112,4 +112,7 @@ def test_the_page_captions_an_uploaded_image(browser, server, tmp_path: Path) ->
     expected = httpx.post(f"{url}/caption", files=files, data={"max_length": "6"}).json()
     assert shown == expected["captions"] and shown[0]
     assert len(retrieved) == 3
+    assert browser.find_element(By.ID, "k-label").is_displayed()  # shown: there is a bank
+    captions = cards[images[0].name].find_element(By.CSS_SELECTOR, "ol.captions")
+    assert captions.get_attribute("lang") == "en"
     assert error.startswith("corrupt.png: not a readable image")
