@@ -367,46 +367,11 @@ class Captioner(nn.Module):
         """
         directory = Path(directory)
         config = read_config(directory)
-        code = config["language"]
-        if expected_language is not None and code != expected_language:
-            raise BadInput(
-                f"{directory} was trained for language {code!r}, not {expected_language!r}"
-            )
-        found = _registries(registries)
-        if code not in found.languages:
-            raise UnknownName(
-                f"{directory} was trained for language {code!r}, but no language pack {code!r} "
-                f"is installed. Run: polycap plugins install {code}"
-            )
-        pack = found.languages.get(code)
-        kind = config["mapper"]["kind"]
-        if kind not in found.mappers:
-            raise UnknownName(
-                f"{directory} uses the mapper {kind!r}: {found.mappers.unknown_message(kind)} "
-                "Install the plugin that provides it."
-            )
-        mapper_class = found.mappers.get(kind)
+        pack, mapper_class = _pack_and_mapper(directory, config, expected_language, registries)
         weights = directory / MAPPER_FILE
         if not weights.is_file():
             raise BadInput(f"{weights}: missing (the checkpoint is incomplete)")
-        tokenizer_dir = directory / TOKENIZER_DIR
-        if not tokenizer_dir.is_dir():
-            raise BadInput(f"{tokenizer_dir}: missing (the checkpoint is incomplete)")
-        tokenizer = pack.load_tokenizer(str(tokenizer_dir))
-        lm_dir = directory / LM_DIR
-        if config.get("save_lm") or config["train_lm"]:
-            if not lm_dir.is_dir():
-                raise BadInput(f"{lm_dir}: missing (the checkpoint is incomplete)")
-            lm = pack.load_decoder(str(lm_dir), dtype=dtype)
-        else:
-            lm = pack.load_decoder(config["lm"], dtype=dtype)
-        width = lm_width(lm)
-        recorded = config["mapper"].get("lm_dim")
-        if recorded is not None and int(recorded) != width:
-            raise BadInput(
-                f"{directory}: the mapper was trained for an LM of width {recorded}, "
-                f"but {config['lm']!r} has width {width}"
-            )
+        tokenizer, lm, width = _tokenizer_and_lm(directory, config, pack, dtype)
 
         def build(prefix_length: int) -> nn.Module:
             return mapper_class(
@@ -430,6 +395,59 @@ class Captioner(nn.Module):
         model.to(device)
         model.eval()
         return model
+
+
+def _pack_and_mapper(
+    directory: Path,
+    config: dict[str, Any],
+    expected_language: str | None,
+    registries: Registries | None,
+) -> tuple[LanguagePack, Any]:
+    """The checkpoint's language pack and mapper class, from the installed plugins (BadInput
+    for another language than ``expected_language``; UnknownName naming what to install)."""
+    code = config["language"]
+    if expected_language is not None and code != expected_language:
+        raise BadInput(f"{directory} was trained for language {code!r}, not {expected_language!r}")
+    found = _registries(registries)
+    if code not in found.languages:
+        raise UnknownName(
+            f"{directory} was trained for language {code!r}, but no language pack {code!r} "
+            f"is installed. Run: polycap plugins install {code}"
+        )
+    pack = found.languages.get(code)
+    kind = config["mapper"]["kind"]
+    if kind not in found.mappers:
+        raise UnknownName(
+            f"{directory} uses the mapper {kind!r}: {found.mappers.unknown_message(kind)} "
+            "Install the plugin that provides it."
+        )
+    return pack, found.mappers.get(kind)
+
+
+def _tokenizer_and_lm(
+    directory: Path, config: dict[str, Any], pack: LanguagePack, dtype: Any
+) -> tuple[Any, nn.Module, int]:
+    """The checkpoint's tokenizer and LM (bundled, or from where it came) and the LM's width,
+    checked against the width the mapper was trained for."""
+    tokenizer_dir = directory / TOKENIZER_DIR
+    if not tokenizer_dir.is_dir():
+        raise BadInput(f"{tokenizer_dir}: missing (the checkpoint is incomplete)")
+    tokenizer = pack.load_tokenizer(str(tokenizer_dir))
+    lm_dir = directory / LM_DIR
+    if config.get("save_lm") or config["train_lm"]:
+        if not lm_dir.is_dir():
+            raise BadInput(f"{lm_dir}: missing (the checkpoint is incomplete)")
+        lm = pack.load_decoder(str(lm_dir), dtype=dtype)
+    else:
+        lm = pack.load_decoder(config["lm"], dtype=dtype)
+    width = lm_width(lm)
+    recorded = config["mapper"].get("lm_dim")
+    if recorded is not None and int(recorded) != width:
+        raise BadInput(
+            f"{directory}: the mapper was trained for an LM of width {recorded}, "
+            f"but {config['lm']!r} has width {width}"
+        )
+    return tokenizer, lm, width
 
 
 def caption_token_ids(
