@@ -88,7 +88,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke run (about a minute): fewer items, tiny decoder; written to *-quick "
+        help="a smoke run (a few minutes): fewer items, tiny decoder; written to *-quick "
         "sections only with --write",
     )
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
