@@ -70,11 +70,14 @@ def compare_on_split(
     generation: Any = None,
     settings: CompareSettings | None = None,
     report: bool = True,
+    augmented: Any = None,
 ) -> SplitComparison:
     """Retrieval (bank of the training captions, the model's encoder) vs generation on the
     test images of a :class:`~polycap.offline.synthetic.SyntheticSplit`, with seen/unseen pair
     accuracy. Writes ``workdir/bank`` and ``workdir/compare.html``. ``settings`` default to
-    the split's metrics (:data:`SPLIT_METRICS`) on the CPU."""
+    the split's metrics (:data:`SPLIT_METRICS`) on the CPU. ``augmented``: a
+    retrieval-augmented captioner on the same encoder, a third column (it retrieves from the
+    same bank of the training captions)."""
     from polycap.captioning import encoder_for
     from polycap.data import load_captions
     from polycap.generation import GenerationConfig
@@ -86,11 +89,14 @@ def compare_on_split(
     bank_path = workdir / "bank"
     options = BankOptions(dtype="float32", cache_dir=settings.cache_dir, force=True, progress=False)
     build_bank(load_captions(split.train_file), encoder, bank_path, pack, options)
+    bank = Bank.open(bank_path)
     comparison = compare(
         load_captions(split.test_file),
         pack,
         model=model,
-        bank=Bank.open(bank_path),
+        bank=bank,
+        augmented=augmented,
+        augmented_bank=bank if augmented is not None else None,
         generation=generation or GenerationConfig(max_length=24),
         retrieval=retrieval,
         settings=settings,

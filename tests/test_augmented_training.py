@@ -251,3 +251,20 @@ def test_compare_shows_three_methods(model_dir, plain_dir, trained, capsys, tmp_
     assert table.code == 0 and "retrieval-augmented" in table.out
     swapped = run_cli([*common[:3], str(model_dir), *common[4:]], capsys)
     assert swapped.code == 2 and "--augmented-model" in swapped.err
+
+
+def test_the_compositional_split_compares_three_methods(model_dir, plain_dir, trained, english):
+    from polycap.compositional import compare_on_split
+    from polycap.eval.compare import CompareSettings
+    from polycap.model import Captioner
+
+    result = compare_on_split(
+        english,
+        trained["split"],
+        Captioner.load(plain_dir),
+        trained["root"] / "split-compare",
+        settings=CompareSettings(metrics=["bleu"]),
+        augmented=Captioner.load(model_dir),
+    )
+    assert list(result.pair_scores) == ["retrieval", "generation", "retrieval-augmented"]
+    assert "retrieved captions in its prompt" in result.report.read_text(encoding="utf-8")
