@@ -1,7 +1,7 @@
 """Experiment trackers through Accelerate (``polycap train --log-with tensorboard,wandb``).
 
-Accelerate owns the trackers (``Accelerator(log_with=…)``, ``init_trackers``, ``log``,
-``end_training``, all on the main process only); polycap checks the names first, since
+Accelerate owns the trackers (``Accelerator(log_with=…)``, ``init_trackers``, ``log``, each
+tracker's ``finish``, all on the main process only); polycap checks the names first, since
 Accelerate silently drops a tracker whose package is missing, and logs each epoch's history
 record (train/validation loss, validation scores) at its epoch number.
 """
@@ -64,6 +64,13 @@ def log_epoch(accelerator: Any, record: dict[str, Any]) -> None:
         if key not in ("epoch", "step") and isinstance(value, (int, float)) and value == value
     }
     accelerator.log(values, step=int(record["epoch"]))
+
+
+def finish_trackers(accelerator: Any) -> None:
+    """Close the trackers. Not ``Accelerator.end_training``: it also destroys the process
+    group, which the run still needs for its last barrier (and a caller may train again)."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
 
 
 def log_dir(output: Path) -> Path:

@@ -29,7 +29,7 @@ from polycap.batching import bucketed_batches, pad_right, padded_batches
 from polycap.encoding import EncoderSpec
 from polycap.errors import BadInput, PolycapError
 from polycap.run_folder import CHECKPOINT_PREFIX, FEATURES, TRAINER_STATE, RunFolder
-from polycap.trackers import check_trackers, log_dir, log_epoch, start_trackers
+from polycap.trackers import check_trackers, finish_trackers, log_dir, log_epoch, start_trackers
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 HOOK_ENV = "POLYCAP_TRAIN_HOOK"
@@ -339,7 +339,7 @@ class Trainer:
         if stopped is not None and self.selection is not None:
             self.say(self.selection.describe_stop(state))
         final = self.save(self.folder.final, fit.model, state, point="final")
-        self.accelerator.end_training()
+        finish_trackers(self.accelerator)
         self.accelerator.wait_for_everyone()
         return TrainResult(
             final,
