@@ -11,7 +11,7 @@ Images with more pixels than :func:`max_pixels` (a decompression-bomb guard; the
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -142,6 +142,13 @@ def _reason(error: Exception) -> str:
 def skipped_rows(skipped: Iterable[tuple[str | Path, str]]) -> list[dict[str, str]]:
     """Unreadable images for JSON output: ``[{"image": path, "reason": why}, ...]``."""
     return [{"image": str(path), "reason": reason} for path, reason in skipped]
+
+
+def describe_skipped(skipped: Sequence[tuple[str | Path, str]], shown: int = 5) -> str:
+    """``3 unreadable image(s): a.png (reason), b.png (reason) and 1 more``."""
+    named = ", ".join(f"{path} ({reason})" for path, reason in skipped[:shown])
+    more = f" and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return f"{len(skipped)} unreadable image(s): {named}{more}"
 
 
 def is_image_file(path: Path) -> bool:

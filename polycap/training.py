@@ -28,6 +28,7 @@ from polycap.atomic import check_writable_folder
 from polycap.batching import bucketed_batches, pad_right, padded_batches
 from polycap.encoding import EncoderSpec
 from polycap.errors import BadInput, PolycapError
+from polycap.images import describe_skipped
 from polycap.run_folder import CHECKPOINT_PREFIX, FEATURES, TRAINER_STATE, RunFolder
 from polycap.trackers import check_trackers, finish_trackers, log_dir, log_epoch, start_trackers
 
@@ -449,6 +450,8 @@ class Trainer:
             f"train {len(train.token_ids)} / validation {len(val.token_ids)} captions; "
             f"{len(skipped)} images skipped"
         )
+        if skipped:
+            self.say(f"Skipped {describe_skipped(skipped)}")
         data = PreparedData(train, val, features, tokenizer, encoder_info, len(skipped))
         if config.retrieval_bank is not None:
             self.add_prompts(data, captions, encoder)

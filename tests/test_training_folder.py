@@ -169,3 +169,20 @@ def test_leftovers_of_a_killed_save_are_cleaned_and_a_cut_swap_is_undone(tmp_pat
     assert len(cleaned) == 3
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint-00000002", "checkpoint-00000004"]
     assert (run / "checkpoint-00000004" / "trainer_state.pt").read_bytes() == b"state"
+
+
+def test_the_training_table_names_skipped_images(setup, tmp_path, capsys):
+    data = json.loads(Path(setup["data"]).read_text())
+    broken = Path(setup["data"]).parent / "images" / data[0]["image_name"]
+    assert broken.is_file()
+    saved = broken.read_bytes()
+    try:
+        broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+        table = [a for a in args(setup, tmp_path / "run") if a != "--json"]
+        result = run_cli([*table, "--cache-dir", str(tmp_path / "cache")], capsys)
+    finally:
+        broken.write_bytes(saved)
+    assert result.code == 0, result.err
+    shown = result.out + result.err
+    assert "1 images skipped" in shown
+    assert f"Skipped 1 unreadable image(s): {broken}" in " ".join(shown.split())

@@ -10,6 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from polycap.images import describe_skipped
+
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
@@ -35,13 +37,6 @@ def fail(message: str, code: int = 2) -> None:
 
     err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, markup=True)
     raise SystemExit(code)
-
-
-def describe_skipped(skipped: Sequence[tuple[Any, str]], shown: int = 5) -> str:
-    """``3 unreadable image(s): a.png (reason), b.png (reason) and 1 more``."""
-    named = ", ".join(f"{path} ({reason})" for path, reason in skipped[:shown])
-    more = f" and {len(skipped) - shown} more" if len(skipped) > shown else ""
-    return f"{len(skipped)} unreadable image(s): {named}{more}"
 
 
 def report_skipped(skipped: Sequence[tuple[Any, str]]) -> None:
