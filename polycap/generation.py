@@ -350,6 +350,18 @@ def caption_features(
 
 
 # -- the decoding loops -------------------------------------------------------------------------
+@dataclass
+class _Beams:
+    """The live state of a batched beam search: per active image, ``width`` beams."""
+
+    active_images: list[int]
+    image_rows: torch.Tensor
+    scores: torch.Tensor
+    lengths: torch.Tensor
+    finished: torch.Tensor
+    tokens: torch.Tensor
+
+
 class _Loop:
     """One decoding run over a :class:`DecoderStep`: greedy, sampling or beam search."""
 
@@ -459,64 +471,105 @@ class _Loop:
         single candidate with unchanged score and length. An image leaves the batch when all
         its beams have finished.
         """
-        config = self.config
-        width = config.beams
+        results: list[list[list[int]]] = [[] for _ in range(prefix.shape[0])]
+        logits, past, state = self._beam_start(prefix)
+        filler = torch.full((logits.shape[-1],), float("-inf"), device=prefix.device)
+        filler[self.end] = 0.0  # a finished beam's one continuation: free, ignored later
+        for step in range(self.config.max_length):
+            rows = self._beam_advance(step, state, logits, filler)
+            if step + 1 == self.config.max_length:
+                break
+            rows = self._beam_retire(results, state, rows)
+            if rows is None:
+                return results
+            past = self.decoder.select(past, rows)
+            logits, past = self.decoder.step(state.tokens[:, -1], past)
+        everyone = [True] * len(state.active_images)
+        self._collect(
+            results, state.active_images, everyone, state.tokens, state.scores, state.lengths
+        )
+        return results
+
+    def _beam_start(self, prefix: torch.Tensor) -> tuple[torch.Tensor, Any, _Beams]:
+        """Run the prefix once per image and give each of its beams a copy of logits and past.
+
+        Every beam of an image starts from the same prefix, so width copies of the prefix
+        would only repeat work.
+        """
+        width = self.config.beams
         images = prefix.shape[0]
         device = prefix.device
-        results: list[list[list[int]]] = [[] for _ in range(images)]
-        active_images = list(range(images))
-        image_rows = torch.arange(images, device=device)
-        # every beam of an image starts from the same prefix: run it once per image, then give
-        # each beam a copy of its image's logits and past (not width copies of the prefix)
         logits, past = self.decoder.start(prefix)
         expand = torch.arange(images, device=device).repeat_interleave(width)
         logits = logits.index_select(0, expand)
         past = self.decoder.select(past, expand)
-        vocab = logits.shape[-1]
         scores = torch.zeros(images, width, device=device)
         scores[:, 1:] = float("-inf")  # all beams start equal: expand from the first only
-        lengths = torch.zeros(images, width, device=device)
-        finished = torch.zeros(images, width, dtype=torch.bool, device=device)
-        tokens = torch.empty((images * width, 0), dtype=torch.long, device=device)
-        filler = torch.full((vocab,), float("-inf"), device=device)
-        filler[self.end] = 0.0  # a finished beam's one continuation: free, ignored later
-        for step in range(config.max_length):
-            b = len(active_images)
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            if self.hook is not None:
-                logp = self.hook(step, image_rows.repeat_interleave(width), logp)
-            logp = torch.where(finished[..., None], filler, logp.view(b, width, vocab))
-            new_lengths = lengths + (~finished).float()
-            totals = scores[..., None] + logp
-            ranked = (totals / new_lengths[..., None]).view(b, width * vocab)
-            best = ranked.topk(width, dim=1).indices
-            source = torch.div(best, vocab, rounding_mode="floor")
-            chosen = best % vocab
-            scores = totals.view(b, width * vocab).gather(1, best)
-            lengths = new_lengths.gather(1, source)
-            finished = finished.gather(1, source) | (chosen == self.end)
-            rows = (torch.arange(b, device=device)[:, None] * width + source).view(-1)
-            tokens = torch.cat([tokens[rows], chosen.view(-1, 1)], dim=1)
-            if step + 1 == config.max_length:
-                break
-            done_images = finished.all(dim=1).tolist()
-            if any(done_images):
-                self._collect(results, active_images, done_images, tokens, scores, lengths)
-                keep = [i for i, flag in enumerate(done_images) if not flag]
-                if not keep:
-                    return results
-                image_index = torch.tensor(keep, device=device)
-                row_index = image_index[:, None] * width + torch.arange(width, device=device)
-                rows = rows.view(b, width)[image_index].view(-1)
-                row_index = row_index.view(-1)
-                active_images = [active_images[i] for i in keep]
-                image_rows = image_rows[image_index]
-                scores, lengths, finished = scores[keep], lengths[keep], finished[keep]
-                tokens = tokens[row_index]
-            past = self.decoder.select(past, rows)
-            logits, past = self.decoder.step(tokens[:, -1], past)
-        self._collect(results, active_images, [True] * len(active_images), tokens, scores, lengths)
-        return results
+        state = _Beams(
+            active_images=list(range(images)),
+            image_rows=torch.arange(images, device=device),
+            scores=scores,
+            lengths=torch.zeros(images, width, device=device),
+            finished=torch.zeros(images, width, dtype=torch.bool, device=device),
+            tokens=torch.empty((images * width, 0), dtype=torch.long, device=device),
+        )
+        return logits, past, state
+
+    def _beam_advance(
+        self, step: int, state: _Beams, logits: torch.Tensor, filler: torch.Tensor
+    ) -> torch.Tensor:
+        """Extend every beam by one token, keeping each image's best ``width`` candidates.
+
+        Updates ``state`` in place and returns, per new beam, the row of the beam it extends.
+        """
+        width = self.config.beams
+        b = len(state.active_images)
+        vocab = logits.shape[-1]
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        if self.hook is not None:
+            logp = self.hook(step, state.image_rows.repeat_interleave(width), logp)
+        logp = torch.where(state.finished[..., None], filler, logp.view(b, width, vocab))
+        new_lengths = state.lengths + (~state.finished).float()
+        totals = state.scores[..., None] + logp
+        ranked = (totals / new_lengths[..., None]).view(b, width * vocab)
+        best = ranked.topk(width, dim=1).indices
+        source = torch.div(best, vocab, rounding_mode="floor")
+        chosen = best % vocab
+        state.scores = totals.view(b, width * vocab).gather(1, best)
+        state.lengths = new_lengths.gather(1, source)
+        state.finished = state.finished.gather(1, source) | (chosen == self.end)
+        rows = (torch.arange(b, device=logits.device)[:, None] * width + source).view(-1)
+        state.tokens = torch.cat([state.tokens[rows], chosen.view(-1, 1)], dim=1)
+        return rows
+
+    def _beam_retire(
+        self, results: list[list[list[int]]], state: _Beams, rows: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Collect the images whose beams have all finished and drop them from ``state``.
+
+        Returns the past rows the remaining beams continue from, or None when no image is left.
+        """
+        done_images = state.finished.all(dim=1).tolist()
+        if not any(done_images):
+            return rows
+        self._collect(
+            results, state.active_images, done_images, state.tokens, state.scores, state.lengths
+        )
+        keep = [i for i, flag in enumerate(done_images) if not flag]
+        if not keep:
+            return None
+        width = self.config.beams
+        device = rows.device
+        image_index = torch.tensor(keep, device=device)
+        row_index = image_index[:, None] * width + torch.arange(width, device=device)
+        rows = rows.view(len(done_images), width)[image_index].view(-1)
+        state.active_images = [state.active_images[i] for i in keep]
+        state.image_rows = state.image_rows[image_index]
+        state.scores = state.scores[keep]
+        state.lengths = state.lengths[keep]
+        state.finished = state.finished[keep]
+        state.tokens = state.tokens[row_index.view(-1)]
+        return rows
 
     def _collect(
         self,
