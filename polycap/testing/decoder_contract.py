@@ -69,25 +69,12 @@ def check_decoder_contract(
     the checkpoint is saved."""
     import torch
 
-    from polycap.encoding import EncoderSpec
     from polycap.generation import GenerationConfig, generate_ids
     from polycap.model import Captioner
 
     registries = _registries(pack)
-    tokenizer = pack.load_tokenizer(str(directory))
-    lm = pack.load_decoder(str(directory))
-    kind = type(lm).__name__
+    model, kind = _contract_model(pack, directory, registries)
     who = f"pack {pack.code!r} with {kind}"
-    torch.manual_seed(0)
-    model = Captioner.build(
-        pack,
-        tokenizer,
-        lm,
-        EncoderSpec(name="contract", embed_dim=CLIP_DIM),
-        prefix_length=2,
-        train_lm=True,
-        registries=registries,
-    )
     texts = [pack.normalize(text) for text in texts[:3]]
     features = torch.randn(len(texts), CLIP_DIM, generator=torch.Generator().manual_seed(0))
     with _one_thread():
@@ -102,21 +89,7 @@ def check_decoder_contract(
             f"pad id {model.pad_token_id} vs end id {model.end_token_id})",
         )
         for config in (greedy, GenerationConfig(max_length=12, beams=3, num_captions=3)):
-            plain = GenerationConfig(**{**config.to_json(), "use_cache": False})
-            cached, uncached = (
-                generate_ids(model, features, config),
-                generate_ids(model, features, plain),
-            )
-            _require(cached == uncached, f"{who}: {config.strategy} differs with/without KV cache")
-            single = [
-                generate_ids(model, features[i : i + 1], config)[0] for i in range(len(texts))
-            ]
-            _require(single == cached, f"{who}: {config.strategy}: a batch differs from one by one")
-            if config.beams > 1:
-                _require(
-                    all(len({tuple(b) for b in beams}) == len(beams) for beams in cached),
-                    f"{who}: beams are not distinct",
-                )
+            _check_consistent(model, features, config, who)
         sampling = GenerationConfig(max_length=12, sample=True, top_p=0.9, seed=3)
         _require(
             generate_ids(model, features, sampling) == generate_ids(model, features, sampling),
@@ -127,6 +100,49 @@ def check_decoder_contract(
         _require(
             generate_ids(loaded, features, greedy) == ids,
             f"{who}: the saved checkpoint decodes differently",
+        )
+
+
+def _contract_model(pack: LanguagePack, directory: Path, registries: Any) -> tuple[Any, str]:
+    """A seeded Captioner over the pack's decoder + tokenizer in ``directory``, and the
+    decoder's class name."""
+    import torch
+
+    from polycap.encoding import EncoderSpec
+    from polycap.model import Captioner
+
+    tokenizer = pack.load_tokenizer(str(directory))
+    lm = pack.load_decoder(str(directory))
+    torch.manual_seed(0)
+    model = Captioner.build(
+        pack,
+        tokenizer,
+        lm,
+        EncoderSpec(name="contract", embed_dim=CLIP_DIM),
+        prefix_length=2,
+        train_lm=True,
+        registries=registries,
+    )
+    return model, type(lm).__name__
+
+
+def _check_consistent(model: Any, features: Any, config: Any, who: str) -> None:
+    """One strategy decodes the same with and without KV cache, batched and one by one, and
+    (for beams) returns distinct beams."""
+    from polycap.generation import GenerationConfig, generate_ids
+
+    plain = GenerationConfig(**{**config.to_json(), "use_cache": False})
+    cached, uncached = (
+        generate_ids(model, features, config),
+        generate_ids(model, features, plain),
+    )
+    _require(cached == uncached, f"{who}: {config.strategy} differs with/without KV cache")
+    single = [generate_ids(model, features[i : i + 1], config)[0] for i in range(len(features))]
+    _require(single == cached, f"{who}: {config.strategy}: a batch differs from one by one")
+    if config.beams > 1:
+        _require(
+            all(len({tuple(b) for b in beams}) == len(beams) for beams in cached),
+            f"{who}: beams are not distinct",
         )
 
 
