@@ -295,7 +295,7 @@ def _read_one(
         if cached is not None:
             return _Loaded(index, path, digest), cached
     try:
-        image = decode_image(data, path)
+        image = decode_image(data, path, device=str(encoder.device))
     except BadInput as error:
         reason = str(error).split("not a readable image ", 1)[-1].strip("()")
         return _Loaded(index, path, digest, error=reason), None
