@@ -233,8 +233,7 @@ def export_onnx(
     """Write ``model`` (a Captioner) and ``encoder`` (None: features only) as an ONNX export
     into ``directory``, atomically; returns the folder. ``int8``: dynamic int8 quantisation of
     the graphs' weights (:func:`quantize_int8`)."""
-    from polycap import __version__
-    from polycap.encoding import EncoderSpec, file_digest
+    from polycap.encoding import file_digest
     from polycap.generation import GenerationConfig
 
     directory = Path(directory)
@@ -258,32 +257,50 @@ def export_onnx(
         if encoder is not None:
             digest = file_digest(work / ENCODER_GRAPH)
         model.tokenizer.save_pretrained(str(work / TOKENIZER_DIR))
-        spec = EncoderSpec.from_json(model.config["encoder"]).to_json(cache_key=False)
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "polycap_version": __version__,
-            "language": model.config["language"],
-            "graphs": {
-                "image_encoder": ENCODER_GRAPH if encoder is not None else None,
-                "mapper": MAPPER_GRAPH,
-                "decoder": DECODER_GRAPH,
-            },
-            "encoder": {**spec, "preprocess": preprocess, "graph_sha256": digest},
-            "tokenizer": TOKENIZER_DIR,
-            "stop_token_id": int(model.end_token_id),
-            "stop_token": model.tokenizer.convert_ids_to_tokens(int(model.end_token_id)),
-            "pad_token_id": int(model.pad_token_id),
-            "prefix_length": int(model.prefix_length),
-            "lm_dim": int(model.lm.get_input_embeddings().embedding_dim),
-            "vocab_size": int(model.lm.get_output_embeddings().weight.shape[0]),
-            "past": {"shape": "[layers, 2, batch, heads, length, head_dim]", **layout},
-            "quantization": "dynamic int8 weights" if int8 else None,
-            "generation": asdict(generation),
-            "checkpoint": model.config,
-        }
+        encoder_graph = ENCODER_GRAPH if encoder is not None else None
+        encoder_info = {"preprocess": preprocess, "graph_sha256": digest}
+        manifest = _manifest(model, encoder_graph, encoder_info, layout, generation, int8)
         write_json(work / MANIFEST, manifest)
     return directory
+
+
+def _manifest(
+    model: Any,
+    encoder_graph: str | None,
+    encoder_info: dict[str, Any],
+    layout: dict[str, Any],
+    generation: Any,
+    int8: bool,
+) -> dict[str, Any]:
+    """The export's manifest: graphs, encoder spec + ``encoder_info`` (preprocess, graph
+    digest), tokenizer, special ids, past-cache ``layout``, generation defaults, checkpoint."""
+    from polycap import __version__
+    from polycap.encoding import EncoderSpec
+
+    spec = EncoderSpec.from_json(model.config["encoder"]).to_json(cache_key=False)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "polycap_version": __version__,
+        "language": model.config["language"],
+        "graphs": {
+            "image_encoder": encoder_graph,
+            "mapper": MAPPER_GRAPH,
+            "decoder": DECODER_GRAPH,
+        },
+        "encoder": {**spec, **encoder_info},
+        "tokenizer": TOKENIZER_DIR,
+        "stop_token_id": int(model.end_token_id),
+        "stop_token": model.tokenizer.convert_ids_to_tokens(int(model.end_token_id)),
+        "pad_token_id": int(model.pad_token_id),
+        "prefix_length": int(model.prefix_length),
+        "lm_dim": int(model.lm.get_input_embeddings().embedding_dim),
+        "vocab_size": int(model.lm.get_output_embeddings().weight.shape[0]),
+        "past": {"shape": "[layers, 2, batch, heads, length, head_dim]", **layout},
+        "quantization": "dynamic int8 weights" if int8 else None,
+        "generation": asdict(generation),
+        "checkpoint": model.config,
+    }
 
 
 def quantize_int8(directory: Path, graphs: list[str]) -> None:
