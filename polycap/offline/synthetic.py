@@ -150,22 +150,9 @@ def make_synthetic_set(
     plan = [("train", pair) for pair in _cycle(allowed, n_train, rng)]
     plan += [("test", pair) for pair in _cycle(list(PAIRS), n_test, rng)]
 
-    truths: dict[str, Truth] = {}
-    captions: dict[str, list[str]] = {}
-    split_images: dict[str, list[str]] = {"train": [], "test": []}
-    records: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
-    caption_id = 0
-    for index, (split, (colour, shape)) in enumerate(plan):
-        count = rng.randint(1, 3)
-        name = f"{split}_{index:05d}.png"
-        draw_image(colour, shape, count, rng).save(image_dir / name)
-        truths[name] = (colour, shape, count)
-        split_images[split].append(name)
-        texts = _distinct_captions(pack, colour, shape, count, captions_per_image, rng)
-        captions[name] = texts
-        for text in texts:
-            records[split].append({"caption": text, "id": caption_id, "image_name": name})
-            caption_id += 1
+    truths, captions, split_images, records = _draw_plan(
+        pack, plan, image_dir, captions_per_image, rng
+    )
 
     train_file = directory / "train_captions.json"
     test_file = directory / "test_captions.json"
@@ -182,6 +169,36 @@ def make_synthetic_set(
         heldout_pairs=heldout,
         captions=captions,
     )
+
+
+def _draw_plan(
+    pack: Any,
+    plan: list[tuple[str, tuple[str, str]]],
+    image_dir: Path,
+    captions_per_image: int,
+    rng: random.Random,
+) -> tuple[
+    dict[str, Truth], dict[str, list[str]], dict[str, list[str]], dict[str, list[dict[str, Any]]]
+]:
+    """Draw each planned (split, (colour, shape)) image into ``image_dir`` and caption it;
+    returns (truths, captions, images per split, caption records per split)."""
+    truths: dict[str, Truth] = {}
+    captions: dict[str, list[str]] = {}
+    split_images: dict[str, list[str]] = {"train": [], "test": []}
+    records: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
+    caption_id = 0
+    for index, (split, (colour, shape)) in enumerate(plan):
+        count = rng.randint(1, 3)
+        name = f"{split}_{index:05d}.png"
+        draw_image(colour, shape, count, rng).save(image_dir / name)
+        truths[name] = (colour, shape, count)
+        split_images[split].append(name)
+        texts = _distinct_captions(pack, colour, shape, count, captions_per_image, rng)
+        captions[name] = texts
+        for text in texts:
+            records[split].append({"caption": text, "id": caption_id, "image_name": name})
+            caption_id += 1
+    return truths, captions, split_images, records
 
 
 def _split_pairs(
