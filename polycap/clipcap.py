@@ -21,7 +21,7 @@ statistics, ``stop_token``).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -217,16 +217,24 @@ def load_lm_weights(path: Path, lm: Any, state: dict[str, Any], lm_name: str) ->
         lm.tie_weights()
 
 
+@dataclass(frozen=True)
+class ImportOptions:
+    """How :func:`import_clipcap` reads an official ClipCap file (see its docstring)."""
+
+    lm: str = "gpt2"
+    language: str = "en"
+    stop_token: str = "."
+    encoder: str | None = None
+    pretrained: str | None = None
+    heads: int = DEFAULT_HEADS
+
+
 def import_clipcap(
     weights: str | os.PathLike[str],
     output: str | os.PathLike[str],
-    lm: str = "gpt2",
-    language: str = "en",
-    stop_token: str = ".",
-    encoder: str | None = None,
-    pretrained: str | None = None,
-    heads: int = DEFAULT_HEADS,
+    options: ImportOptions | None = None,
     registries: Any = None,
+    **fields: Any,
 ) -> Path:
     """Convert an official ClipCap ``.pt`` into a polycap checkpoint at ``output``.
 
@@ -234,22 +242,25 @@ def import_clipcap(
     tokenizer; its weights are used as they are when the file has no ``gpt.*`` keys).
     ``encoder``/``pretrained``: the CLIP the features came from (default: the official one
     for the embedding size: ViT-B-32 for 512, RN50x4 for 640). The LM is bundled.
+    ``fields``: :class:`ImportOptions` fields by keyword (``lm=...``), over ``options``.
     """
     from polycap.model import Captioner, lm_width
 
+    opts = replace(options or ImportOptions(), **fields)
+    lm, stop_token = opts.lm, opts.stop_token
     path = Path(weights)
     mapper_state, lm_state = split_state(path, read_state_dict(path))
     if registries is None:
         from polycap.plugins import get_registries
 
         registries = get_registries()
-    pack = registries.languages.get(language)
+    pack = registries.languages.get(opts.language)
     tokenizer = pack.load_tokenizer(lm)
     decoder = pack.load_decoder(lm)
     if lm_state:
         load_lm_weights(path, decoder, lm_state, lm)
-    found = detect_mapper(path, mapper_state, lm_width(decoder), heads)
-    encoder_info = _encoder_info(path, found.clip_dim, encoder, pretrained)
+    found = detect_mapper(path, mapper_state, lm_width(decoder), opts.heads)
+    encoder_info = _encoder_info(path, found.clip_dim, opts.encoder, opts.pretrained)
     model = Captioner.build(
         pack,
         tokenizer,
