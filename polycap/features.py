@@ -29,7 +29,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -323,45 +323,53 @@ def _unique(paths: Iterable[str | Path]) -> list[Path]:
     return unique(paths)
 
 
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How :func:`encode_to_store` encodes (see its docstring)."""
+
+    batch_size: int = 64
+    chunk: int = DEFAULT_CHUNK
+    cache_dir: str | Path | None = None
+    use_cache: bool = True
+    progress: bool = True
+    workers: int | None = None
+    reuse: bool = True
+
+
 def encode_to_store(
     encoder: ImageEncoder,
     paths: Iterable[str | Path],
     out: str | Path | None,
-    batch_size: int = 64,
-    chunk: int = DEFAULT_CHUNK,
-    cache_dir: str | Path | None = None,
-    use_cache: bool = True,
-    progress: bool = True,
-    workers: int | None = None,
-    reuse: bool = True,
+    options: EncodeOptions | None = None,
     procs: Processes | None = None,
+    **fields: Any,
 ) -> StoreResult:
     """Encode each unique image of ``paths`` once into a feature store at ``out``.
 
     ``out=None`` only fills the per-image cache. With ``reuse``, a complete store at ``out``
     for the same images and encoder is opened instead of encoded again. Across processes
     (``procs``, default: the launcher's, see :mod:`polycap.distributed`) every process must
-    call this with the same ``paths``; each gets the same result.
+    call this with the same ``paths``; each gets the same result. ``fields``:
+    :class:`EncodeOptions` fields by keyword (``batch_size=...``), over ``options``.
     """
     from polycap.distributed import processes
     from polycap.encoding import encode_images
 
     started = time.perf_counter()
-    if chunk < 1:
-        raise BadInput(f"chunk size must be at least 1, got {chunk}")
+    opts = replace(options or EncodeOptions(), **fields)
+    if opts.chunk < 1:
+        raise BadInput(f"chunk size must be at least 1, got {opts.chunk}")
     procs = procs or processes()
     unique = _unique(paths)
     digest = images_digest(unique)
     out = Path(out) if out is not None else None
     if out is not None and out.exists() and not (out / META).is_file() and any(out.iterdir()):
         raise BadInput(f"{out}: exists and is not a feature store; refusing to replace it")
-    if out is not None and reuse:
-        found = _reusable(out, encoder, digest)
-        if all(procs.all_gather(found is not None, "encoding: checking the feature store")):
-            assert found is not None
-            stats = EncodeStats(len(unique), len(found), found.skipped(), reused=True)
-            stats.processes = procs.world_size
-            return StoreResult(found, stats)
+    reused = (
+        _reused(out, encoder, unique, digest, procs) if out is not None and opts.reuse else None
+    )
+    if reused is not None:
+        return reused
     writer = None
     if out is not None and procs.local_main:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -370,13 +378,13 @@ def encode_to_store(
         encode_chunk = partial(
             encode_images,
             encoder,
-            batch_size=batch_size,
-            cache_dir=cache_dir,
+            batch_size=opts.batch_size,
+            cache_dir=opts.cache_dir,
             progress=False,
-            use_cache=use_cache,
-            workers=workers,
+            use_cache=opts.use_cache,
+            workers=opts.workers,
         )
-        stats = _encode_rounds(encode_chunk, unique, writer, procs, chunk, progress)
+        stats = _encode_rounds(encode_chunk, unique, writer, procs, opts.chunk, opts.progress)
         stats.seconds = time.perf_counter() - started
         if writer is not None and out is not None:
             writer.finish(_meta(encoder, digest, stats))
@@ -389,6 +397,19 @@ def encode_to_store(
         return StoreResult(None, stats)
     procs.barrier("encoding: waiting for the feature store to be written")
     return StoreResult(Features.open(out), stats)
+
+
+def _reused(
+    out: Path, encoder: ImageEncoder, unique: list[Path], digest: str, procs: Processes
+) -> StoreResult | None:
+    """The complete store at ``out`` for these images and encoder, when every process finds it."""
+    found = _reusable(out, encoder, digest)
+    if not all(procs.all_gather(found is not None, "encoding: checking the feature store")):
+        return None
+    assert found is not None
+    stats = EncodeStats(len(unique), len(found), found.skipped(), reused=True)
+    stats.processes = procs.world_size
+    return StoreResult(found, stats)
 
 
 def _reusable(out: Path, encoder: ImageEncoder, digest: str) -> Features | None:
