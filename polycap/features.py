@@ -335,6 +335,10 @@ class EncodeOptions:
     workers: int | None = None
     reuse: bool = True
 
+    def __post_init__(self) -> None:
+        if self.chunk < 1:
+            raise BadInput(f"chunk size must be at least 1, got {self.chunk}")
+
 
 def encode_to_store(
     encoder: ImageEncoder,
@@ -357,8 +361,6 @@ def encode_to_store(
 
     started = time.perf_counter()
     opts = replace(options or EncodeOptions(), **fields)
-    if opts.chunk < 1:
-        raise BadInput(f"chunk size must be at least 1, got {opts.chunk}")
     procs = procs or processes()
     unique = _unique(paths)
     digest = images_digest(unique)
