@@ -102,21 +102,8 @@ def compare_on_split(
         settings=settings,
         encoder=encoder,
     )
-    pair_scores: dict[str, dict[str, dict[str, float]]] = {}
-    marks: dict[str, dict[str, dict[str, bool]]] = {}
-    names = [p.name for p in comparison.images]
     held = tuple(split.heldout_pairs)
-    for method in comparison.methods:
-        captions = dict(zip(names, method.captions, strict=True))
-        scores = unseen_pair_accuracy(pack, captions, split.truths, held)
-        pair_scores[method.name] = scores
-        method.extra["seen-pair accuracy %"] = 100 * scores["seen"]["pair_accuracy"]
-        if held:
-            method.extra["unseen-pair accuracy %"] = 100 * scores["unseen"]["pair_accuracy"]
-        marks[method.name] = {
-            key: {"pair": _pair_ok(pack, captions[name], split.truths[name])}
-            for key, name in zip(comparison.keys, names, strict=True)
-        }
+    pair_scores, marks = _score_pairs(pack, comparison, split.truths, held)
     path = None
     if report:
         path = comparison.write_report(
@@ -125,6 +112,28 @@ def compare_on_split(
             marks,
         )
     return SplitComparison(comparison, pair_scores, held, bank_path, path)
+
+
+def _score_pairs(
+    pack: LanguagePack, comparison: Any, truths: dict[str, Any], held: tuple[tuple[str, str], ...]
+) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, dict[str, dict[str, bool]]]]:
+    """Seen/unseen pair accuracy of each method of ``comparison`` (also put into its extra
+    columns) and, per method and image, whether the caption names the right pair."""
+    pair_scores: dict[str, dict[str, dict[str, float]]] = {}
+    marks: dict[str, dict[str, dict[str, bool]]] = {}
+    names = [p.name for p in comparison.images]
+    for method in comparison.methods:
+        captions = dict(zip(names, method.captions, strict=True))
+        scores = unseen_pair_accuracy(pack, captions, truths, held)
+        pair_scores[method.name] = scores
+        method.extra["seen-pair accuracy %"] = 100 * scores["seen"]["pair_accuracy"]
+        if held:
+            method.extra["unseen-pair accuracy %"] = 100 * scores["unseen"]["pair_accuracy"]
+        marks[method.name] = {
+            key: {"pair": _pair_ok(pack, captions[name], truths[name])}
+            for key, name in zip(comparison.keys, names, strict=True)
+        }
+    return pair_scores, marks
 
 
 def _pair_ok(pack: LanguagePack, caption: str, truth: tuple[str, str, int]) -> bool:
