@@ -210,7 +210,11 @@ def markdown(plan: Plan, rows: Sequence[Row]) -> str:
 # three index types
 BENCH_OPTIONS = {"ivf": {"nprobe": "4", "train_rows": "32000"}, "hnsw": {"m": "16"}}
 BENCH_PLANS = (
-    Plan(rows=FULL_ROWS, types=("ivf",), options={"ivf": {"nprobe": "4", "train_rows": "32000"}}),
+    Plan(
+        rows=FULL_ROWS,
+        types=("ivf",),
+        options={"ivf": {"nlist": "2000", "nprobe": "5", "train_rows": "80000"}},
+    ),
     Plan(rows=100_000, types=TYPES, options=BENCH_OPTIONS),
 )
 
