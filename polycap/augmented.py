@@ -320,42 +320,37 @@ def generate_augmented_ids(
     (one list per image), decoded in one batch with the KV cache."""
     import torch
 
-    from polycap.generation import decode
+    from polycap.generation import decode, inference
 
     config.validate()
     if config.cache != "dynamic":
         raise BadInput("retrieval-augmented decoding uses the dynamic KV cache (cache='dynamic')")
     if features.shape[0] == 0:
         return []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            prefix = model.prefix(features.to(model.device))
-            ids, mask = left_padded(prompts, int(model.pad_token_id))
-            embeds, full_mask = with_prompt(model, prefix, ids, mask)
-            width = prefix.shape[1]
-            ends = {"end_token_id": int(model.end_token_id)}
-            ends["pad_token_id"] = int(model.pad_token_id)
-            if not config.sample:
-                step = PaddedCachedLM(model.lm, full_mask, use_cache=config.use_cache)
-                return decode(step, embeds, config, **ends)
-            if generator is None and config.seed is not None:
-                generator = torch.Generator(device=prefix.device).manual_seed(config.seed)
-            # sampling repeats and re-draws rows inside the loop: decode rows of one prompt
-            # length together, without padding
-            results: list[list[list[int]]] = [[] for _ in prompts]
-            for length in sorted({len(p) for p in prompts}):
-                rows = [i for i, p in enumerate(prompts) if len(p) == length]
-                index = torch.tensor(rows, device=prefix.device)
-                kept = embeds.index_select(0, index)[:, embeds.shape[1] - width - length :]
-                step = PaddedCachedLM(model.lm, None, use_cache=config.use_cache)
-                found = decode(step, kept, config, generator=generator, **ends)
-                for row, ids in zip(rows, found, strict=True):
-                    results[row] = ids
-            return results
-    finally:
-        model.train(was_training)
+    with inference(model):
+        prefix = model.prefix(features.to(model.device))
+        ids, mask = left_padded(prompts, int(model.pad_token_id))
+        embeds, full_mask = with_prompt(model, prefix, ids, mask)
+        width = prefix.shape[1]
+        ends = {"end_token_id": int(model.end_token_id)}
+        ends["pad_token_id"] = int(model.pad_token_id)
+        if not config.sample:
+            step = PaddedCachedLM(model.lm, full_mask, use_cache=config.use_cache)
+            return decode(step, embeds, config, **ends)
+        if generator is None and config.seed is not None:
+            generator = torch.Generator(device=prefix.device).manual_seed(config.seed)
+        # sampling repeats and re-draws rows inside the loop: decode rows of one prompt
+        # length together, without padding
+        results: list[list[list[int]]] = [[] for _ in prompts]
+        for length in sorted({len(p) for p in prompts}):
+            rows = [i for i, p in enumerate(prompts) if len(p) == length]
+            index = torch.tensor(rows, device=prefix.device)
+            kept = embeds.index_select(0, index)[:, embeds.shape[1] - width - length :]
+            step = PaddedCachedLM(model.lm, None, use_cache=config.use_cache)
+            found = decode(step, kept, config, generator=generator, **ends)
+            for row, ids in zip(rows, found, strict=True):
+                results[row] = ids
+        return results
 
 
 @dataclass

@@ -84,7 +84,7 @@ class Features:
         path = Path(path)
         meta_file = path / META
         if not meta_file.is_file():
-            raise BadInput(f"{path}: not a feature store (no {META}; 'polycap encode --out')")
+            raise BadInput(f"{path}: not a feature store (no {META}; 'polycap encode --output')")
         try:
             meta = json.loads(meta_file.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:

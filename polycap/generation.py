@@ -14,7 +14,8 @@ Runtime session) reuses them unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -277,22 +278,30 @@ def generate_ids(
         features = features.unsqueeze(0)
     if features.shape[0] == 0:
         return []
+    with inference(model):
+        prefix = model.prefix(features.to(model.device))
+        if config.sample and generator is None and config.seed is not None:
+            generator = torch.Generator(device=prefix.device).manual_seed(config.seed)
+        return decode(
+            decoder_step(model, config),
+            prefix,
+            config,
+            end_token_id=int(model.end_token_id),
+            pad_token_id=int(model.pad_token_id),
+            generator=generator,
+            logits_hook=logits_hook,
+        )
+
+
+@contextmanager
+def inference(model: Any) -> Iterator[None]:
+    """``model`` in eval mode under ``torch.inference_mode``; its train/eval mode is restored
+    afterwards (decoding must not leave a model that is being trained in eval mode)."""
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            prefix = model.prefix(features.to(model.device))
-            if config.sample and generator is None and config.seed is not None:
-                generator = torch.Generator(device=prefix.device).manual_seed(config.seed)
-            return decode(
-                decoder_step(model, config),
-                prefix,
-                config,
-                end_token_id=int(model.end_token_id),
-                pad_token_id=int(model.pad_token_id),
-                generator=generator,
-                logits_hook=logits_hook,
-            )
+            yield
     finally:
         model.train(was_training)
 
