@@ -8,6 +8,7 @@ With the single argument ``die``: join the process group, then be killed (SIGKIL
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,7 +23,6 @@ def main() -> None:
 
     torch.set_num_threads(1)
     if sys.argv[1:] == ["die"]:
-        import os
         import signal
 
         processes()
@@ -42,18 +42,18 @@ def main() -> None:
     result = encode_to_store(encoder, paths, Path(out), chunk=3, cache_dir=cache, progress=False)
     procs = processes()
     store = result.store
-    print(
-        json.dumps(
-            {
-                "rank": procs.rank,
-                "world": procs.world_size,
-                "rows": len(store),
-                "encoded_here": sum(counted),
-                "checksum": float(store[:].double().sum()),
-            }
-        ),
-        flush=True,
+    # one write of the whole line: both ranks share the pipe, and print() may write the
+    # text and its newline separately, letting the other rank's line land in between
+    report = json.dumps(
+        {
+            "rank": procs.rank,
+            "world": procs.world_size,
+            "rows": len(store),
+            "encoded_here": sum(counted),
+            "checksum": float(store[:].double().sum()),
+        }
     )
+    os.write(1, (report + "\n").encode())
 
 
 if __name__ == "__main__":
