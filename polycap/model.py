@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +72,57 @@ def lm_width(lm: Any) -> int:
     return int(lm.get_input_embeddings().embedding_dim)
 
 
+@dataclass(frozen=True)
+class BuildOptions:
+    """How :meth:`Captioner.build` makes a captioner: the ``mapper`` kind and its
+    ``mapper_options``, ``prefix_length``, whether to ``train_lm`` and ``normalize_features``.
+    ``lm_source``: hub id or path the LM came from (default: its ``name_or_path``); local paths
+    are stored absolute. ``save_lm``: bundle the LM weights in checkpoints (default: only when
+    ``train_lm``). ``stop_token``: a token (e.g. ``"."``, as in official ClipCap checkpoints)
+    that ends captions instead of the pack's end token."""
+
+    mapper: str = "mlp"
+    prefix_length: int = 10
+    mapper_options: Mapping[str, Any] | None = None
+    train_lm: bool = False
+    normalize_features: bool = True
+    lm_source: str | None = None
+    save_lm: bool | None = None
+    stop_token: str | None = None
+
+
+def _encoder_spec(encoder_info: EncoderSpec | Mapping[str, Any]) -> EncoderSpec:
+    """The :class:`EncoderSpec` of ``encoder_info``; BadInput when it has no embedding size."""
+    encoder = (
+        encoder_info
+        if isinstance(encoder_info, EncoderSpec)
+        else EncoderSpec.from_json(encoder_info)
+    )
+    if encoder.embed_dim is None:
+        raise BadInput("encoder_info needs 'embed_dim' (the image-embedding size)")
+    return encoder
+
+
+def _portable(encoder: EncoderSpec) -> EncoderSpec:
+    """``encoder`` with a local weights file made absolute, so it loads from any folder."""
+    if encoder.pretrained and Path(encoder.pretrained).expanduser().is_file():
+        local = Path(encoder.pretrained).expanduser().resolve()
+        return dataclasses.replace(encoder, pretrained=str(local))
+    return encoder
+
+
+def _lm_record(lm: Any, options: BuildOptions) -> dict[str, Any]:
+    """polycap.json's ``lm`` (where it loads from; local paths absolute) and ``save_lm``."""
+    name = getattr(lm, "name_or_path", None)
+    source = options.lm_source or name or ""
+    save_lm = options.train_lm if options.save_lm is None else options.save_lm
+    if is_gguf(source) or is_gguf(name):
+        save_lm = True  # a GGUF file is no from_pretrained folder: bundle the weights
+    if source and Path(source).exists():
+        source = str(Path(source).resolve())
+    return {"lm": source, "save_lm": bool(save_lm)}
+
+
 class Captioner(nn.Module):
     """Mapper + causal LM + tokenizer + language pack, with a JSON-able ``config``.
 
@@ -117,60 +168,38 @@ class Captioner(nn.Module):
         tokenizer: Any,
         lm: nn.Module,
         encoder_info: EncoderSpec | Mapping[str, Any],
-        mapper: str = "mlp",
-        prefix_length: int = 10,
-        mapper_options: dict[str, Any] | None = None,
-        train_lm: bool = False,
-        normalize_features: bool = True,
-        lm_source: str | None = None,
-        save_lm: bool | None = None,
+        options: BuildOptions | None = None,
         registries: Registries | None = None,
-        stop_token: str | None = None,
+        **fields: Any,
     ) -> Captioner:
-        """A fresh captioner: a new ``mapper`` (registered kind) in front of ``lm``.
+        """A fresh captioner: a new mapper (a registered kind) in front of ``lm``.
 
         ``encoder_info``: the image encoder's :class:`EncoderSpec` (or its JSON record).
-        ``lm_source``: hub id or path the LM came from (default: its ``name_or_path``);
-        local paths are stored absolute. ``save_lm``: bundle the LM weights in checkpoints
-        (default: only when ``train_lm``). ``stop_token``: a token (e.g. ``"."``, as in official
-        ClipCap checkpoints) that ends captions instead of the pack's end token.
+        ``fields``: :class:`BuildOptions` fields by keyword (``prefix_length=...``), over
+        ``options``.
         """
-        encoder = (
-            encoder_info
-            if isinstance(encoder_info, EncoderSpec)
-            else EncoderSpec.from_json(encoder_info)
-        )
-        if encoder.embed_dim is None:
-            raise BadInput("encoder_info needs 'embed_dim' (the image-embedding size)")
-        mapper_class = _registries(registries).mappers.get(mapper)
+        opts = replace(options or BuildOptions(), **fields)
+        encoder = _encoder_spec(encoder_info)
+        mapper_class = _registries(registries).mappers.get(opts.mapper)
         clip_dim = encoder.embed_dim
         width = lm_width(lm)
-        built = mapper_class(clip_dim, width, prefix_length, **(mapper_options or {}))
-        if encoder.pretrained and Path(encoder.pretrained).expanduser().is_file():
-            local = Path(encoder.pretrained).expanduser().resolve()  # loads from any folder
-            encoder = dataclasses.replace(encoder, pretrained=str(local))
-        source = lm_source or getattr(lm, "name_or_path", None) or ""
-        if is_gguf(source) or is_gguf(getattr(lm, "name_or_path", None)):
-            save_lm = True  # a GGUF file is no from_pretrained folder: bundle the weights
-        if source and Path(source).exists():
-            source = str(Path(source).resolve())
+        built = mapper_class(clip_dim, width, opts.prefix_length, **(opts.mapper_options or {}))
         config = {
-            "encoder": encoder.to_json(cache_key=False),
+            "encoder": _portable(encoder).to_json(cache_key=False),
             "mapper": {
-                "kind": mapper,
+                "kind": opts.mapper,
                 "options": built.options(),
                 "clip_dim": clip_dim,
                 "lm_dim": width,
             },
-            "prefix_length": int(prefix_length),
+            "prefix_length": int(opts.prefix_length),
             "language": pack.code,
-            "lm": source,
-            "save_lm": bool(train_lm if save_lm is None else save_lm),
-            "train_lm": bool(train_lm),
-            "normalize_features": bool(normalize_features),
+            **_lm_record(lm, opts),
+            "train_lm": bool(opts.train_lm),
+            "normalize_features": bool(opts.normalize_features),
         }
-        if stop_token:
-            config["stop_token"] = stop_token
+        if opts.stop_token:
+            config["stop_token"] = opts.stop_token
         return cls(pack, tokenizer, lm, built, config)
 
     # -- captions as token ids --------------------------------------------------------------
