@@ -4,16 +4,16 @@ in the test set), with the accuracy on seen and unseen pairs: the demo's closing
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from polycap.eval.compare import CompareSettings, Comparison, compare
-from polycap.eval.methods import RetrievalOptions
+from polycap.eval.compare import CompareOptions, CompareSettings, Comparison, compare
 from polycap.offline.synthetic import score_captions
 
 if TYPE_CHECKING:
     from polycap.language import LanguagePack
+    from polycap.retrieval.bank import Bank
 
 DEFAULT_HELDOUT_PAIRS: tuple[tuple[str, str], ...] = (
     ("red", "triangle"),
@@ -66,39 +66,34 @@ def compare_on_split(
     split: Any,
     model: Any,
     workdir: Path,
-    retrieval: RetrievalOptions | None = None,
-    generation: Any = None,
-    settings: CompareSettings | None = None,
+    options: CompareOptions | None = None,
     report: bool = True,
-    augmented: Any = None,
+    **fields: Any,
 ) -> SplitComparison:
     """Retrieval (bank of the training captions, the model's encoder) vs generation on the
     test images of a :class:`~polycap.offline.synthetic.SyntheticSplit`, with seen/unseen pair
-    accuracy. Writes ``workdir/bank`` and ``workdir/compare.html``. ``settings`` default to
-    the split's metrics (:data:`SPLIT_METRICS`) on the CPU. ``augmented``: a
-    retrieval-augmented captioner on the same encoder, a third column (it retrieves from the
-    same bank of the training captions)."""
+    accuracy. Writes ``workdir/bank`` and ``workdir/compare.html``. ``options`` (or its
+    ``fields`` by keyword): :class:`CompareOptions`; ``settings`` default to the split's metrics
+    (:data:`SPLIT_METRICS`) on the CPU, ``generation`` to 24 tokens; the encoder and banks are
+    the split's own. ``augmented``: a retrieval-augmented captioner on the same encoder, a
+    third column (it retrieves from the same bank of the training captions)."""
     from polycap.captioning import encoder_for
     from polycap.data import load_captions
     from polycap.generation import GenerationConfig
-    from polycap.retrieval.bank import Bank, BankOptions, build_bank
 
+    opts = replace(options or CompareOptions(), **fields)
     workdir = Path(workdir)
-    settings = settings or CompareSettings(metrics=SPLIT_METRICS)
+    settings = opts.settings or CompareSettings(metrics=SPLIT_METRICS)
     encoder = encoder_for(model, device=settings.device)
-    bank_path = workdir / "bank"
-    options = BankOptions(dtype="float32", cache_dir=settings.cache_dir, force=True, progress=False)
-    build_bank(load_captions(split.train_file), encoder, bank_path, pack, options)
-    bank = Bank.open(bank_path)
+    bank = training_bank(pack, split, encoder, workdir / "bank", settings.cache_dir)
     comparison = compare(
         load_captions(split.test_file),
         pack,
-        model=model,
-        bank=bank,
-        augmented=augmented,
-        augmented_bank=bank if augmented is not None else None,
-        generation=generation or GenerationConfig(max_length=24),
-        retrieval=retrieval,
+        model,
+        bank,
+        opts,
+        augmented_bank=bank if opts.augmented is not None else None,
+        generation=opts.generation or GenerationConfig(max_length=24),
         settings=settings,
         encoder=encoder,
     )
@@ -111,7 +106,20 @@ def compare_on_split(
             f"Retrieval vs generation on unseen colour-shape pairs ({pack.name})",
             marks,
         )
-    return SplitComparison(comparison, pair_scores, held, bank_path, path)
+    return SplitComparison(comparison, pair_scores, held, bank.path, path)
+
+
+def training_bank(
+    pack: LanguagePack, split: Any, encoder: Any, path: Path, cache_dir: Path | None = None
+) -> Bank:
+    """A bank of ``split``'s training captions at ``path`` (replaced), built with ``encoder``
+    (float32, features cached under ``cache_dir``)."""
+    from polycap.data import load_captions
+    from polycap.retrieval.bank import Bank, BankOptions, build_bank
+
+    options = BankOptions(dtype="float32", cache_dir=cache_dir, force=True, progress=False)
+    build_bank(load_captions(split.train_file), encoder, path, pack, options)
+    return Bank.open(path)
 
 
 def _score_pairs(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -280,45 +280,42 @@ class ScoringContext:
         )
 
 
+@dataclass(frozen=True)
+class CompareOptions:
+    """How :func:`compare` captions and scores: ``generation`` (decoding), ``retrieval``
+    (default: image mode, k 5), ``settings`` (default: :class:`CompareSettings`), ``encoder``
+    (default: the model's, else the bank's), and ``augmented``, a retrieval-augmented
+    captioner as a third method, retrieving from ``augmented_bank`` (default: the compared
+    bank, else the one it recorded)."""
+
+    generation: GenerationConfig | None = None
+    retrieval: RetrievalOptions | None = None
+    settings: CompareSettings | None = None
+    encoder: ImageEncoder | None = None
+    augmented: Any = None
+    augmented_bank: Bank | None = None
+
+
 def compare(
     heldout: CaptionSet,
     pack: LanguagePack,
     model: Any = None,
     bank: Bank | None = None,
-    generation: GenerationConfig | None = None,
-    retrieval: RetrievalOptions | None = None,
-    settings: CompareSettings | None = None,
-    encoder: ImageEncoder | None = None,
-    augmented: Any = None,
-    augmented_bank: Bank | None = None,
+    options: CompareOptions | None = None,
+    **fields: Any,
 ) -> Comparison:
     """Caption ``heldout`` by retrieval from ``bank``, by ``model`` and by the
-    retrieval-augmented model ``augmented`` (retrieving from ``augmented_bank``, else ``bank``,
-    else the bank it recorded), with one encoder (the model's; the banks must have been built
-    with it), and score all alike."""
-    retrieval = retrieval or RetrievalOptions()
-    settings = settings or CompareSettings()
-    methods: list[Method] = []
-    if bank is not None:
-        methods.append(RetrievalMethod(bank, retrieval))
-    if model is not None:
-        methods.append(GenerationMethod(model, generation, settings.batch_size))
-    if augmented is not None:
-        from polycap.augmented import open_bank
-
-        own_bank = augmented_bank or bank or open_bank(augmented)
-        methods.append(AugmentedMethod(augmented, own_bank, generation, settings.batch_size))
-    if not methods:
-        raise BadInput("compare needs a model, a bank, or both")
+    retrieval-augmented model (``augmented``), with one encoder (the model's; the banks must
+    have been built with it), and score all alike. ``fields``: :class:`CompareOptions` fields
+    by keyword (``generation=...``), over ``options``."""
+    opts = replace(options or CompareOptions(), **fields)
+    retrieval = opts.retrieval or RetrievalOptions()
+    settings = opts.settings or CompareSettings()
+    methods = _methods(model, bank, opts, retrieval, settings.batch_size)
+    encoder = opts.encoder
     if encoder is None:
-        from polycap.captioning import encoder_for
-
-        for method in methods:
-            method.check_language(pack)
-        if model is not None or augmented is not None:
-            encoder = encoder_for(model or augmented, device=settings.device)
-        else:
-            encoder = bank.load_encoder(device=settings.device)  # type: ignore[union-attr]
+        captioner = model if model is not None else opts.augmented
+        encoder = _shared_encoder(methods, pack, captioner, bank, settings.device)
     record = {
         **retrieval.settings(),
         "mode": retrieval.mode if bank is not None else None,
@@ -327,6 +324,45 @@ def compare(
         "bank_captions": None,
     }
     return compare_methods(heldout, pack, methods, encoder, settings, bank, record)
+
+
+def _methods(
+    model: Any,
+    bank: Bank | None,
+    options: CompareOptions,
+    retrieval: RetrievalOptions,
+    batch_size: int,
+) -> list[Method]:
+    """Retrieval from ``bank``, generation by ``model`` and retrieval-augmented generation by
+    ``options.augmented``: those that were given, in that order."""
+    methods: list[Method] = []
+    if bank is not None:
+        methods.append(RetrievalMethod(bank, retrieval))
+    if model is not None:
+        methods.append(GenerationMethod(model, options.generation, batch_size))
+    if options.augmented is not None:
+        from polycap.augmented import open_bank
+
+        augmented = options.augmented
+        own_bank = options.augmented_bank or bank or open_bank(augmented)
+        methods.append(AugmentedMethod(augmented, own_bank, options.generation, batch_size))
+    if not methods:
+        raise BadInput("compare needs a model, a bank, or both")
+    return methods
+
+
+def _shared_encoder(
+    methods: Sequence[Method], pack: LanguagePack, captioner: Any, bank: Bank | None, device: str
+) -> ImageEncoder:
+    """The encoder all ``methods`` share, once each has checked it is in ``pack``'s language:
+    the ``captioner``'s, else the bank's."""
+    from polycap.captioning import encoder_for
+
+    for method in methods:
+        method.check_language(pack)
+    if captioner is not None:
+        return encoder_for(captioner, device=device)
+    return bank.load_encoder(device=device)  # type: ignore[union-attr]
 
 
 def compare_methods(
