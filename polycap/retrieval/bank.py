@@ -246,49 +246,98 @@ def build_bank(
     options = replace(options or BankOptions(), **overrides)
     out = Path(out)
     _check_target(out, options)
-    backend, index_type = options.index.resolve()
-    grouped = captions.by_image()
-    if not grouped:
-        raise BadInput(f"{captions.source or 'captions'}: no captions to index")
-    texts_unique, image_caption_lists = _unique_captions(captions, grouped, pack)
+    index = options.index.resolve()
+    contents = _contents(captions, pack)
     procs = processes()
     # images first, by every process (each encodes its share); the rest by one per machine
     store_dir = out.parent / f".{out.name}.features"
-    encoded = _encode_images(encoder, list(grouped), store_dir, options, procs)
+    encoded = _encode_images(encoder, contents.images, store_dir, options, procs)
     store, skipped = encoded.store, encoded.stats.skipped
     assert store is not None
     if not procs.local_main:
-        elapsed = time.perf_counter() - started
-        return BankStats(out, len(texts_unique), len(captions), len(store), skipped, False, elapsed)
+        return contents.stats(out, len(store), skipped, False, started)
     with atomic_folder(out) as work:
-        n_images = _write_image_embeddings(
-            work, store, list(grouped), image_caption_lists, options.dtype
+        n_images, has_text = _write_bank(
+            work, contents, encoder, store, options, index, len(skipped)
         )
-        has_text, text_note = _write_captions(work, encoder, texts_unique, options)
-        if not has_text and not n_images:
-            raise BadInput(
-                f"{captions.source or 'captions'}: nothing to index: no image could be read "
-                f"and there are no text embeddings ({text_note})"
-            )
-        kinds = [kind for kind, present in (("text", has_text), ("image", n_images)) if present]
-        meta = _bank_meta(
-            pack,
-            encoder,
-            options,
-            captions.source,
-            captions=len(texts_unique),
-            caption_records=len(captions),
-            images=n_images,
-            skipped_images=len(skipped),
-            has_text=has_text,
-            text_note=text_note,
-            index=_build_indexes(work, kinds, backend, index_type, options),
-        )
-        (work / META).write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
     store.close()
     shutil.rmtree(store_dir, ignore_errors=True)  # kept only while the bank is unfinished
-    elapsed = time.perf_counter() - started
-    return BankStats(out, len(texts_unique), len(captions), n_images, skipped, has_text, elapsed)
+    return contents.stats(out, n_images, skipped, has_text, started)
+
+
+@dataclass
+class _Contents:
+    """What a bank will hold: the ``captions`` it indexes, normalised by ``pack`` into the
+    distinct ``texts``; the ``images`` and, for each, the ids of its captions."""
+
+    captions: CaptionSet
+    pack: LanguagePack
+    texts: list[str]
+    images: list[Path]
+    caption_lists: list[list[int]]
+
+    def stats(
+        self,
+        out: Path,
+        images: int,
+        skipped: list[tuple[Path, str]],
+        has_text: bool,
+        started: float,
+    ) -> BankStats:
+        """What was written to ``out``, timed from ``started``."""
+        elapsed = time.perf_counter() - started
+        return BankStats(
+            out, len(self.texts), len(self.captions), images, skipped, has_text, elapsed
+        )
+
+
+def _contents(captions: CaptionSet, pack: LanguagePack) -> _Contents:
+    """``captions`` grouped by image and normalised; BadInput when there are none."""
+    grouped = captions.by_image()
+    if not grouped:
+        raise BadInput(f"{captions.source or 'captions'}: no captions to index")
+    texts, caption_lists = _unique_captions(captions, grouped, pack)
+    return _Contents(captions, pack, texts, list(grouped), caption_lists)
+
+
+def _write_bank(
+    work: Path,
+    contents: _Contents,
+    encoder: ImageEncoder,
+    store: Any,
+    options: BankOptions,
+    index: tuple[Any, str],
+    skipped: int,
+) -> tuple[int, bool]:
+    """The bank's files in ``work``: image and caption embeddings, the indexes over them,
+    meta.json last; returns (images written, whether captions have embeddings)."""
+    source = contents.captions.source
+    n_images = _write_image_embeddings(
+        work, store, contents.images, contents.caption_lists, options.dtype
+    )
+    has_text, text_note = _write_captions(work, encoder, contents.texts, options)
+    if not has_text and not n_images:
+        raise BadInput(
+            f"{source or 'captions'}: nothing to index: no image could be read "
+            f"and there are no text embeddings ({text_note})"
+        )
+    kinds = [kind for kind, present in (("text", has_text), ("image", n_images)) if present]
+    backend, index_type = index
+    meta = _bank_meta(
+        contents.pack,
+        encoder,
+        options,
+        source,
+        captions=len(contents.texts),
+        caption_records=len(contents.captions),
+        images=n_images,
+        skipped_images=skipped,
+        has_text=has_text,
+        text_note=text_note,
+        index=_build_indexes(work, kinds, backend, index_type, options),
+    )
+    (work / META).write_text(json.dumps(meta, ensure_ascii=False, indent=2), encoding="utf-8")
+    return n_images, has_text
 
 
 def _encode_images(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -257,32 +257,50 @@ def _rank_candidates(
     return [Retrieved(texts[c], best[c], c, first[c][1]) for c in ranked]
 
 
+@dataclass(frozen=True)
+class QueryOptions:
+    """How :func:`retrieve_images` encodes its query images: with ``encoder`` (default: the
+    bank's, loaded on ``device``), ``batch_size`` at a time, features cached under
+    ``cache_dir``, with a ``progress`` bar; ``pack`` re-ranks by consensus (default: the
+    bank's language)."""
+
+    encoder: Any = None
+    batch_size: int = 64
+    device: str = "cpu"
+    cache_dir: Path | None = None
+    progress: bool = True
+    pack: LanguagePack | None = None
+
+
 def retrieve_images(
     bank: Any,
     paths: Sequence[Path],
     options: RetrievalOptions | None = None,
-    encoder: Any = None,
-    batch_size: int = 64,
-    device: str = "cpu",
-    cache_dir: Path | None = None,
-    progress: bool = True,
-    pack: LanguagePack | None = None,
+    query: QueryOptions | None = None,
+    **fields: Any,
 ) -> RetrievedImages:
-    """Encode ``paths`` with the bank's encoder (or ``encoder``) and retrieve for each
-    (``options``: text mode, k 5 by default)."""
+    """Encode ``paths`` with the bank's encoder (or ``query.encoder``) and retrieve for each
+    (``options``: text mode, k 5 by default). ``fields``: :class:`QueryOptions` fields by
+    keyword (``batch_size=...``), over ``query``."""
     from polycap.encoding import encode_images
 
     options = options or RetrievalOptions(mode="text")
+    query = replace(query or QueryOptions(), **fields)
+    encoder = query.encoder
     if encoder is None:
-        encoder = bank.load_encoder(device=device)
+        encoder = bank.load_encoder(device=query.device)
     check_encoder(bank, encoder)
     encoded = encode_images(
-        encoder, paths, batch_size=batch_size, cache_dir=cache_dir, progress=progress
+        encoder,
+        paths,
+        batch_size=query.batch_size,
+        cache_dir=query.cache_dir,
+        progress=query.progress,
     )
     if not encoded.paths:
         return RetrievedImages([], [], encoded.skipped)
     started = time.perf_counter()
-    results = options.search(bank, encoded.features, pack)
+    results = options.search(bank, encoded.features, query.pack)
     return RetrievedImages(encoded.paths, results, encoded.skipped, time.perf_counter() - started)
 
 
