@@ -1,4 +1,6 @@
-"""The module layers of docs/architecture.md hold: no import runs back up a level."""
+"""The module layers of docs/architecture.md hold: no import runs back up a level; and no
+function outside the CLI signatures is long enough, or takes enough parameters, to hide a
+missing object."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ TOP = ("polycap.cli", "polycap.serve", "polycap.demo", "polycap.compositional")
 # is on. (retrieval/ is not above it: retrieval-augmented captioning reads banks in the core.)
 ABOVE_THE_CORE = ("polycap.eval",)
 CORE_USES = {"polycap.training": {"polycap.eval.validation"}}
+MAX_LINES = 60
+MAX_PARAMETERS = 8
 
 
 def _is_type_checking(node: ast.AST) -> bool:
@@ -74,3 +78,44 @@ def test_the_core_runs_nothing_from_eval() -> None:
             continue
         above = {n for n in names if any(inside(n, a) for a in ABOVE_THE_CORE)}
         assert above <= CORE_USES.get(module, set()), f"{module} imports {sorted(above)}"
+
+
+Function = ast.FunctionDef | ast.AsyncFunctionDef
+
+
+def _functions(tree: ast.AST, prefix: str = "") -> list[tuple[str, Function]]:
+    """Every function and method in ``tree`` (nested ones too), by dotted name."""
+    found: list[tuple[str, Function]] = []
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, Function):
+            found.append((prefix + node.name, node))
+            found += _functions(node, f"{prefix}{node.name}.")
+        elif isinstance(node, ast.ClassDef):
+            found += _functions(node, f"{prefix}{node.name}.")
+        else:
+            found += _functions(node, prefix)
+    return found
+
+
+def _parameters(function: Function) -> int:
+    """Named parameters, keyword-only ones included; ``self``/``cls``, ``*args`` and
+    ``**fields`` not counted."""
+    args = function.args
+    names = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
+    return len(names) - (1 if names[:1] in (["self"], ["cls"]) else 0)
+
+
+def test_no_function_hides_a_missing_object() -> None:
+    """At most ~60 lines and ~8 parameters a function, outside polycap/cli (whose command
+    signatures are the options)."""
+    over = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if path.relative_to(ROOT).parts[0] == "cli":
+            continue
+        for name, function in _functions(ast.parse(path.read_text(encoding="utf-8"))):
+            lines = (function.end_lineno or function.lineno) - function.lineno + 1
+            count = _parameters(function)
+            if lines > MAX_LINES or count > MAX_PARAMETERS:
+                where = f"{path.relative_to(ROOT.parent)}:{function.lineno}"
+                over.append(f"{where} {name}: {lines} lines, {count} parameters")
+    assert not over, "\n".join(over)
