@@ -370,7 +370,7 @@ def caption_augmented(
     k: int | None = None,
 ) -> AugmentedCaptions:
     """Retrieve for each image from ``bank``, build its prompt and decode, in batches."""
-    from polycap.generation import GenerationConfig
+    from polycap.generation import GenerationConfig, distinct_texts
 
     config = config or GenerationConfig()
     setup = retrieval_setup(model)
@@ -387,12 +387,7 @@ def caption_augmented(
             for texts in retrieved[start : start + batch_size]
         ]
         for rows in generate_augmented_ids(model, batch, prompts, config):
-            texts: list[str] = []
-            for ids in rows:
-                text = model.decode_caption(ids, finished=len(ids) < config.max_length)
-                if text not in texts:
-                    texts.append(text)
-            captions.append(texts)
+            captions.append(distinct_texts(model, rows, config))
     return AugmentedCaptions(captions, retrieved)
 
 

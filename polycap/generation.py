@@ -348,14 +348,20 @@ def caption_features(
         for start in starts:
             batch = features[start : start + batch_size]
             for captions in generate_ids(model, batch, config, generator=generator):
-                texts: list[str] = []
-                for ids in captions:
-                    text = model.decode_caption(ids, finished=len(ids) < config.max_length)
-                    if text not in texts:
-                        texts.append(text)
-                results.append(texts)
+                results.append(distinct_texts(model, captions, config))
             advance(batch.shape[0])
     return results
+
+
+def distinct_texts(model: Any, rows: list[list[int]], config: GenerationConfig) -> list[str]:
+    """One image's generated ``rows`` of ids as text, repeats dropped, in order (a row of
+    ``max_length`` ids ran out before its end token: it is not finished)."""
+    texts: list[str] = []
+    for ids in rows:
+        text = model.decode_caption(ids, finished=len(ids) < config.max_length)
+        if text not in texts:
+            texts.append(text)
+    return texts
 
 
 # -- the decoding loops -------------------------------------------------------------------------
