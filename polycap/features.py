@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from polycap.atomic import swap_into_place, temporary_folder
 from polycap.errors import BadInput
-from polycap.files import LineFile, LineWriter
+from polycap.files import LineFile, LineWriter, read_meta
 
 if TYPE_CHECKING:
     import numpy as np
@@ -85,12 +85,7 @@ class Features:
         meta_file = path / META
         if not meta_file.is_file():
             raise BadInput(f"{path}: not a feature store (no {META}; 'polycap encode --output')")
-        try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise BadInput(f"{meta_file}: unreadable feature store metadata ({error})") from None
-        if meta.get("format") != STORE_FORMAT or meta.get("version") != STORE_VERSION:
-            raise BadInput(f"{meta_file}: not a polycap feature store of version {STORE_VERSION}")
+        meta = read_meta(meta_file, "feature store", STORE_FORMAT, STORE_VERSION)
         store = cls(path, meta)
         expected = store.rows * store._row_bytes
         matrix = path / MATRIX

@@ -1,16 +1,33 @@
-"""Line files: many rows of text, one read by seeking, never by loading the whole file.
+"""Line files: many rows of text, one read by seeking, never by loading the whole file; and
+the ``meta.json`` record of the folders that hold them.
 
 A line file is ``<name>.txt`` (one UTF-8 line per row) plus ``<name>.offsets.npy`` (int64
 [N+1] byte offsets), so one line is read by seeking, never by loading the file. Caption banks
-and feature stores keep their captions and image paths this way.
+and feature stores keep their captions and image paths this way, and describe themselves in a
+``meta.json`` with their ``format`` and ``version`` (:func:`read_meta`).
 """
 
 from __future__ import annotations
 
+import json
 from array import array
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from polycap.errors import BadInput
+
+
+def read_meta(meta_file: Path, kind: str, format_name: str, version: int) -> dict[str, Any]:
+    """The record in ``meta_file`` of a folder of ``kind`` ("bank", "feature store"); BadInput
+    when it is unreadable or of another format or version."""
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise BadInput(f"{meta_file}: unreadable {kind} metadata ({error})") from None
+    if meta.get("format") != format_name or meta.get("version") != version:
+        raise BadInput(f"{meta_file}: not a polycap {kind} of version {version}")
+    return meta
 
 
 def _offsets_path(path: Path) -> Path:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from polycap.atomic import atomic_folder
 from polycap.encoding import EncoderSpec
 from polycap.errors import BadInput, UnknownName
-from polycap.files import LineFile, write_lines
+from polycap.files import LineFile, read_meta, write_lines
 from polycap.retrieval.backends import IndexChoice, Searcher, get_backend
 
 if TYPE_CHECKING:
@@ -67,12 +67,7 @@ class Bank:
             raise BadInput(
                 f"{path}: not a caption bank (no {META}; build one with 'polycap index')"
             )
-        try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise BadInput(f"{meta_file}: unreadable bank metadata ({error})") from None
-        if meta.get("format") != BANK_FORMAT or meta.get("version") != BANK_VERSION:
-            raise BadInput(f"{meta_file}: not a polycap bank of version {BANK_VERSION}")
+        meta = read_meta(meta_file, "bank", BANK_FORMAT, BANK_VERSION)
         bank = cls(path, meta)
         if bank.n_captions == 0:
             raise BadInput(f"{path}: the bank is empty (0 captions); index a caption set into it")
