@@ -7,6 +7,7 @@ aside first, removed after).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -31,6 +32,25 @@ def atomic_file(path: Path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def replace_file(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, with plain strings only.
+
+    For writers of many small files (the feature cache): every name pathlib parses goes into
+    the interpreter's table of interned strings, whose resizes show in a long run's peak memory.
+    """
+    directory, name = os.path.split(path)
+    os.makedirs(directory or ".", exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=directory or ".", prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def write_bytes(path: Path, data: bytes) -> Path:

@@ -15,6 +15,7 @@ to the cache for it.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 from collections import deque
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from polycap.atomic import atomic_file, write_text
+from polycap.atomic import replace_file, write_text
 from polycap.errors import BadInput
 from polycap.plugins import warn
 from polycap.progress import progress_bar
@@ -210,7 +211,12 @@ def default_cache_dir() -> Path:
 
 
 class FeatureCache:
-    """One ``.npy`` file per image under a folder per encoder; writes are atomic."""
+    """One ``.npy`` file per image under a folder per encoder; writes are atomic.
+
+    Entries are named with plain strings, not ``Path`` objects: pathlib interns each name it
+    parses, so two new names per image (the entry and its temporary file) would grow the
+    interpreter's interned-string table over a long run.
+    """
 
     def __init__(self, root: Path, cache_key: str, embed_dim: int) -> None:
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", cache_key)[:60]
@@ -218,18 +224,18 @@ class FeatureCache:
         self.directory = Path(root) / f"{slug}-{key_hash}"
         self.embed_dim = embed_dim
         self.cache_key = cache_key
+        self._folder = os.fspath(self.directory)
 
-    def _file(self, digest: str) -> Path:
-        return self.directory / digest[:2] / f"{digest}.npy"
+    def _file(self, digest: str) -> str:
+        return os.path.join(self._folder, digest[:2], digest + ".npy")
 
     def get(self, digest: str) -> torch.Tensor | None:
         """The cached feature, or None (absent or damaged entries count as absent)."""
         import numpy as np
         import torch
 
-        path = self._file(digest)
         try:
-            array = np.load(path, allow_pickle=False)
+            array = np.load(self._file(digest), allow_pickle=False)
         except (OSError, ValueError, EOFError):
             return None
         if array.shape != (self.embed_dim,) or array.dtype != np.float32:
@@ -241,8 +247,9 @@ class FeatureCache:
         import numpy as np
         import torch
 
-        with atomic_file(self._file(digest)) as temporary, open(temporary, "wb") as handle:
-            np.save(handle, feature.detach().to("cpu", torch.float32).numpy())
+        data = io.BytesIO()
+        np.save(data, feature.detach().to("cpu", torch.float32).numpy())
+        replace_file(self._file(digest), data.getvalue())
 
     def write_readme(self) -> None:
         """A note saying which encoder the folder belongs to (for people browsing the cache)."""
@@ -321,10 +328,12 @@ def _prefetch(
 
 
 def _unique(paths: Iterable[str | Path]) -> list[Path]:
+    """Each image once, in first-seen order; ``Path`` items are kept as they are (a new
+    ``Path`` per image would intern its name again)."""
     seen: set[str] = set()
     result = []
     for item in paths:
-        path = Path(item)
+        path = item if isinstance(item, Path) else Path(item)
         key = os.path.normpath(os.path.abspath(path))
         if key not in seen:
             seen.add(key)

@@ -14,7 +14,9 @@ features of a run are never one tensor in memory. Under ``accelerate launch`` / 
 each process encodes its share of every chunk; the shares are gathered with
 ``torch.distributed.all_gather_object`` and one process per machine appends them in input
 order, so each image is encoded exactly once and the store equals a one-process run's. The
-folder is built beside ``out`` and renamed into place when complete.
+folder is built beside ``out`` and renamed into place when complete. Nor is the image list
+copied: duplicates are found by sorting 16-byte path hashes, and the unique images are kept
+as positions into the caller's list (8 bytes each).
 
 :class:`Features` reads rows with ``os.pread`` (a batch costs its rows, not the file; nothing
 stays mapped into the process), blocks for sequential passes, or the whole matrix as a
@@ -312,10 +314,65 @@ def create_store(
     return Features.open(out)
 
 
-def _unique(paths: Iterable[str | Path]) -> list[Path]:
-    from polycap.encoding import _unique as unique
+def _as_path(item: str | Path) -> Path:
+    return item if isinstance(item, Path) else Path(item)
 
-    return unique(paths)
+
+def _path_hash(item: str | Path) -> bytes:
+    """16 bytes naming one image file: a hash of its normalised absolute path."""
+    name = os.path.normpath(os.path.abspath(item))
+    return hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+
+
+def _sorted_hashes(items: Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray]:
+    """The path hashes of ``items`` as ``[n, 2]`` uint64, sorted, and the order that sorts
+    them (stable: equal hashes keep their input order)."""
+    import numpy as np
+
+    hashes = bytearray()
+    for item in items:
+        hashes += _path_hash(item)
+    keys = np.frombuffer(hashes, dtype="<u8").reshape(-1, 2)
+    order = np.lexsort((keys[:, 1], keys[:, 0]))
+    return order, keys[order]
+
+
+def _first_occurrences(items: Sequence[str | Path]) -> np.ndarray:
+    """The position of each image's first occurrence in ``items``, in order.
+
+    Duplicates are found by sorting 16-byte path hashes, the first occurrence leading its
+    group: about 40 bytes per image while this runs, not a set of path strings.
+    """
+    import numpy as np
+
+    order, ranked = _sorted_hashes(items)
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (ranked[1:] != ranked[:-1]).any(axis=1)
+    del ranked
+    return np.sort(order[first])
+
+
+@dataclass(frozen=True, eq=False)
+class _ImageList:
+    """The caller's image list without its duplicates, kept as positions into it (8 bytes per
+    image), not as a second list of paths."""
+
+    items: Sequence[str | Path]
+    firsts: np.ndarray
+    digest: str
+
+    @classmethod
+    def of(cls, paths: Iterable[str | Path]) -> _ImageList:
+        items = paths if isinstance(paths, Sequence) else list(paths)
+        firsts = _first_occurrences(items)
+        return cls(items, firsts, images_digest(_as_path(items[i]) for i in firsts))
+
+    def __len__(self) -> int:
+        return len(self.firsts)
+
+    def part(self, start: int, stop: int) -> list[Path]:
+        """The unique images ``start:stop``."""
+        return [_as_path(self.items[i]) for i in self.firsts[start:stop]]
 
 
 @dataclass(frozen=True)
@@ -357,14 +414,11 @@ def encode_to_store(
     started = time.perf_counter()
     opts = replace(options or EncodeOptions(), **fields)
     procs = procs or processes()
-    unique = _unique(paths)
-    digest = images_digest(unique)
+    images = _ImageList.of(paths)
     out = Path(out) if out is not None else None
     if out is not None and out.exists() and not (out / META).is_file() and any(out.iterdir()):
         raise BadInput(f"{out}: exists and is not a feature store; refusing to replace it")
-    reused = (
-        _reused(out, encoder, unique, digest, procs) if out is not None and opts.reuse else None
-    )
+    reused = _reused(out, encoder, images, procs) if out is not None and opts.reuse else None
     if reused is not None:
         return reused
     writer = None
@@ -381,11 +435,11 @@ def encode_to_store(
             use_cache=opts.use_cache,
             workers=opts.workers,
         )
-        stats = _encode_rounds(encode_chunk, unique, writer, procs, opts.chunk, opts.progress)
+        stats = _encode_rounds(encode_chunk, images, writer, procs, opts.chunk, opts.progress)
         stats.seconds = time.perf_counter() - started
         if writer is not None and out is not None:
-            writer.finish(_meta(encoder, digest, stats))
-            _put_in_place(writer.work, out, digest)
+            writer.finish(_meta(encoder, images.digest, stats))
+            _put_in_place(writer.work, out, images.digest)
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -397,14 +451,14 @@ def encode_to_store(
 
 
 def _reused(
-    out: Path, encoder: ImageEncoder, unique: list[Path], digest: str, procs: Processes
+    out: Path, encoder: ImageEncoder, images: _ImageList, procs: Processes
 ) -> StoreResult | None:
     """The complete store at ``out`` for these images and encoder, when every process finds it."""
-    found = _reusable(out, encoder, digest)
+    found = _reusable(out, encoder, images.digest)
     if not all(procs.all_gather(found is not None, "encoding: checking the feature store")):
         return None
     assert found is not None
-    stats = EncodeStats(len(unique), len(found), found.skipped(), reused=True)
+    stats = EncodeStats(len(images), len(found), found.skipped(), reused=True)
     stats.processes = procs.world_size
     return StoreResult(found, stats)
 
@@ -419,7 +473,7 @@ def _reusable(out: Path, encoder: ImageEncoder, digest: str) -> Features | None:
 
 def _encode_rounds(
     encode_chunk: Callable[[list[Path]], Any],
-    unique: list[Path],
+    images: _ImageList,
     writer: _Writer | None,
     procs: Processes,
     chunk: int,
@@ -428,11 +482,11 @@ def _encode_rounds(
     """Rounds of ``chunk`` images per process; each round's shares gathered and appended."""
     from polycap.progress import progress_bar
 
-    stats = EncodeStats(len(unique), processes=procs.world_size)
+    stats = EncodeStats(len(images), processes=procs.world_size)
     block = chunk * procs.world_size
-    with progress_bar("encoding images", len(unique), progress and procs.main) as advance:
-        for begin in range(0, len(unique), block):
-            part = unique[begin : begin + block]
+    with progress_bar("encoding images", len(images), progress and procs.main) as advance:
+        for begin in range(0, len(images), block):
+            part = images.part(begin, begin + block)
             mine = [part[i] for i in procs.share(len(part))]
             encoded = encode_chunk(mine)
             share = (

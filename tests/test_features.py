@@ -118,6 +118,41 @@ def test_without_out_only_the_cache_is_filled(encoder, images, tmp_path: Path) -
     assert again.from_cache == 11 and again.encoded == 0
 
 
+def test_spelled_duplicates_are_one_image_in_first_seen_order(
+    encoder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = write_images(tmp_path / "images", 3)
+    monkeypatch.chdir(tmp_path)
+    given = [paths[1], "images/img000.png", "./images/../images/img001.png", str(paths[0])]
+    given += [paths[2], Path("images//img002.png"), "images/img000.png"]
+    result = encode_to_store(encoder, given, tmp_path / "s", use_cache=False, progress=False)
+    expected = encode_images(encoder, given, use_cache=False, progress=False).paths
+    assert result.store.paths() == expected == [paths[1], Path("images/img000.png"), paths[2]]
+    assert expected[0] is given[0]  # the caller's Path, not a new one per image
+    assert result.stats.requested == 3 and result.stats.rows == 3
+
+
+def test_the_image_list_is_kept_as_positions_not_as_a_second_list() -> None:
+    """De-duplicating 20,000 paths keeps 8 bytes per image (positions into the caller's list)
+    and needs under 64 bytes per image while it runs: no set of path strings, no new Paths."""
+    import tracemalloc
+
+    from polycap.features import _ImageList
+
+    given = [Path(f"/data/images/{index:06d}.jpg") for index in range(20_000)]
+    given.append(Path("/data/images/../images/000007.jpg"))
+    for path in given:
+        os.fspath(path)  # the list's own strings: pathlib computes (and keeps) them on first use
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    images = _ImageList.of(given)
+    kept, peak = (size - base for size in tracemalloc.get_traced_memory())
+    tracemalloc.stop()
+    assert len(images) == 20_000 and images.part(7, 9) == given[7:9]
+    assert images.part(7, 8)[0] is given[7]
+    assert kept / 20_000 < 16 and peak / 20_000 < 64, (kept, peak)
+
+
 def test_shares_cover_every_image_once() -> None:
     for count in (0, 1, 5, 8):
         for world in (1, 2, 3):
