@@ -160,9 +160,18 @@ def test_shares_cover_every_image_once() -> None:
             assert [i for share in shares for i in share] == list(range(count))
 
 
-def test_two_gloo_processes_encode_like_one(clip, tmp_path: Path) -> None:
-    """torchrun starts 2 CPU processes; each encodes half of every chunk and both see the
-    merged store, equal to the one-process store row for row."""
+LAUNCHERS = {
+    "torchrun": ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"],
+    "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    + ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    + ["--main_process_port"],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_gloo_processes_encode_like_one(clip, tmp_path: Path, launcher: str) -> None:
+    """torchrun, or accelerate launch, starts 2 CPU processes; each encodes half of every
+    chunk and both see the merged store, equal to the one-process store row for row."""
     paths = write_images(tmp_path / "images", 13, seed=3)
     listing = tmp_path / "images.txt"
     listing.write_text("\n".join(str(p) for p in paths))
@@ -171,8 +180,7 @@ def test_two_gloo_processes_encode_like_one(clip, tmp_path: Path) -> None:
     env = {**os.environ, "POLYCAP_DIST_TIMEOUT": "60", "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     script = ROOT / "tests" / "dist_encode_worker.py"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += ["--master_port", str(_free_port()), str(script)]
+    command = [sys.executable, *LAUNCHERS[launcher], str(_free_port()), str(script)]
     command += [clip[0], str(clip[1]), str(listing), str(tmp_path / "two"), str(tmp_path / "c")]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
