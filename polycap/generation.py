@@ -235,7 +235,7 @@ class StaticCachedLM:
                 torch._dynamo.mark_static_address(layer.values)
             slots = torch.arange(rows.numel(), device=rows.device)
             return cache, slots, buffer.new_zeros(rows.numel(), 1)
-        if rows.numel() <= 1 or bool((rows[1:] > rows[:-1]).all()):
+        if rows.unique().numel() == rows.numel():
             return cache, chosen, buffer  # rows leave: their slots are simply not read again
         kept = slots[: rows.numel()]  # reordered (beams): copy into the first slots in use
         for layer in cache.layers:
@@ -396,7 +396,8 @@ class _Loop:
 
     # -- greedy and sampling: independent rows ----------------------------------------------
     def greedy_pick(self, logits: torch.Tensor, active: torch.Tensor, total: int) -> torch.Tensor:
-        return logits.argmax(dim=-1)
+        # the first maximum, as argmax; torch.max's kernel is several times faster on the CPU
+        return logits.max(dim=-1).indices
 
     def rows(
         self,
@@ -426,7 +427,7 @@ class _Loop:
             if step + 1 == max_length:
                 break
             if any(done_list):
-                keep = [i for i, flag in enumerate(done_list) if not flag]
+                keep = fill_holes(done_list)
                 if not keep:
                     break
                 index = torch.tensor(keep, device=device)
@@ -625,6 +626,20 @@ class _Decoder(_Loop):
 
 
 # -- helpers ------------------------------------------------------------------------------------
+def fill_holes(done: list[bool]) -> list[int]:
+    """The rows a batch keeps when the ``done`` ones leave, as ``select`` takes them: each row
+    that stays keeps its place, unless it sits past the new end, then it moves into a place a
+    finished row left. So only as many rows move as have finished (a cache compacts in place,
+    :mod:`polycap.kv_cache`), not every row after the first that finished."""
+    kept = len(done) - sum(done)
+    order = list(range(kept))
+    tail = (i for i in range(kept, len(done)) if not done[i])
+    for i in range(kept):
+        if done[i]:
+            order[i] = next(tail)
+    return order
+
+
 def filter_logits(scores: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Mask (to -inf) all but the ``top_k`` best tokens and the smallest set whose probability
     reaches ``top_p`` (the token that crosses it included; at least one token is kept).
@@ -648,12 +663,8 @@ def _output_cache(out: Any) -> Any:
 
 
 def _reorder_cache(cache: Any, rows: torch.Tensor) -> Any:
-    """The cache with its batch rows taken from ``rows`` (beam reordering / pruning)."""
-    if cache is None:
-        return None
-    if hasattr(cache, "reorder_cache"):  # transformers Cache objects (DynamicCache, ...)
-        cache.reorder_cache(rows)
-        return cache
-    return tuple(  # legacy tuple-of-tuples cache
-        tuple(tensor.index_select(0, rows.to(tensor.device)) for tensor in layer) for layer in cache
-    )
+    """The cache with its batch rows taken from ``rows`` (beam reordering / pruning; in place
+    where it can be, :func:`polycap.kv_cache.reorder`)."""
+    from polycap.kv_cache import reorder
+
+    return reorder(cache, rows)

@@ -256,6 +256,85 @@ def test_filter_logits() -> None:
     assert torch.equal(filter_logits(scores), scores)
 
 
+def _random_cache(rows: int, layers: int = 2):
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    generator = torch.Generator().manual_seed(0)
+    for layer in range(layers):
+        keys, values = (torch.randn(rows, 2, 5, 3, generator=generator) for _ in range(2))
+        cache.update(keys, values, layer)
+    return cache
+
+
+@pytest.mark.parametrize(
+    "done", [[False, True, False, True, False, False], [True] * 5 + [False], [False] * 6]
+)
+def test_rows_leave_the_cache_in_place(done) -> None:
+    """Finished rows leave by a compaction (fill_holes): the cache then holds exactly what a
+    gather of those rows holds, only the moved rows having been copied, in the same tensors."""
+    from polycap.generation import fill_holes
+    from polycap.kv_cache import compaction
+
+    order = fill_holes(done)
+    assert sorted(order) == [i for i, flag in enumerate(done) if not flag]
+    moved, _ = compaction(torch.tensor(order), len(done))
+    assert moved.numel() == sum(done[: len(order)])  # only the holes before the new end
+    cache, expected = _random_cache(len(done)), _random_cache(len(done))
+    storage = [layer.keys.data_ptr() for layer in cache.layers]
+    _reorder_cache(cache, torch.tensor(order))
+    expected.reorder_cache(torch.tensor(order))  # transformers' own gather
+    for ours, theirs in zip(cache.layers, expected.layers, strict=True):
+        assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+    assert [layer.keys.data_ptr() for layer in cache.layers] == storage
+
+
+def test_a_reorder_that_is_no_compaction_gathers() -> None:
+    cache, expected = _random_cache(4), _random_cache(4)
+    for rows in ([3, 1, 0], [0, 0, 1, 1, 2, 2]):  # a row moving backwards; beams
+        _reorder_cache(cache, torch.tensor(rows))
+        expected.reorder_cache(torch.tensor(rows))
+        assert torch.equal(cache.layers[1].values, expected.layers[1].values)
+
+
+def _forced_ends(lengths: list[int], end: int):
+    """A logits hook that ends row ``i`` after ``lengths[i]`` tokens (end token included)."""
+
+    def hook(step: int, rows: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        at_end = torch.tensor(lengths)[rows] - 1 == step
+        scores = scores.clone()
+        scores[:, end] = float("-inf")
+        scores[at_end] = float("-inf")
+        scores[at_end, end] = 0.0
+        return scores
+
+    return hook
+
+
+@pytest.mark.parametrize("sample", [False, True], ids=["greedy", "sample"])
+def test_rows_that_leave_early_keep_the_other_rows_tokens(trained, sample) -> None:
+    """Rows finish at the first steps, so rows from the end of the batch move into their
+    places in the KV cache and go on from there: each row's tokens must still be those of
+    decoding without a cache (and, greedy, of decoding that image alone). The trained model's
+    tokens follow its image, so a row reading another row's cache gives another caption."""
+    model, features, _ = trained
+    end = int(model.end_token_id)
+    lengths = [1, 9, 2, 9, 9, 9]
+    config = GenerationConfig(max_length=MAX, sample=sample, seed=1)
+
+    def run(**settings) -> list:
+        chosen = GenerationConfig(**{**config.to_json(), **settings})
+        return generate_ids(model, features, chosen, logits_hook=_forced_ends(lengths, end))
+
+    cached = run()
+    assert [len(c[0]) + 1 for c in cached] == lengths
+    assert cached == run(use_cache=False)
+    if not sample:
+        for i, length in enumerate(lengths):
+            hook = _forced_ends([length], end)
+            assert generate_ids(model, features[i : i + 1], config, logits_hook=hook) == [cached[i]]
+
+
 def test_legacy_tuple_cache_is_reordered() -> None:
     layer = (torch.arange(3.0)[:, None], torch.arange(3.0)[:, None] * 10)
     reordered = _reorder_cache((layer,), torch.tensor([2, 2, 0]))
