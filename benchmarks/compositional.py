@@ -61,20 +61,41 @@ def shape_first_english(english: Any) -> Any:
     return dataclasses.replace(english, demo=lexicon)
 
 
-def run_split(workdir: Path, seed: int = 0, images: int = IMAGES, epochs: int = EPOCHS) -> Any:
+def split_pack(language: str) -> Any:
+    """The language's pack; English with its shape-first templates (:func:`shape_first_english`)."""
+    from polycap.plugins import get_registries
+
+    pack = get_registries().languages.get(language)
+    return shape_first_english(pack) if language == "en" else pack
+
+
+def run_split(
+    workdir: Path,
+    seed: int = 0,
+    images: int = IMAGES,
+    epochs: int = EPOCHS,
+    language: str = "en",
+    augmented: bool = False,
+) -> Any:
     """Train the tiny captioner on a compositional split (data and model seeded by ``seed``)
-    and compare it with retrieval; returns the :class:`~polycap.compositional.SplitComparison`."""
+    and compare it with retrieval (and, with ``augmented``, with a retrieval-augmented
+    captioner trained on a bank of the training captions); returns the
+    :class:`~polycap.compositional.SplitComparison`."""
     import torch
 
-    from polycap.compositional import DEFAULT_HELDOUT_PAIRS, SPLIT_METRICS, compare_on_split
+    from polycap.captioning import encoder_for
+    from polycap.compositional import (
+        DEFAULT_HELDOUT_PAIRS,
+        SPLIT_METRICS,
+        compare_on_split,
+        training_bank,
+    )
     from polycap.demo import build_tiny_models
     from polycap.eval.compare import CompareSettings
     from polycap.model import Captioner
     from polycap.offline.synthetic import make_synthetic_set
-    from polycap.plugins import get_registries
-    from polycap.training import TrainConfig, train
 
-    pack = shape_first_english(get_registries().languages.get("en"))
+    pack = split_pack(language)
     split = make_synthetic_set(
         pack, workdir / "data", images, seed=seed, heldout_pairs=DEFAULT_HELDOUT_PAIRS
     )
@@ -82,10 +103,39 @@ def run_split(workdir: Path, seed: int = 0, images: int = IMAGES, epochs: int = 
     models = build_tiny_models(
         pack, [r["caption"] for r in train_captions], workdir / "models", seed
     )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = Captioner.load(_train(pack, split, models, workdir, seed, epochs))
+        third = None
+        if augmented:
+            bank = workdir / "train-bank"
+            training_bank(pack, split, encoder_for(model), bank, workdir / "cache")
+            third = Captioner.load(_train(pack, split, models, workdir, seed, epochs, bank))
+        settings = CompareSettings(metrics=SPLIT_METRICS, cache_dir=workdir / "cache")
+        return compare_on_split(
+            pack, split, model, workdir / "compare", settings=settings, augmented=third
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    pack: Any,
+    split: Any,
+    models: dict[str, str],
+    workdir: Path,
+    seed: int,
+    epochs: int,
+    retrieval_bank: Path | None = None,
+) -> Path:
+    """The trained model's folder (``run/`` plain, ``run-augmented/`` with a bank)."""
+    from polycap.training import TrainConfig, train
+
     config = TrainConfig(
-        language="en",
+        language=pack.code,
         data=split.train_file,
-        output=workdir / "run",
+        output=workdir / ("run" if retrieval_bank is None else "run-augmented"),
         encoder=models["encoder"],
         pretrained=models["pretrained"],
         lm=models["lm"],
@@ -101,97 +151,87 @@ def run_split(workdir: Path, seed: int = 0, images: int = IMAGES, epochs: int = 
         device="cpu",
         cache_dir=workdir / "cache",
         progress=False,
+        retrieval_bank=retrieval_bank,
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model = Captioner.load(train(config).model_dir)
-        settings = CompareSettings(metrics=SPLIT_METRICS, cache_dir=workdir / "cache")
-        return compare_on_split(pack, split, model, workdir / "compare", settings=settings)
-    finally:
-        torch.set_num_threads(threads)
+    return train(config).model_dir
+
+
+METHODS = ("retrieval", "generation", "retrieval-augmented")
 
 
 def summary(result: Any) -> dict[str, Any]:
-    """The pair accuracies and novelty of one comparison."""
-    pairs = result.pair_scores
-    return {
-        "generation_seen": pairs["generation"]["seen"]["pair_accuracy"],
-        "generation_unseen": pairs["generation"]["unseen"]["pair_accuracy"],
-        "unseen_images": pairs["generation"]["unseen"]["n"],
-        "retrieval_unseen": pairs["retrieval"]["unseen"]["pair_accuracy"],
-        "generation_novelty": result.comparison.method("generation").novelty,
-    }
+    """Seen/unseen pair accuracy and novelty of each method of one comparison."""
+    row: dict[str, Any] = {"unseen_images": result.pair_scores["generation"]["unseen"]["n"]}
+    for method, scores in result.pair_scores.items():
+        row[f"{method} seen"] = scores["seen"]["pair_accuracy"]
+        row[f"{method} unseen"] = scores["unseen"]["pair_accuracy"]
+        row[f"{method} novelty"] = result.comparison.method(method).novelty
+    return row
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """The per-seed table and the summary line, for docs/retrieval.md."""
+    """Per language, the per-seed table and a summary line, for docs/retrieval.md."""
     from benchmarks.report import table
 
     def percent(value: float | None) -> str:
         return "–" if value is None else f"{100 * value:.1f}"
 
-    rows = [
-        [
-            str(row["seed"]),
-            percent(row["generation_seen"]),
-            f"{percent(row['generation_unseen'])} "
-            f"({round(row['generation_unseen'] * row['unseen_images'])} of {row['unseen_images']})",
-            percent(row["retrieval_unseen"]),
-            percent(row["generation_novelty"]),
+    parts = [f"{result['images']} images, {result['epochs']} epochs, seen / unseen pairs."]
+    for language, rows in result["languages"].items():
+        methods = [m for m in METHODS if f"{m} seen" in rows[0]]
+        columns = ["seed"] + [f"{m}: seen / unseen %" for m in methods]
+        body = [
+            [str(row["seed"])]
+            + [f"{percent(row[f'{m} seen'])} / {percent(row[f'{m} unseen'])}" for m in methods]
+            for row in rows
         ]
-        for row in result["rows"]
-    ]
-    columns = [
-        "seed",
-        "generation: seen-pair accuracy %",
-        "generation: unseen-pair accuracy %",
-        "retrieval: unseen-pair accuracy %",
-        "generation: novelty %",
-    ]
-    return (
-        f"{result['images']} images, {result['epochs']} epochs.\n\n"
-        + table(columns, rows, "rrrrr")
-        + "\n\nGeneration's unseen-pair accuracy: "
-        f"min {percent(result['generation_unseen_min'])} %, "
-        f"mean {percent(result['generation_unseen_mean'])} %."
-    )
+        means = ", ".join(
+            f"{m} {percent(statistics.mean(r[f'{m} seen'] for r in rows))} / "
+            f"{percent(statistics.mean(r[f'{m} unseen'] for r in rows))}"
+            for m in methods
+        )
+        parts.append(
+            f"**{language}** ({rows[0]['unseen_images']} unseen-pair test images per seed)\n\n"
+            + table(columns, body, "r" * len(columns))
+            + f"\n\nMean seen / unseen %: {means}."
+        )
+    return "\n\n".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--languages", nargs="+", default=["en", "ja"])
     parser.add_argument("--images", type=int, default=IMAGES)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument(
+        "--two-methods", action="store_true", help="Leave out the retrieval-augmented model."
+    )
     parser.add_argument("--output", type=Path, help="Write the rows and summary as JSON.")
     parser.add_argument(
         "--doc", action="store_true", help="Write the table into docs/retrieval.md."
     )
     args = parser.parse_args(argv)
-    rows = []
-    for seed in args.seeds:
-        started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="polycap-compositional-") as directory:
-            row = {
-                "seed": seed,
-                **summary(run_split(Path(directory), seed, args.images, args.epochs)),
-            }
-        row["seconds"] = round(time.perf_counter() - started, 1)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    unseen = [row["generation_unseen"] for row in rows]
-    result = {
-        "images": args.images,
-        "epochs": args.epochs,
-        "rows": rows,
-        "generation_unseen_min": min(unseen),
-        "generation_unseen_mean": statistics.mean(unseen),
-    }
-    print(
-        f"unseen-pair accuracy of generation over {len(rows)} seeds: min {min(unseen):.3f}, "
-        f"mean {statistics.mean(unseen):.3f}; retrieval max "
-        f"{max(row['retrieval_unseen'] for row in rows):.3f}"
-    )
+    result: dict[str, Any] = {"images": args.images, "epochs": args.epochs, "languages": {}}
+    for language in args.languages:
+        rows = []
+        for seed in args.seeds:
+            started = time.perf_counter()
+            with tempfile.TemporaryDirectory(prefix="polycap-compositional-") as directory:
+                compared = run_split(
+                    Path(directory),
+                    seed,
+                    args.images,
+                    args.epochs,
+                    language=language,
+                    augmented=not args.two_methods,
+                )
+                row = {"seed": seed, **summary(compared)}
+            row["seconds"] = round(time.perf_counter() - started, 1)
+            rows.append(row)
+            print(json.dumps({"language": language, **row}), flush=True)
+        result["languages"][language] = rows
+    print(markdown(result))
     if args.doc:
         from benchmarks import report
 

@@ -37,9 +37,31 @@ class SplitComparison:
         """The comparison table (pair accuracies are rows in it)."""
         return self.comparison.table()
 
+    def verdict(self) -> list[str]:
+        """One sentence per group of test images (seen / unseen pairs): which method named
+        the right colour-shape pair most often, with every method's accuracy."""
+        lines = []
+        for group, label in (("seen", "pairs seen in training"), ("unseen", "unseen pairs")):
+            scored = {
+                method: scores[group]["pair_accuracy"]
+                for method, scores in self.pair_scores.items()
+                if scores.get(group, {}).get("n")
+            }
+            if not scored:
+                continue
+            best = max(scored.values())
+            winners = [m for m, value in scored.items() if value == best]
+            others = ", ".join(f"{m} {100 * v:.1f} %" for m, v in scored.items())
+            lead = f"{winners[0]} wins"
+            if len(winners) > 1:
+                lead = f"{', '.join(winners[:-1])} and {winners[-1]} tie"
+            lines.append(f"On {label}: {lead} ({others}).")
+        return lines
+
     def to_json(self) -> dict[str, Any]:
         data = self.comparison.to_json(per_image=True)
         data["pair_accuracy"] = self.pair_scores
+        data["verdict"] = self.verdict()
         data["heldout_pairs"] = [list(p) for p in self.heldout_pairs]
         data["report"] = str(self.report) if self.report else None
         return data

@@ -111,20 +111,15 @@ def _run_demo(
         seed=options.seed,
         heldout_pairs=options.heldout_pairs,
     )
-    result = _train(pack, split, options, console, registries)
+    models = _models(pack, split, options)
+    result = _train(pack, split, options, models, console, registries)
     model = Captioner.load(result.model_dir, device="cpu", registries=registries)
     captions, paths = _caption_test_images(model, split, options)
     unseen = set(split.heldout_pairs)
     scores, unseen_scores = _scores(pack, split, captions, unseen)
     comparison = None
     if options.compare:
-        from polycap.compositional import SPLIT_METRICS, compare_on_split
-        from polycap.eval.compare import CompareSettings
-
-        settings = CompareSettings(
-            metrics=SPLIT_METRICS, cache_dir=workdir / "cache", registries=registries
-        )
-        comparison = compare_on_split(pack, split, model, workdir / "compare", settings=settings)
+        comparison = _compare(pack, split, model, options, models, console, registries)
     report = _write_report(pack, split, captions, paths, (scores, unseen_scores), workdir)
     return DemoResult(
         scores=scores,
@@ -138,21 +133,36 @@ def _run_demo(
     )
 
 
+def _models(pack: LanguagePack, split: Any, options: DemoOptions) -> dict[str, str]:
+    """Tiny models built for the split's training captions."""
+    train_records = json.loads(Path(split.train_file).read_text(encoding="utf-8"))
+    return build_tiny_models(
+        pack,
+        [r["caption"] for r in train_records],
+        options.workdir / "models",
+        options.seed,
+        options.lm,
+    )
+
+
 def _train(
-    pack: LanguagePack, split: Any, options: DemoOptions, console: Any, registries: Registries
+    pack: LanguagePack,
+    split: Any,
+    options: DemoOptions,
+    models: dict[str, str],
+    console: Any,
+    registries: Registries,
+    retrieval_bank: Path | None = None,
 ) -> Any:
-    """Tiny models built for the split's training captions, then trained on them."""
+    """The captioner trained on the split's training captions (retrieval-augmented with
+    prompts from ``retrieval_bank`` when given)."""
     from polycap.training import TrainConfig, train
 
     workdir = options.workdir
-    train_records = json.loads(Path(split.train_file).read_text(encoding="utf-8"))
-    models = build_tiny_models(
-        pack, [r["caption"] for r in train_records], workdir / "models", options.seed, options.lm
-    )
     config = TrainConfig(
         language=pack.code,
         data=Path(split.train_file),
-        output=workdir / "run",
+        output=workdir / ("run" if retrieval_bank is None else "run-augmented"),
         encoder=models["encoder"],
         pretrained=models["pretrained"],
         lm=models["lm"],
@@ -168,8 +178,37 @@ def _train(
         device="cpu",
         cache_dir=workdir / "cache",
         progress=options.progress,
+        retrieval_bank=retrieval_bank,
     )
     return train(config, registries=registries, console=console, overwrite=True)
+
+
+def _compare(
+    pack: LanguagePack,
+    split: Any,
+    model: Any,
+    options: DemoOptions,
+    models: dict[str, str],
+    console: Any,
+    registries: Registries,
+) -> Any:
+    """Retrieval, generation and retrieval-augmented generation (trained with a bank of the
+    training captions) on the split, with seen/unseen pair accuracy."""
+    from polycap.captioning import encoder_for
+    from polycap.compositional import SPLIT_METRICS, compare_on_split, training_bank
+    from polycap.eval.compare import CompareSettings
+    from polycap.model import Captioner
+
+    workdir = options.workdir
+    cache = workdir / "cache"
+    bank = workdir / "train-bank"
+    training_bank(pack, split, encoder_for(model), bank, cache)
+    trained = _train(pack, split, options, models, console, registries, retrieval_bank=bank)
+    augmented = Captioner.load(trained.model_dir, device="cpu", registries=registries)
+    settings = CompareSettings(metrics=SPLIT_METRICS, cache_dir=cache, registries=registries)
+    return compare_on_split(
+        pack, split, model, workdir / "compare", settings=settings, augmented=augmented
+    )
 
 
 def _caption_test_images(

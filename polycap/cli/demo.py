@@ -21,7 +21,9 @@ def demo_command(
     epochs: int = typer.Option(20, min=1),
     seed: int = typer.Option(0),
     compare: bool = typer.Option(
-        True, "--compare/--no-compare", help="End with retrieval vs generation on unseen pairs."
+        True,
+        "--compare/--no-compare",
+        help="End with retrieval, generation and retrieval-augmented generation on unseen pairs.",
     ),
     lm: str | None = typer.Option(
         None,
@@ -77,7 +79,9 @@ def demo_command(
     )
     if result.comparison is not None:
         header, rows = result.comparison.table()
-        print_table("Retrieval vs generation (some pairs held out of training)", header, rows)
+        print_table("Three methods (some colour-shape pairs held out of training)", header, rows)
+        for line in result.comparison.verdict():
+            console.print(line)
     console.print(
         f"Report: [bold]{result.report}[/]   model: {result.model_dir}   "
         f"time: {result.seconds:.0f}s"

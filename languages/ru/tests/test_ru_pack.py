@@ -102,3 +102,12 @@ def test_demo_learns_russian(tmp_path) -> None:
     assert result.scores["colour_accuracy"] >= 0.95, result.scores
     assert result.scores["shape_accuracy"] >= 0.70, result.scores
     assert all(caption.strip() for caption in result.captions.values())
+    # the demo ends with three methods on the split, and says which wins on each group
+    methods = [m.name for m in result.comparison.comparison.methods]
+    assert methods == ["retrieval", "generation", "retrieval-augmented"]
+    verdict = result.comparison.verdict()
+    assert [line.split(":")[0] for line in verdict] == [
+        "On pairs seen in training",
+        "On unseen pairs",
+    ]
+    assert all("retrieval-augmented" in line for line in verdict)

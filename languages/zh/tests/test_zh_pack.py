@@ -141,7 +141,7 @@ def test_demo_captions(pack) -> None:
 def test_demo_learns_chinese(tmp_path) -> None:
     from polycap.demo import DemoOptions, run_demo
 
-    result = run_demo(DemoOptions(language="zh", workdir=tmp_path, progress=False))
+    result = run_demo(DemoOptions(language="zh", workdir=tmp_path, progress=False, compare=False))
     assert result.scores["colour_accuracy"] >= 0.95, result.scores
     assert result.scores["shape_accuracy"] >= 0.70, result.scores
     assert all(" " not in caption and "[" not in caption for caption in result.captions.values())
