@@ -21,6 +21,23 @@ class LMKeywords:
         """``{keep: positions}``, or nothing when the LM has no such keyword."""
         return {self.keep: positions} if self.keep else {}
 
+    def keep_window(self, first: int, stop: int, total: int, device: Any) -> tuple[dict, slice]:
+        """Keywords that ask the LM for the logits of positions ``first .. stop - 1`` of
+        ``total``, and the slice of the logits it returns that holds them.
+
+        ``logits_to_keep`` takes the positions as a tensor: the LM gathers those hidden states
+        into a contiguous tensor, so the output projection runs as one matrix product. (The
+        int form slices a strided view, which ``torch.matmul`` does not fold when it needs
+        gradients: training then ran the projection as a batched product with the weight
+        expanded per row, several times slower.)"""
+        if self.keep == "logits_to_keep":
+            import torch
+
+            return {self.keep: torch.arange(first, stop, device=device)}, slice(None)
+        if self.keep:  # before transformers 4.50: the last N positions only
+            return {self.keep: total - first}, slice(0, stop - first)
+        return {}, slice(first, stop)
+
 
 def lm_keywords(lm: Any) -> LMKeywords:
     """The keywords ``lm.forward`` takes."""

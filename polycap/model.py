@@ -305,8 +305,10 @@ class Captioner(nn.Module):
         mask = torch.cat([context_mask.to(attention_mask.dtype), attention_mask], dim=1)
         if prompt_ids is not None:
             extra["position_ids"] = positions(mask)
-        caption_length = input_ids.shape[1]
-        keep = self._logits_to_keep(caption_length + 1)
+        # position t predicts token t+1: the last context position predicts the first token
+        total = embeds.shape[1]
+        first = total - input_ids.shape[1] - 1
+        keep, window = self._caption_logits(first, total - 1, total, embeds.device)
         out = self.lm(
             inputs_embeds=embeds,
             attention_mask=mask,
@@ -314,8 +316,7 @@ class Captioner(nn.Module):
             **keep,
             **extra,
         )
-        # position t predicts token t+1: the last prefix position predicts the first token
-        logits = out.logits[:, -(caption_length + 1) : -1]
+        logits = out.logits[:, window]
         labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
         loss = F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),
@@ -324,12 +325,15 @@ class Captioner(nn.Module):
         )
         return CaptionerOutput(loss=loss, logits=logits)
 
-    def _logits_to_keep(self, positions: int) -> dict[str, int]:
-        """``logits_to_keep`` when the LM takes it: the output projection (vocabulary-sized)
-        then runs on the caption positions only, not on the prefix positions."""
+    def _caption_logits(
+        self, first: int, stop: int, total: int, device: torch.device
+    ) -> tuple[dict, slice]:
+        """The LM keywords that limit the output projection (vocabulary-sized) to the
+        positions that predict caption tokens, and the slice of its logits that holds them
+        (:meth:`polycap.lm_keywords.LMKeywords.keep_window`)."""
         if not hasattr(self, "_lm_keywords"):
             self._lm_keywords = lm_keywords(self.lm)
-        return self._lm_keywords.keep_last(positions)
+        return self._lm_keywords.keep_window(first, stop, total, device)
 
     # -- saving -----------------------------------------------------------------------------
     def save(
