@@ -106,7 +106,12 @@ class Result:
 
     @property
     def goal_met(self) -> bool | None:
-        return None if self.goal is None else self.ratio >= self.goal and self.agree
+        """Judged by the CPU-time ratio when there is one (load on a shared machine disturbs
+        it least), else by wall time."""
+        if self.goal is None:
+            return None
+        ratio = self.ratio if math.isnan(self.cpu_ratio) else self.cpu_ratio
+        return ratio >= self.goal and self.agree
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -306,161 +311,45 @@ class Bench:
         )
 
     # -- training ----------------------------------------------------------------------------
-    def train(self) -> Result:
-        import torch
+    def train(self) -> list[Result]:
+        """Mapper only (LM frozen: ClipCap's ``--only_prefix``), then the LM fine-tuned too."""
+        data = TrainData.build(self.plan, self.models.captioner, self.device)
+        return [self.train_run(data, train_lm=False), self.train_run(data, train_lm=True)]
 
-        from benchmarks import reference, workload
-        from polycap.batching import bucketed_batches
-        from polycap.training import (
-            Fitting,
-            PreparedData,
-            TokenizedSet,
-            TrainConfig,
-            Trainer,
-            collate,
-            linear_warmup_decay,
-        )
+    def train_run(self, data: TrainData, train_lm: bool) -> Result:
+        """One polycap batch (bucketed, through ``Trainer``), then one reference batch (padded
+        to the data set's longest caption), alternating over an epoch."""
+        from polycap.training import PhaseTimes
 
-        plan = self.plan
         base = self.models.captioner
-        n, batch_size = plan.train_captions, plan.train_batch
-        lengths = workload.caption_lengths(n)
-        ids = workload.caption_ids(lengths, base.end_token_id)
-        rows = [i // CAPTIONS_PER_IMAGE for i in range(n)]
-        clip_dim = base.config["encoder"]["embed_dim"]
-        features = workload.random_features(len(set(rows)), clip_dim, seed=2).to(self.device)
-        tokens = TokenizedSet(rows, ids)
-        dataset = reference.PaddedCaptions(ids, rows, features, base.prefix_length)
-        warmup = 5000  # ClipCap's default warmup
-
-        # the same batch contents through both: the losses must be equal
-        order = bucketed_batches(tokens.lengths, batch_size, seed=0)
-        first = order[0]
-        with torch.no_grad():
-            ours_loss = float(
-                base(
-                    *(
-                        t.to(self.device)
-                        for t in collate(first, tokens, features, base.pad_token_id)
-                    )
-                ).loss
-            )
-            padded = [dataset[i] for i in first]
-            theirs_loss = float(
-                reference.caption_loss(
-                    base, *(torch.stack([p[k] for p in padded]).to(self.device) for k in range(3))
-                )
-            )
-
-        ours_model = copy.deepcopy(base).train()
-        config = TrainConfig(
-            language="en",
-            data=Path("-"),
-            output=self.workdir / "run",
-            batch_size=batch_size,
-            precision=self.precision,
-            device=self.device,
-            warmup_steps=warmup,
-            progress=False,
-        )
-        trainer = Trainer(config)
-        trainable = [p for p in ours_model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=config.lr)
-        scheduler = linear_warmup_decay(optimizer, warmup, 10_000)
-        prepared, optimizer = trainer.accelerator.prepare(ours_model, optimizer)
-        fit = Fitting(prepared, optimizer, scheduler)
-        data = PreparedData(tokens, TokenizedSet([], []), features, None, None, 0)
-
-        ours_batches = bucketed_batches(tokens.lengths, batch_size, seed=1)
-
-        def ours(batch: list[int]) -> int:
-            trainer.train_batch(prepared, batch, data)
-            trainer.optimizer_step(fit)
-            return len(batch)
-
-        ref_model = copy.deepcopy(base).train()
-        ref_optimizer = torch.optim.AdamW(ref_model.trainable_parameters(), lr=2e-5)
-        ref_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            ref_optimizer, lambda step: min(1.0, (step + 1) / warmup)
-        )
-        ref_batches = reference.batches(dataset, batch_size, seed=1)
-
-        def theirs() -> int:  # the DataLoader's padding and collation count for the reference
-            batch = next(ref_batches)
-            reference.train_step(ref_model, batch, ref_optimizer, ref_scheduler)
-            return int(batch[0].shape[0])
-
-        # warm-up (allocator, kernels): forward + backward, gradients then dropped; on a GPU
-        # every batch shape once (new shapes load kernels lazily), else the first batch
-        for batch in ours_batches if self.gpu else [first]:
-            with autocast(self.device, self.precision):
-                ours_model(
-                    *(
-                        t.to(self.device)
-                        for t in collate(batch, tokens, features, base.pad_token_id)
-                    )
-                ).loss.backward()
-            ours_model.zero_grad(set_to_none=True)
-        reference.caption_loss(
-            ref_model, *(torch.stack([p[k] for p in padded]).to(self.device) for k in range(3))
-        ).backward()
-        ref_model.zero_grad(set_to_none=True)
+        ours = PolycapTraining(self, data, train_lm)
+        theirs = ReferenceTraining(data, base, train_lm)
+        ours.warm_up(data.batches if self.gpu else [data.check])  # GPU: every shape once
+        theirs.warm_up(data.check)
+        label = "LM fine-tuned" if train_lm else "mapper only, LM frozen"
         self.say(
-            f"training: {n} captions in batches of {batch_size}, one polycap batch "
-            f"(length-bucketed) then one reference batch (padded to {dataset.max_seq_len})"
+            f"training ({label}): {data.n} captions in batches of {data.batch_size}, one "
+            "polycap batch (length-bucketed) then one reference batch (padded to "
+            f"{data.dataset.max_seq_len})"
         )
-        ours_seen = theirs_seen = 0
-        ours_s = theirs_s = ours_cpu = theirs_cpu = 0.0
-        for batch in ours_batches:  # alternate, so that a change of load hits both sides
-            seen, seconds = self.clock.time(lambda batch=batch: ours(batch))
-            ours_seen, ours_s = ours_seen + seen, ours_s + seconds
-            ours_cpu += self.clock.cpu
-            if theirs_seen + batch_size <= n:  # the reference drops a last partial batch
-                seen, seconds = self.clock.time(theirs)
-                theirs_seen, theirs_s = theirs_seen + seen, theirs_s + seconds
-                theirs_cpu += self.clock.cpu
+        totals: dict[str, list[Any]] = {"ours": [0, 0.0, 0.0], "theirs": [0, 0.0, 0.0]}
+        phases = ours.trainer.phases = PhaseTimes(self.device)
+        for batch in data.batches:  # alternate, so that a change of load hits both sides
+            self.count(totals["ours"], lambda batch=batch: ours.step(batch))
+            if totals["theirs"][0] + data.batch_size <= data.n:  # it drops a last part batch
+                self.count(totals["theirs"], theirs.step)
+        ours.trainer.phases = None
         if self.args.profile:
-            with maybe_profile(True, "polycap training (one more batch, not timed)", self.console):
-                ours(ours_batches[0])
-        real = sum(lengths)
-        ours_tokens = sum(
-            len(b) * max(lengths[i] for i in b)
-            for b in bucketed_batches(tokens.lengths, batch_size, seed=1)
-        )
-        theirs_tokens = theirs_seen * dataset.max_seq_len
-        relative = abs(ours_loss - theirs_loss) / max(1e-12, abs(theirs_loss))
-        tolerance = 1e-5 if self.precision == "fp32" else 2e-2
-        median = sorted(lengths)[n // 2]
-        precision = (
-            "fp32"
-            if self.precision == "fp32"
-            else f"polycap {self.precision} autocast, reference fp32"
-        )
-        return Result(
-            name=f"training, {n} captions, batch {batch_size}",
-            unit="samples/s",
-            reference_items=theirs_seen,
-            reference_seconds=theirs_s,
-            polycap_items=ours_seen,
-            polycap_seconds=ours_s,
-            reference_cpu_seconds=theirs_cpu,
-            polycap_cpu_seconds=ours_cpu,
-            agree=relative <= tolerance,
-            agree_detail=f"same batch: loss {ours_loss:.5f} vs {theirs_loss:.5f}",
-            goal=GOALS["train"],
-            notes=[
-                f"caption tokens: median {median}, longest {max(lengths)}; "
-                f"caption positions computed: reference {theirs_tokens} (padded to "
-                f"{dataset.max_seq_len}), polycap {ours_tokens}, real {real} "
-                f"(+{base.prefix_length} prefix positions per sample on both); mapper "
-                f"trained, LM frozen; {precision}"
-            ],
-            extra={
-                "real_tokens": real,
-                "reference_tokens": theirs_tokens,
-                "polycap_tokens": ours_tokens,
-            },
-        )
+            with maybe_profile(True, f"polycap training, {label} (one batch)", self.console):
+                ours.step(data.batches[0])
+        return train_result(data, base, totals, phases, label, self.args)
+
+    def count(self, total: list[Any], step: Callable[[], int]) -> None:
+        """Run ``step``; add its items, wall and CPU seconds to ``total``."""
+        seen, seconds = self.clock.time(step)
+        total[0] += seen
+        total[1] += seconds
+        total[2] += self.clock.cpu
 
     # -- memory ------------------------------------------------------------------------------
     def memory(self) -> dict[str, Any]:
@@ -507,6 +396,207 @@ class Bench:
         return {"encoder": name, "rows": rows}
 
 
+# -- training ----------------------------------------------------------------------------------
+WARMUP = 5000  # ClipCap's default warmup steps
+PHASES = ("data", "forward", "backward", "optimizer")
+
+
+@dataclass
+class TrainData:
+    """The training benchmark's captions, features and batches, and the reference's padded
+    data set."""
+
+    tokens: Any  # polycap.training.TokenizedSet
+    features: Any
+    dataset: Any  # reference.PaddedCaptions
+    lengths: list[int]
+    batch_size: int
+    batches: list[list[int]]  # polycap's epoch, length-bucketed
+    check: list[int]  # the batch both sides compute the loss of
+
+    @property
+    def n(self) -> int:
+        return len(self.lengths)
+
+    @classmethod
+    def build(cls, plan: Plan, base: Any, device: str) -> TrainData:
+        from benchmarks import reference, workload
+        from polycap.batching import bucketed_batches
+        from polycap.training import TokenizedSet
+
+        n, batch_size = plan.train_captions, plan.train_batch
+        lengths = workload.caption_lengths(n)
+        ids = workload.caption_ids(lengths, base.end_token_id)
+        rows = [i // CAPTIONS_PER_IMAGE for i in range(n)]
+        clip_dim = base.config["encoder"]["embed_dim"]
+        features = workload.random_features(len(set(rows)), clip_dim, seed=2).to(device)
+        tokens = TokenizedSet(rows, ids)
+        dataset = reference.PaddedCaptions(ids, rows, features, base.prefix_length)
+        batches = bucketed_batches(tokens.lengths, batch_size, seed=1)
+        check = bucketed_batches(tokens.lengths, batch_size, seed=0)[0]
+        return cls(tokens, features, dataset, lengths, batch_size, batches, check)
+
+    def collated(self, batch: list[int], model: Any) -> list[Any]:
+        """polycap's inputs for ``batch`` (features, right-padded ids, mask) on the device."""
+        from polycap.training import collate
+
+        inputs = collate(batch, self.tokens, self.features, model.pad_token_id)
+        return [t.to(model.device) for t in inputs]
+
+    def padded(self, batch: list[int], model: Any) -> list[Any]:
+        """The reference's inputs for ``batch`` (tokens padded to the longest, mask, features)."""
+        import torch
+
+        items = [self.dataset[i] for i in batch]
+        return [torch.stack([item[k] for item in items]).to(model.device) for k in range(3)]
+
+    def polycap_positions(self) -> int:
+        return sum(len(b) * max(self.lengths[i] for i in b) for b in self.batches)
+
+
+def trainable_copy(base: Any, train_lm: bool) -> Any:
+    """A copy of the benchmark captioner in train mode; with ``train_lm`` the LM trains too."""
+    model = copy.deepcopy(base)
+    if train_lm:
+        model.train_lm = True
+        model.config["train_lm"] = True
+        model.lm.requires_grad_(True)
+    return model.train()
+
+
+class PolycapTraining:
+    """polycap's side: a ``Trainer`` (its optimizer, schedule and Accelerate set-up) running
+    ``train_batch`` + ``optimizer_step`` on length-bucketed batches."""
+
+    def __init__(self, bench: Bench, data: TrainData, train_lm: bool) -> None:
+        from polycap.training import (
+            Fitting,
+            PreparedData,
+            TokenizedSet,
+            TrainConfig,
+            Trainer,
+            linear_warmup_decay,
+            make_optimizer,
+        )
+
+        self.data = data
+        self.model = trainable_copy(bench.models.captioner, train_lm)
+        config = TrainConfig(
+            language="en",
+            data=Path("-"),
+            output=bench.workdir / "run",
+            batch_size=data.batch_size,
+            precision=bench.precision,
+            device=bench.device,
+            warmup_steps=WARMUP,
+            progress=False,
+            train_lm=train_lm,
+        )
+        self.trainer = Trainer(config)
+        optimizer = make_optimizer(self.model.trainable_parameters(), config)
+        scheduler = linear_warmup_decay(optimizer, WARMUP, 10_000)
+        prepared, optimizer = self.trainer.accelerator.prepare(self.model, optimizer)
+        self.fit = Fitting(prepared, optimizer, scheduler)
+        self.prepared = PreparedData(
+            data.tokens, TokenizedSet([], []), data.features, None, None, 0
+        )
+        self.autocast = autocast(bench.device, bench.precision)
+
+    def step(self, batch: list[int]) -> int:
+        self.trainer.train_batch(self.fit.model, batch, self.prepared)
+        self.trainer.optimizer_step(self.fit)
+        return len(batch)
+
+    def warm_up(self, batches: list[list[int]]) -> None:
+        """Forward + backward, gradients dropped (allocator, kernels)."""
+        for batch in batches:
+            with self.autocast:
+                self.model(*self.data.collated(batch, self.model)).loss.backward()
+            self.model.zero_grad(set_to_none=True)
+
+
+class ReferenceTraining:
+    """The reference side: ClipCap's train loop (``reference.train_step``) over its padded data
+    set, with AdamW over what it trains (as train.py builds it) and its warm-up schedule."""
+
+    def __init__(self, data: TrainData, base: Any, train_lm: bool) -> None:
+        import torch
+
+        from benchmarks import reference
+
+        self.data = data
+        self.model = trainable_copy(base, train_lm)
+        self.optimizer = torch.optim.AdamW(self.model.trainable_parameters(), lr=2e-5)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / WARMUP)
+        )
+        self.batches = reference.batches(data.dataset, data.batch_size, seed=1)
+
+    def step(self) -> int:  # the DataLoader's padding and collation count for the reference
+        from benchmarks import reference
+
+        batch = next(self.batches)
+        reference.train_step(self.model, batch, self.optimizer, self.scheduler)
+        return int(batch[0].shape[0])
+
+    def warm_up(self, batch: list[int]) -> None:
+        from benchmarks import reference
+
+        reference.caption_loss(self.model, *self.data.padded(batch, self.model)).backward()
+        self.model.zero_grad(set_to_none=True)
+
+
+def same_batch_losses(data: TrainData, base: Any) -> tuple[float, float]:
+    """The loss of one batch's contents, polycap's way and the reference's: they must agree."""
+    import torch
+
+    from benchmarks import reference
+
+    with torch.no_grad():
+        ours = float(base(*data.collated(data.check, base)).loss)
+        theirs = float(reference.caption_loss(base, *data.padded(data.check, base)))
+    return ours, theirs
+
+
+def train_result(
+    data: TrainData, base: Any, totals: dict[str, list[Any]], phases: Any, label: str, args: Any
+) -> Result:
+    """The table row of one training run (both sides' totals, the phases of polycap's steps)."""
+    ours_loss, theirs_loss = same_batch_losses(data, base)
+    relative = abs(ours_loss - theirs_loss) / max(1e-12, abs(theirs_loss))
+    tolerance = 1e-5 if args.precision == "fp32" else 2e-2
+    precision = "fp32" if args.precision == "fp32" else f"polycap {args.precision} autocast"
+    (ours_n, ours_s, ours_cpu), (theirs_n, theirs_s, theirs_cpu) = totals["ours"], totals["theirs"]
+    shares = phases.shares()
+    return Result(
+        name=f"training ({label}), {data.n} captions, batch {data.batch_size}",
+        unit="samples/s",
+        reference_items=theirs_n,
+        reference_seconds=theirs_s,
+        polycap_items=ours_n,
+        polycap_seconds=ours_s,
+        reference_cpu_seconds=theirs_cpu,
+        polycap_cpu_seconds=ours_cpu,
+        agree=relative <= tolerance,
+        agree_detail=f"same batch: loss {ours_loss:.5f} vs {theirs_loss:.5f}",
+        goal=GOALS["train"],
+        notes=[
+            f"caption tokens: median {sorted(data.lengths)[data.n // 2]}, longest "
+            f"{max(data.lengths)}; caption positions computed: reference "
+            f"{theirs_n * data.dataset.max_seq_len} (padded to {data.dataset.max_seq_len}), "
+            f"polycap {data.polycap_positions()}, real {sum(data.lengths)} "
+            f"(+{base.prefix_length} prefix positions per sample on both); {precision}"
+        ],
+        extra={
+            "real_tokens": sum(data.lengths),
+            "reference_tokens": theirs_n * data.dataset.max_seq_len,
+            "polycap_tokens": data.polycap_positions(),
+            "phases": {name: shares.get(name, 0.0) for name in PHASES},
+            "phase_cpu_seconds": phases.cpu,
+        },
+    )
+
+
 # -- output ----------------------------------------------------------------------------------
 def rate(value: float) -> str:
     if value < 1:
@@ -550,6 +640,26 @@ COLUMNS = (
     "goal",
     "outputs agree",
 )
+
+
+def phase_lines(results: Sequence[Result]) -> list[str]:
+    """The table of polycap's training steps by phase (shares of their CPU time)."""
+    timed = [r for r in results if "phases" in r.extra]
+    if not timed:
+        return []
+    lines = [
+        "",
+        "polycap's training steps by phase (share of their CPU time; `data`: collating the "
+        "batch from the features and caption ids, `optimizer`: gradient clipping, AdamW, the "
+        "schedule and zeroing the gradients):",
+        "",
+        "| training | samples/s | " + " | ".join(PHASES) + " |",
+        "|---|---:|" + "---:|" * len(PHASES),
+    ]
+    for r in timed:
+        shares = " | ".join(f"{r.extra['phases'][name]:.1%}" for name in PHASES)
+        lines.append(f"| {r.name} | {rate(r.polycap_rate)} | {shares} |")
+    return lines
 
 
 def memory_rows(memory: dict[str, Any]) -> list[list[str]]:
@@ -612,6 +722,7 @@ def markdown(
         lines += ["| " + " | ".join(row) + " |" for row in rows_of(results, goals_apply)]
         lines.append("")
         lines += [f"- {r.name}: {note}" for r in results for note in r.notes]
+        lines += phase_lines(results)
     if memory:
         lines += [
             "",
@@ -656,13 +767,16 @@ def bench_section(options: Any) -> Section:
             if key == "memory":
                 memory = bench.memory()
             else:
-                results.append(runners[key]())
+                made = runners[key]()
+                results.extend(made if isinstance(made, list) else [made])
     finally:
         shutil.rmtree(bench.workdir, ignore_errors=True)  # images, caches, tokenizer
     goals_apply = options.decoder == "small" and plan_name == "full"
     footer = [
         f"{plan_name} plan, decoder GPT-2 {options.decoder}, encoder ViT-B-32, "
-        f"{options.device}, {options.precision}; {time.perf_counter() - started:.0f} s"
+        f"{options.device}, {options.precision}; {time.perf_counter() - started:.0f} s; "
+        "ratios by wall time, in brackets by process CPU time, by which the goals are judged "
+        "(other programs on a shared machine disturb it least)"
     ]
     if not goals_apply:
         footer.append("goals are judged at the default sizes (full run, GPT-2 small decoder)")

@@ -17,7 +17,8 @@ import math
 import os
 import random
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -166,6 +167,43 @@ class TrainResult:
     stopped_early: int | None = None  # the last epoch run when early stopping ended the run
 
 
+class PhaseTimes:
+    """Process CPU seconds and wall seconds per phase of the training steps (``data``,
+    ``forward``, ``backward``, ``optimizer``), for benchmarks and profiles: set
+    ``Trainer.phases`` to one. Waits for the GPU at each phase's end when there is one."""
+
+    def __init__(self, device: Any = "cpu") -> None:
+        self.cuda = torch.device(device).type == "cuda"
+        self.cpu: dict[str, float] = {}
+        self.wall: dict[str, float] = {}
+
+    @contextmanager
+    def measure(self, name: str) -> Iterator[None]:
+        start, cpu = time.perf_counter(), time.process_time()
+        yield
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - cpu
+        self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - start
+
+    def shares(self) -> dict[str, float]:
+        """Each phase's share of the CPU time of all phases."""
+        total = sum(self.cpu.values()) or 1.0
+        return {name: seconds / total for name, seconds in self.cpu.items()}
+
+
+def make_optimizer(parameters: list[torch.nn.Parameter], config: TrainConfig) -> Any:
+    """AdamW over ``parameters``: the fused implementation (one kernel per step, ~5x faster
+    than the per-tensor loop on the CPU) where torch has it for their device, else the
+    default one."""
+    try:
+        return torch.optim.AdamW(
+            parameters, lr=config.lr, weight_decay=config.weight_decay, fused=True
+        )
+    except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+
+
 def linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> Any:
     """Linear warmup to the base lr, then linear decay to zero (as ClipCap trains)."""
 
@@ -299,6 +337,7 @@ class Trainer:
         self.folder = RunFolder(config.output)
         self.hook = FaultHook()
         self.selection = make_selection(config, self.registries)
+        self.phases: PhaseTimes | None = None  # set to time the steps' phases
 
     def say(self, message: str) -> None:
         if self.console is not None:
@@ -321,8 +360,7 @@ class Trainer:
         if resume and start is None:
             self.say(f"No checkpoint in {config.output} to resume from; starting fresh.")
         model = self.load_or_build(start, data)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
         scheduler = linear_warmup_decay(
             optimizer, config.warmup_steps, self.steps_per_epoch(data) * config.epochs
         )
@@ -572,23 +610,30 @@ class Trainer:
         """Forward and backward on this process's share of one global batch; returns its part
         of the global batch's token-mean loss (the parts of all processes sum to it)."""
         shard, weight = self.share(batch, data.train)
-        features, input_ids, mask = collate(shard, data.train, data.features, self.pad_id(model))
-        prompt = prompt_inputs(shard, data.train, data.prompts, self.pad_id(model), self.device)
-        loss = model(
-            features.to(self.device), input_ids.to(self.device), mask.to(self.device), **prompt
-        ).loss
-        self.accelerator.backward(loss * (weight * self.processes))  # DDP averages: × processes
+        with self.phase("data"):
+            pad = self.pad_id(model)
+            inputs = [t.to(self.device) for t in collate(shard, data.train, data.features, pad)]
+            prompt = prompt_inputs(shard, data.train, data.prompts, pad, self.device)
+        with self.phase("forward"):
+            loss = model(*inputs, **prompt).loss
+        with self.phase("backward"):  # DDP averages: × processes
+            self.accelerator.backward(loss * (weight * self.processes))
         return float(loss.detach()) * weight
+
+    def phase(self, name: str) -> Any:
+        """``phases.measure(name)`` when this trainer's phases are timed (:class:`PhaseTimes`)."""
+        return self.phases.measure(name) if self.phases is not None else nullcontext()
 
     def pad_id(self, model: Any) -> int:
         return self.accelerator.unwrap_model(model).pad_token_id
 
     def optimizer_step(self, fit: Fitting) -> None:
-        trainable = [p for p in fit.model.parameters() if p.requires_grad]
-        self.accelerator.clip_grad_norm_(trainable, 1.0)
-        fit.optimizer.step()
-        fit.scheduler.step()
-        fit.optimizer.zero_grad(set_to_none=True)
+        with self.phase("optimizer"):
+            trainable = [p for p in fit.model.parameters() if p.requires_grad]
+            self.accelerator.clip_grad_norm_(trainable, 1.0)
+            fit.optimizer.step()
+            fit.scheduler.step()
+            fit.optimizer.zero_grad(set_to_none=True)
 
     def end_epoch(self, epoch: int, fit: Fitting, state: TrainState, data: PreparedData) -> None:
         """Validation loss, the epoch's history record, and a checkpoint."""
