@@ -21,13 +21,15 @@ def rich_progress(console: Any = None, enabled: bool = True) -> Any:
         TimeRemainingColumn,
     )
 
+    console = console if console is not None else Console(stderr=True)
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        console=console if console is not None else Console(stderr=True),
-        disable=not enabled,
+        console=console,
+        # a transient bar shows nothing on a file or pipe but leaves a blank line behind
+        disable=not enabled or not console.is_terminal,
         transient=True,
     )
 
