@@ -235,7 +235,8 @@ def test_cli_eval_with_a_checkpoint(setup, capsys) -> None:
 
 
 # Generation's unseen-pair accuracy in this setup over seeds 0-4 (python -m
-# benchmarks.compositional, table in docs/retrieval.md): 7, 10, 10, 10 and 7 of 30 images
+# benchmarks.compositional --seeds 0 1 2 3 4 --languages en; seeds 0-2 in the table in
+# docs/retrieval.md): 7, 10, 10, 10 and 7 of 30 images
 # (min 23.3 %, mean 29.3 %); picking colour and shape at random would give 1 in 12 (8.3 %),
 # retrieval gives 0. The bar sits one image below the lowest seed: 6 of 30.
 UNSEEN_PAIR_BAR = 0.2
