@@ -73,3 +73,16 @@ def test_a_section_run_in_part_is_not_written(tmp_path: Path, monkeypatch) -> No
     assert run.main(["--only", "a", "--write", *common]) == 0  # asked for explicitly
     assert "ran: a\n" in doc.read_text(encoding="utf-8")
     assert run.main(["--only", "nope", *common]) == 2
+
+
+def test_the_step_cost_bound_of_rows_leaving() -> None:
+    """benchmarks/decoding.py's bound: equal steps when no row leaves; with a step cost
+    proportional to the rows, the rows x steps ratio; with a flat cost, nothing."""
+    decoding = importlib.import_module("benchmarks.decoding")
+    lengths = [3, 5, 5, 9]
+    linear = {"prefill": 0.0, "steps": {1: 1.0, 2: 2.0, 4: 4.0}}
+    assert decoding.cost_bound([6] * 4, linear) == pytest.approx(1.0)
+    rows_steps = (4 * (max(lengths) - 1)) / sum(length - 1 for length in lengths)
+    assert decoding.cost_bound(lengths, linear) == pytest.approx(rows_steps)
+    flat = {"prefill": 5.0, "steps": {1: 2.0, 4: 2.0}}
+    assert decoding.cost_bound(lengths, flat) == pytest.approx(1.0)
