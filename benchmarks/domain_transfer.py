@@ -8,13 +8,15 @@ retrieves from a second bank, drawn from the full palette (other images than the
 Plain generation cannot name the new colour (it never produced the word); the augmented model
 could copy it from its prompt. Run::
 
-    python -m benchmarks.domain_transfer --seeds 0 1 2        # the test's setup
+    python -m benchmarks.domain_transfer --seeds 0 1 2 --epochs 4 --lm SmolLM2.gguf  # the test
 
 It prints one row per seed (new-colour accuracy of each model) and the minimum / mean.
 ``--pretrain-steps N`` first trains the tiny GPT-2 on text naming every colour
 (:mod:`polycap.offline.pretrain`), ``--frozen-lm`` trains the mapper only. What each setting
 gave is in docs/retrieval.md ("Domain transfer"): with the tiny decoder no setting transfers
-the new colour, so no test asserts transfer yet.
+the new colour; with SmolLM2-135M (``--lm``, frozen, ``--epochs 4``) the augmented model names
+it on half or more of its images and plain generation on none, which
+tests/test_domain_transfer.py asserts.
 """
 
 from __future__ import annotations
