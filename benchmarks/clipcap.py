@@ -647,19 +647,21 @@ def phase_lines(results: Sequence[Result]) -> list[str]:
     timed = [r for r in results if "phases" in r.extra]
     if not timed:
         return []
-    lines = [
+    from benchmarks.report import table
+
+    rows = [
+        [r.name, rate(r.polycap_rate), *(f"{r.extra['phases'][name]:.1%}" for name in PHASES)]
+        for r in timed
+    ]
+    columns = ["training", "samples/s", *PHASES]
+    return [
         "",
         "polycap's training steps by phase (share of their CPU time; `data`: collating the "
         "batch from the features and caption ids, `optimizer`: gradient clipping, AdamW, the "
         "schedule and zeroing the gradients):",
         "",
-        "| training | samples/s | " + " | ".join(PHASES) + " |",
-        "|---|---:|" + "---:|" * len(PHASES),
+        *table(columns, rows, "l" + "r" * (len(columns) - 1)).splitlines(),
     ]
-    for r in timed:
-        shares = " | ".join(f"{r.extra['phases'][name]:.1%}" for name in PHASES)
-        lines.append(f"| {r.name} | {rate(r.polycap_rate)} | {shares} |")
-    return lines
 
 
 def memory_rows(memory: dict[str, Any]) -> list[list[str]]:

@@ -6,7 +6,7 @@ with random weights has neither, so a retrieval-augmented captioner on top of it
 word from its prompt that it never produced. :func:`pretrain_lm` trains the saved tiny LM on
 text documents; :func:`topic_documents` writes such documents in a pack's language: a few
 captions of one colour and varying shapes and counts, joined by the pack's caption separator
-(no images, no retrieval template).
+(no images; ``prompt_share`` of them in the retrieval prompt's form instead).
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def topic_documents(
     captions_per_document: tuple[int, int] = (2, 5),
     prompt_share: float = 0.0,
 ) -> list[str]:
-    """``count`` documents, each 2-5 captions (``pack.demo``) of one colour, any shapes."""
+    """``count`` documents, each of ``captions_per_document`` (low, high) captions
+    (``pack.demo``) of one colour, any shapes; ``prompt_share`` of them are the retrieval
+    prompt around all captions but the last, then the last."""
     rng = random.Random(seed)
     low, high = captions_per_document
     documents = []
