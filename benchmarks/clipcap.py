@@ -246,7 +246,7 @@ class Bench:
         import torch
 
         from benchmarks import reference, workload
-        from polycap.encoding import encode_images
+        from polycap.data.encoding import encode_images
 
         plan = self.plan
         encoder = self.models.encoder
@@ -319,7 +319,7 @@ class Bench:
     def train_run(self, data: TrainData, train_lm: bool) -> Result:
         """One polycap batch (bucketed, through ``Trainer``), then one reference batch (padded
         to the data set's longest caption), alternating over an epoch."""
-        from polycap.training import PhaseTimes
+        from polycap.train.trainer import PhaseTimes
 
         base = self.models.captioner
         ours = PolycapTraining(self, data, train_lm)
@@ -406,7 +406,7 @@ class TrainData:
     """The training benchmark's captions, features and batches, and the reference's padded
     data set."""
 
-    tokens: Any  # polycap.training.TokenizedSet
+    tokens: Any  # polycap.train.trainer.TokenizedSet
     features: Any
     dataset: Any  # reference.PaddedCaptions
     lengths: list[int]
@@ -421,8 +421,8 @@ class TrainData:
     @classmethod
     def build(cls, plan: Plan, base: Any, device: str) -> TrainData:
         from benchmarks import reference, workload
-        from polycap.batching import bucketed_batches
-        from polycap.training import TokenizedSet
+        from polycap.train.trainer import TokenizedSet
+        from polycap.util.batching import bucketed_batches
 
         n, batch_size = plan.train_captions, plan.train_batch
         lengths = workload.caption_lengths(n)
@@ -438,7 +438,7 @@ class TrainData:
 
     def collated(self, batch: list[int], model: Any) -> list[Any]:
         """polycap's inputs for ``batch`` (features, right-padded ids, mask) on the device."""
-        from polycap.training import collate
+        from polycap.train.trainer import collate
 
         inputs = collate(batch, self.tokens, self.features, model.pad_token_id)
         return [t.to(model.device) for t in inputs]
@@ -469,7 +469,7 @@ class PolycapTraining:
     ``train_batch`` + ``optimizer_step`` on length-bucketed batches."""
 
     def __init__(self, bench: Bench, data: TrainData, train_lm: bool) -> None:
-        from polycap.training import (
+        from polycap.train.trainer import (
             Fitting,
             PreparedData,
             TokenizedSet,

@@ -80,19 +80,19 @@ def run_split(
     """Train the tiny captioner on a compositional split (data and model seeded by ``seed``)
     and compare it with retrieval (and, with ``augmented``, with a retrieval-augmented
     captioner trained on a bank of the training captions); returns the
-    :class:`~polycap.compositional.SplitComparison`."""
+    :class:`~polycap.compare.compositional.SplitComparison`."""
     import torch
 
-    from polycap.captioning import encoder_for
-    from polycap.compositional import (
+    from polycap.compare.comparison import CompareSettings
+    from polycap.compare.compositional import (
         DEFAULT_HELDOUT_PAIRS,
         SPLIT_METRICS,
         compare_on_split,
         training_bank,
     )
-    from polycap.demo import build_tiny_models
-    from polycap.eval.compare import CompareSettings
-    from polycap.model import Captioner
+    from polycap.demo.runner import build_tiny_models
+    from polycap.inference.pipeline import encoder_for
+    from polycap.model.captioner import Captioner
     from polycap.offline.synthetic import make_synthetic_set
 
     pack = split_pack(language)
@@ -130,7 +130,7 @@ def _train(
     retrieval_bank: Path | None = None,
 ) -> Path:
     """The trained model's folder (``run/`` plain, ``run-augmented/`` with a bank)."""
-    from polycap.training import TrainConfig, train
+    from polycap.train.trainer import TrainConfig, train
 
     config = TrainConfig(
         language=pack.code,
@@ -243,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         section = report.Section("compositional", markdown(result), result)
         report.write([section], command.strip(), report.ROOT / "docs" / "retrieval.md", None)
     if args.output is not None:
-        from polycap.atomic import write_json
+        from polycap.util.atomic import write_json
 
         write_json(args.output, result, indent=2)
     return 0

@@ -96,7 +96,7 @@ def build_model(options: Any, workdir: Path) -> Any:
 def cases(options: Any, end_token_id: int) -> list[Case]:
     """The rows this run measures."""
     from benchmarks import workload
-    from polycap.generation import GenerationConfig
+    from polycap.model.generation import GenerationConfig
 
     n = 16 if options.quick else options.batch
     coco = workload.batch_lengths(n, median=MEDIAN, longest_ratio=LONGEST_RATIO)
@@ -151,7 +151,7 @@ def measure(case: Case, model: Any, features: Any, options: Any) -> dict[str, An
     import torch
 
     from benchmarks import peer, reference
-    from polycap.generation import generate_ids
+    from polycap.model.generation import generate_ids
 
     config, hook = case.config, case.hook
 
@@ -368,7 +368,7 @@ def step_costs(model: Any, features: Any, options: Any) -> dict[str, Any]:
     whole batch, and one step (after 8, best of 3) by rows in the batch, largest first."""
     import torch
 
-    from polycap.generation import CachedLM
+    from polycap.model.generation import CachedLM
 
     sizes = [n for n in (64, 48, 32, 24, 16, 12, 8, 4, 2, 1) if n <= features.shape[0]]
     decoder, steps = CachedLM(model.lm), {}

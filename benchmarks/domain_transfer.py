@@ -60,17 +60,17 @@ class TransferSetup:
 def run_seed(setup: TransferSetup, seed: int, workdir: Path) -> dict[str, float]:
     """Train plain + augmented on the palette without ``setup.colour``; their accuracy at
     naming the colour of test images of that colour (and of the other colours)."""
-    from polycap.augmented import caption_augmented
-    from polycap.captioning import encoder_for
-    from polycap.data import load_captions
-    from polycap.demo import build_tiny_models
-    from polycap.encoding import encode_images
-    from polycap.generation import GenerationConfig, caption_features
-    from polycap.model import Captioner
+    from polycap.data.captions import load_captions
+    from polycap.data.encoding import encode_images
+    from polycap.demo.runner import build_tiny_models
+    from polycap.inference.pipeline import encoder_for
+    from polycap.model.augmented import caption_augmented
+    from polycap.model.captioner import Captioner
+    from polycap.model.generation import GenerationConfig, caption_features
     from polycap.offline.synthetic import SHAPES, make_synthetic_set, score_captions
     from polycap.plugins import get_registries
     from polycap.retrieval.bank import Bank, BankOptions, build_bank
-    from polycap.training import TrainConfig, train
+    from polycap.train.trainer import TrainConfig, train
 
     pack = get_registries().languages.get(setup.language)
     held = [(setup.colour, shape) for shape in SHAPES]

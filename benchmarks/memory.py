@@ -4,7 +4,7 @@
 puts it into docs/benchmarks.md; ``make bench`` runs it through :func:`bench_section`):
 
 - encoding N images (a micro open_clip model) into a feature store, three times each
-  (:func:`polycap.features.encode_to_store`): rows streamed to disk chunk by chunk; the
+  (:func:`polycap.data.features.encode_to_store`): rows streamed to disk chunk by chunk; the
   table states the peak's growth between the larger sizes (and per image) and whether it is
   flat (under ``FLAT_MB``);
 - training reads from a store of R rows x 512: the streamed feature statistics over every
@@ -61,9 +61,9 @@ def encode_worker(argv: Sequence[str] | None = None) -> int:
     import open_clip
     import torch
 
-    from polycap.encoding import encode_images, load_encoder
-    from polycap.features import encode_to_store
-    from polycap.images import expand_image_paths
+    from polycap.data.encoding import encode_images, load_encoder
+    from polycap.data.features import encode_to_store
+    from polycap.data.images import expand_image_paths
 
     torch.set_num_threads(1)  # a micro model: one thread is fastest and the peak is the same
     open_clip.add_model_config(args.config)
@@ -116,10 +116,10 @@ def train_worker(argv: Sequence[str]) -> int:
     import torch
     import torch.nn.functional as F
 
-    from polycap.features import create_store
-    from polycap.mapping import MLPMapper
-    from polycap.model import streamed_mean_std
-    from polycap.training import TokenizedSet, collate
+    from polycap.data.features import create_store
+    from polycap.model.captioner import streamed_mean_std
+    from polycap.model.mapping import MLPMapper
+    from polycap.train.trainer import TokenizedSet, collate
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)

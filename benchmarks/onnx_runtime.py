@@ -6,7 +6,7 @@ The captioner is the benchmarks' GPT-2 (small by default, random weights, end to
 unreachable so every caption runs to the token cap; benchmarks/workload.py) behind ClipCap's
 MLP mapper; decoding starts from random CLIP features (the ONNX export is made with
 ``--no-encoder``: the image tower is not what is compared). Both runtimes go through the same
-decoding loops (polycap.generation.decode); only the model call differs. The timed runs
+decoding loops (polycap.model.generation.decode); only the model call differs. The timed runs
 alternate PyTorch, ONNX Runtime fp32 and int8, ``repeats`` times, and the best of each is kept,
 so a change of load on a shared machine hits all three alike. Both use the same number of
 threads. int8 is dynamic quantisation (int8 weights, activations quantised at run time); its
@@ -43,10 +43,10 @@ def bench_section(options: Any) -> Any:
 
     from benchmarks import workload
     from benchmarks.report import Section
-    from polycap.generation import GenerationConfig, generate_ids
-    from polycap.onnx_export import export_onnx
-    from polycap.onnx_runtime import OnnxCaptioner
-    from polycap.sharing import export_hf
+    from polycap.interop.onnx_export import export_onnx
+    from polycap.interop.onnx_runtime import OnnxCaptioner
+    from polycap.interop.sharing import export_hf
+    from polycap.model.generation import GenerationConfig, generate_ids
 
     threads = options.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -122,7 +122,7 @@ def bench_section(options: Any) -> Any:
 
 
 def _plans(options: Any) -> dict[str, tuple[int, Any]]:
-    from polycap.generation import GenerationConfig
+    from polycap.model.generation import GenerationConfig
 
     greedy = 8 if options.quick else min(options.batch, 32)
     beam = 2 if options.quick else 8

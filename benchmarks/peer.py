@@ -2,7 +2,7 @@
 
 ``lm.generate(inputs_embeds=prefix, ...)`` from transformers: batched, with a KV cache, rows
 kept in the batch until every row has finished. Same Captioner, same prefix, same strategy
-settings as polycap's :class:`~polycap.generation.GenerationConfig`; a polycap
+settings as polycap's :class:`~polycap.model.generation.GenerationConfig`; a polycap
 ``logits_hook`` runs inside ``generate`` as a logits processor (:func:`processor`).
 """
 

@@ -1,7 +1,7 @@
 """Images in, captions out: images/s, captions/s and the share of time per stage.
 
 Section ``pipeline``. COCO-sized JPEGs (640x480) go through polycap's path: read the file,
-decode it (Pillow, through :func:`polycap.images.decode_image`), preprocess (the encoder's own
+decode it (Pillow, through :func:`polycap.data.images.decode_image`), preprocess (the encoder's own
 transform), encode (open_clip ViT-B-32, random weights, batches of 64), then caption (greedy,
 coco-like lengths forced as in :mod:`benchmarks.decoding`). Each stage is timed on its own
 over the same images, one after the other; the end-to-end row is ``encode_images`` (reader
@@ -42,9 +42,9 @@ def bench_section(options: Any) -> Section:
     import torch
 
     from benchmarks import decoding, report, workload
-    from polycap.encoding import encode_images
-    from polycap.generation import GenerationConfig, generate_ids
-    from polycap.images import decode_image
+    from polycap.data.encoding import encode_images
+    from polycap.data.images import decode_image
+    from polycap.model.generation import GenerationConfig, generate_ids
 
     n = 16 if options.quick else 64
     device = options.device

@@ -1,8 +1,9 @@
 """Re-implementations of the ClipCap reference loops (rmokady/CLIP_prefix_caption).
 
 These are the baselines the benchmark measures polycap against. They follow the reference
-code's behaviour step for step, written against a polycap :class:`~polycap.model.Captioner`
-(its mapper and its Hugging Face causal LM) so that both sides run the same weights:
+code's behaviour step for step, written against a polycap
+:class:`~polycap.model.captioner.Captioner` (its mapper and its Hugging Face causal LM) so that
+both sides run the same weights:
 
 - :func:`greedy` is ``generate2`` (predict.py / the inference notebook): one image at a time;
   each step runs the LM over the *whole* sequence (prefix embeddings + every token so far,

@@ -3,7 +3,8 @@
 - the decoder: a GPT-2 of the chosen size (vocabulary 50257, like ``gpt2``), built from a
   ``GPT2Config`` and filled with GPT-2's initialisation (normal(0, 0.02), residual projections
   scaled by ``1/sqrt(2 * n_layer)``) — random weights, the shapes and costs of the real model;
-- the captioner: polycap's :class:`~polycap.model.Captioner` (English pack, a small byte-level
+- the captioner: polycap's :class:`~polycap.model.captioner.Captioner` (English pack, a small
+byte-level
   BPE tokenizer built on the spot, ClipCap's MLP mapper, prefix length 10) around that decoder;
 - the image encoder: open_clip ``ViT-B-32`` with ``pretrained=None`` (random weights);
 - inputs: random CLIP features, JPEG images of COCO size, captions whose token lengths have a
@@ -95,7 +96,7 @@ def make_end_unreachable(lm: Any, end_token_id: int) -> None:
 
 def build_captioner(size: str, clip_dim: int, workdir: Path, seed: int = 0) -> Any:
     """polycap's Captioner: English pack, a BPE tokenizer, ClipCap's MLP mapper, a GPT-2."""
-    from polycap.model import Captioner
+    from polycap.model.captioner import Captioner
     from polycap.offline import tiny
     from polycap.plugins import get_registries
 
@@ -135,7 +136,7 @@ def build_captioner(size: str, clip_dim: int, workdir: Path, seed: int = 0) -> A
 
 def build_encoder(name: str = ENCODER, device: str = "cpu", seed: int = 0) -> Any:
     """An open_clip encoder with random weights (``pretrained=None``) through polycap."""
-    from polycap.encoding import load_encoder
+    from polycap.data.encoding import load_encoder
 
     torch.manual_seed(seed)
     return load_encoder(name, pretrained=None, device=device)

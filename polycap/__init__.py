@@ -1,21 +1,27 @@
 """polycap: multilingual ClipCap-style image captioning with language packs as plugins.
 
-``polycap.load(model).caption(images)`` captions images from Python (see :mod:`polycap.api`).
+``polycap.load(model).caption(images)`` captions images from Python (see
+:mod:`polycap.inference.api`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from polycap import compat
+from polycap.version import __version__
+
 if TYPE_CHECKING:
-    from polycap.api import Captioner
+    from polycap.inference.api import Captioner
 
-__version__ = "0.1.0"
+__all__ = ["__version__", "load"]
+
+compat.install()
 
 
-def load(model: Any, device: str = "cpu") -> Captioner:
+def load(model: Any, device: str = "auto") -> Captioner:
     """Load a checkpoint, run folder, exported folder, ONNX export or Hub id for captioning:
     ``polycap.load("runs/ja").caption(["photo.jpg"], beams=3)``."""
-    from polycap.api import load as load_model
+    from polycap.inference.api import load as load_model
 
     return load_model(model, device=device)

@@ -19,3 +19,18 @@ class UnknownName(PolycapError):
 
 class DuplicateName(PolycapError):
     """Two plugins registered the same name in one registry."""
+
+
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """The first line of ``error``'s message (its class name when it has none), at most
+    ``limit`` characters: what one-line error messages quote of a library's exception."""
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line if limit is None else line[:limit]
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr."""
+    import sys
+
+    print(f"Warning: {message}", file=sys.stderr)

@@ -41,7 +41,8 @@ def register_metrics(register: Register) -> None:
 
 @hookspec
 def register_caption_formats(register: Register) -> None:
-    """Register caption-file formats: ``register(name, CaptionFormat)`` (see ``polycap.data``)."""
+    """Register caption-file formats: ``register(name, CaptionFormat)`` (see
+    ``polycap.data.captions``)."""
 
 
 @hookspec

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polycap.errors import BadInput
+from polycap.errors import BadInput, first_line
 
 _SPACES = re.compile(r"\s+")
 DEFAULT_RETRIEVAL_PROMPT = "Similar images show: {captions}. This image shows:"
@@ -48,7 +48,8 @@ class LanguagePack:
     tokenizer_kind: str = "bpe"  # which tiny tokenizer family stands in for the real one offline
     demo: DemoLexicon | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
-    # retrieval-augmented captioning (polycap.augmented): the text put between the image prefix
+    # retrieval-augmented captioning (polycap.model.augmented): the text put between the image
+    # prefix
     # and the caption; ``{captions}`` is replaced by the retrieved captions joined by
     # ``caption_separator``. Packs write it in their own language.
     retrieval_prompt: str = DEFAULT_RETRIEVAL_PROMPT
@@ -57,14 +58,14 @@ class LanguagePack:
     # -- loading -------------------------------------------------------------------------
     def load_tokenizer(self, name_or_path: str) -> Any:
         """The decoder's tokenizer, by hub id, local directory or ``.gguf`` file."""
-        from polycap.decoders import load_auto_tokenizer
+        from polycap.model.decoders import load_auto_tokenizer
 
         return load_pretrained(load_auto_tokenizer, name_or_path, "tokenizer")
 
     def load_decoder(self, name_or_path: str, dtype: Any = None) -> Any:
         """The causal LM (any ``AutoModelForCausalLM``), by hub id, local directory or
-        ``.gguf`` file (de-quantised; see :mod:`polycap.decoders`)."""
-        from polycap.decoders import load_causal_lm
+        ``.gguf`` file (de-quantised; see :mod:`polycap.model.decoders`)."""
+        from polycap.model.decoders import load_causal_lm
 
         return load_pretrained(load_causal_lm, name_or_path, "decoder", dtype=dtype)
 
@@ -135,10 +136,10 @@ def load_pretrained(loader: Callable[..., Any], name_or_path: str, what: str, **
         return loader(name_or_path, **kwargs)
     except SafetensorError as error:
         raise BadInput(
-            f"{_weights_file(name_or_path)}: corrupt or truncated weights ({_first_line(error)})"
+            f"{_weights_file(name_or_path)}: corrupt or truncated weights ({first_line(error)})"
         ) from None
     except (OSError, ValueError) as error:
-        raise BadInput(f"cannot load {what} {name_or_path!r}: {_first_line(error)}") from error
+        raise BadInput(f"cannot load {what} {name_or_path!r}: {first_line(error)}") from error
 
 
 def looks_like_a_path(name_or_path: str) -> bool:
@@ -152,8 +153,3 @@ def _weights_file(name_or_path: str) -> Path:
     folder = Path(name_or_path).expanduser()
     files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
     return files[0] if len(files) == 1 else folder
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -25,7 +25,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import polycap
 from polycap.errors import BadInput, PolycapError, UnknownName
 from polycap.plugins import (
     BUILTIN_PLUGINS,
@@ -34,6 +33,7 @@ from polycap.plugins import (
     PluginHost,
     canonical_name,
 )
+from polycap.version import __version__, package_version
 
 CURATED: dict[str, str] = {"ja": "polycap-ja", "ru": "polycap-ru", "zh": "polycap-zh"}
 _SHORT_NAME = re.compile(r"^[A-Za-z]{2,3}$")
@@ -68,7 +68,7 @@ class Target:
 
 def checkout_languages() -> Path | None:
     """``<checkout>/languages`` when polycap runs from a source checkout, else ``None``."""
-    languages = Path(polycap.__file__).resolve().parents[1] / "languages"
+    languages = Path(__file__).resolve().parents[1] / "languages"
     return languages if languages.is_dir() else None
 
 
@@ -186,7 +186,7 @@ def plugin_records(host: Any, with_provides: bool = True) -> list[dict[str, Any]
         {
             "name": info.name,
             "distribution": info.distribution or "polycap (built in)",
-            "version": info.version or polycap.__version__,
+            "version": info.version or __version__,
             "hooks": info.hooks,
             "provides": provided.get(info.name, []),
             "error": info.error,
@@ -265,10 +265,7 @@ def _have_setuptools() -> bool:
 
 
 def installed_distribution_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    return package_version(name)
 
 
 def installed_distribution(name: str) -> str | None:
@@ -346,7 +343,7 @@ def pack_names(code: str, name: str | None = None) -> dict[str, str]:
         "distribution": "polycap-" + code.replace("_", "-"),
         "module": "polycap_" + code.replace("-", "_"),
         "class_name": class_name,
-        "polycap_version": polycap.__version__,
+        "polycap_version": __version__,
     }
 
 

@@ -15,7 +15,6 @@ import importlib
 import importlib.metadata
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -23,17 +22,14 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from polycap import hookspecs
-from polycap.errors import DuplicateName
+from polycap.errors import DuplicateName, warn
 from polycap.registry import Registry
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from polycap.data import CaptionFormat
-    from polycap.encoding import ImageEncoder
-    from polycap.eval.runner import Metric
     from polycap.language import LanguagePack
-    from polycap.retrieval.backends import IndexBackend
+    from polycap.parts import CaptionFormat, ImageEncoder, IndexBackend, Metric
 
     EncoderLoader = Callable[[str, str | None, str], ImageEncoder]
     MapperClass = Callable[..., Any]  # cls(clip_dim, lm_dim, prefix_length, **options) -> Module
@@ -230,11 +226,6 @@ def canonical_name(distribution: str) -> str:
 def hook_label(function: Any) -> str:
     """The hook's name, for messages."""
     return getattr(function, "__name__", "hook")
-
-
-def warn(message: str) -> None:
-    """One yellow warning line on stderr."""
-    print(f"Warning: {message}", file=sys.stderr)
 
 
 @cache

@@ -16,10 +16,10 @@ from pathlib import Path
 def main() -> None:
     import torch
 
-    from polycap.distributed import processes
-    from polycap.encoding import load_encoder
-    from polycap.features import encode_to_store
+    from polycap.data.encoding import load_encoder
+    from polycap.data.features import encode_to_store
     from polycap.offline import tiny
+    from polycap.util.distributed import processes
 
     torch.set_num_threads(1)
     if sys.argv[1:] == ["die"]:

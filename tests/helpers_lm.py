@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from polycap.batching import pad_right
 from polycap.hookspecs import hookimpl
 from polycap.language import LanguagePack
+from polycap.util.batching import pad_right
 
 END = "<|endoftext|>"
 COLOURS = ["red", "green", "blue", "yellow"]
@@ -148,7 +148,7 @@ def new_captioner(
     registries: Any = None,
 ) -> Any:
     """A fresh (random) captioner over the tiny LM, loaded through the pack's loaders."""
-    from polycap.model import Captioner
+    from polycap.model.captioner import Captioner
 
     pack = pack or english_pack()
     registries = registries or make_registries(pack)

@@ -26,8 +26,8 @@ def build_checkpoint(language: str, captions: list[str], root: Path, seed: int =
 
 def build_bank(captions_file: Path, checkpoint: Path, out: Path, language: str) -> Path:
     """A caption bank built with the checkpoint's own (tiny) encoder."""
-    from polycap.captioning import encoder_for, load_captioner
-    from polycap.data import load_captions
+    from polycap.data.captions import load_captions
+    from polycap.inference.pipeline import encoder_for, load_captioner
     from polycap.plugins import get_registries
     from polycap.retrieval.bank import build_bank as build
 

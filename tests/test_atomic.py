@@ -1,4 +1,4 @@
-"""Atomic writes and folder swaps (polycap.atomic): the old state survives a failed write."""
+"""Atomic writes and folder swaps (polycap.util.atomic): the old state survives a failed write."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from polycap.atomic import atomic_file, atomic_folder, write_json, write_text
+from polycap.util.atomic import atomic_file, atomic_folder, write_json, write_text
 
 
 def test_failed_file_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:
@@ -40,8 +40,8 @@ def test_folder_swap_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
 
 
 def test_writability_is_checked_with_one_line_naming_the_option(tmp_path: Path) -> None:
-    from polycap.atomic import check_writable_file, check_writable_folder
     from polycap.errors import BadInput
+    from polycap.util.atomic import check_writable_file, check_writable_folder
 
     a_file = write_text(tmp_path / "taken", "x")
     with pytest.raises(BadInput, match=f"^--output {a_file}: is a file, not a folder$"):
@@ -58,8 +58,8 @@ def test_writability_is_checked_with_one_line_naming_the_option(tmp_path: Path) 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_a_read_only_folder_is_refused(tmp_path: Path) -> None:
-    from polycap.atomic import check_writable_file
     from polycap.errors import BadInput
+    from polycap.util.atomic import check_writable_file
 
     locked = tmp_path / "locked"
     locked.mkdir()

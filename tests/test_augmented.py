@@ -10,9 +10,9 @@ import pytest
 import torch
 from helpers_lm import new_captioner, torch_threads, trained_captioner
 
-from polycap.augmented import generate_augmented_ids, left_padded
 from polycap.errors import BadInput
-from polycap.generation import GenerationConfig
+from polycap.model.augmented import generate_augmented_ids, left_padded
+from polycap.model.generation import GenerationConfig
 
 MAX = 10
 

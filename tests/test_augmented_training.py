@@ -23,8 +23,8 @@ def english():
 @pytest.fixture(scope="module")
 def trained(english, tiny_clip, tmp_path_factory: pytest.TempPathFactory):
     """A synthetic split, a bank of its training captions, a model trained with it (CLI)."""
-    from polycap.data import load_captions
-    from polycap.encoding import load_encoder
+    from polycap.data.captions import load_captions
+    from polycap.data.encoding import load_encoder
     from polycap.offline import tiny
     from polycap.offline.synthetic import make_synthetic_set
     from polycap.retrieval.bank import build_bank
@@ -94,7 +94,7 @@ def model_dir(trained, tiny_clip, tmp_path_factory) -> Path:
 
 
 def test_the_checkpoint_records_bank_and_template(model_dir, trained, english) -> None:
-    from polycap.augmented import bank_identity
+    from polycap.model.augmented import bank_identity
     from polycap.retrieval.bank import Bank
 
     record = json.loads((model_dir / "polycap.json").read_text())["retrieval"]
@@ -109,8 +109,8 @@ def test_the_checkpoint_records_bank_and_template(model_dir, trained, english) -
 def test_training_prompts_never_hold_an_images_own_references(model_dir, trained, english):
     """The bank holds every training image: unfiltered, an image's nearest neighbour is itself,
     so its own captions would lead its prompt."""
-    from polycap.augmented import neighbour_captions, training_neighbours
-    from polycap.features import Features
+    from polycap.data.features import Features
+    from polycap.model.augmented import neighbour_captions, training_neighbours
     from polycap.retrieval.bank import Bank
 
     bank = Bank.open(trained["root"] / "bank")
@@ -171,11 +171,11 @@ def test_a_twin_images_copies_of_the_references_are_excluded_too(trained, englis
     """The bank holds an exact copy of the image under another name (the same photo in another
     folder), with the same captions: no bank entry is the image itself, yet the twin's
     captions are its references and must not be retrieved."""
-    from polycap.atomic import write_json
-    from polycap.augmented import training_neighbours
-    from polycap.data import load_captions
-    from polycap.features import encode_to_store
+    from polycap.data.captions import load_captions
+    from polycap.data.features import encode_to_store
+    from polycap.model.augmented import training_neighbours
     from polycap.retrieval.bank import Bank, build_bank
+    from polycap.util.atomic import write_json
 
     split = trained["split"]
     names = split.train_images[:6]
@@ -254,9 +254,9 @@ def test_compare_shows_three_methods(model_dir, plain_dir, trained, capsys, tmp_
 
 
 def test_the_compositional_split_compares_three_methods(model_dir, plain_dir, trained, english):
-    from polycap.compositional import compare_on_split
-    from polycap.eval.compare import CompareSettings
-    from polycap.model import Captioner
+    from polycap.compare.comparison import CompareSettings
+    from polycap.compare.compositional import compare_on_split
+    from polycap.model.captioner import Captioner
 
     result = compare_on_split(
         english,

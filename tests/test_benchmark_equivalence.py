@@ -16,7 +16,7 @@ import pytest
 import torch
 from helpers_lm import new_captioner
 
-from polycap.generation import GenerationConfig, generate_ids
+from polycap.model.generation import GenerationConfig, generate_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # benchmarks/ lives beside polycap/, not installed
@@ -89,7 +89,7 @@ def test_beam_ranking_matches_generate_beam(trained) -> None:
 
 
 def test_features_match_one_image_per_caption(tiny_clip, tmp_path: Path) -> None:
-    from polycap.encoding import encode_images, load_encoder
+    from polycap.data.encoding import encode_images, load_encoder
 
     encoder = load_encoder(tiny_clip.name, pretrained=tiny_clip.weights)
     images = workload.write_images(tmp_path, 3, size=(48, 40))
@@ -114,8 +114,8 @@ def test_reference_pads_every_caption_to_the_longest() -> None:
 
 
 def test_training_loss_and_gradients_match_for_the_same_batch() -> None:
-    from polycap.batching import bucketed_batches
-    from polycap.training import TokenizedSet, collate
+    from polycap.train.trainer import TokenizedSet, collate
+    from polycap.util.batching import bucketed_batches
 
     model = new_captioner(prefix_length=4, seed=2).train()
     lengths = workload.caption_lengths(24, median=5, seed=1)

@@ -14,7 +14,7 @@ from polycap.errors import BadInput
 
 
 def _captioner_on(encoder, registries, prefix_length: int = 2):
-    from polycap.model import Captioner
+    from polycap.model.captioner import Captioner
 
     pack = english_pack()
     tokenizer_dir, lm_dir = lm_files()
@@ -32,10 +32,10 @@ def _captioner_on(encoder, registries, prefix_length: int = 2):
 def test_a_checkpoint_loads_from_any_folder_and_carries_its_encoder(
     tmp_path: Path, tiny_clip, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from polycap.captioning import caption_images
-    from polycap.encoding import load_encoder
-    from polycap.generation import GenerationConfig
-    from polycap.model import Captioner
+    from polycap.data.encoding import load_encoder
+    from polycap.inference.pipeline import CaptionPipeline
+    from polycap.model.captioner import Captioner
+    from polycap.model.generation import GenerationConfig
 
     work = tmp_path / "work"
     work.mkdir()
@@ -60,7 +60,9 @@ def test_a_checkpoint_loads_from_any_folder_and_carries_its_encoder(
     image = elsewhere / "photo.png"
     Image.new("RGB", (40, 40), (10, 200, 30)).save(image)
     model = Captioner.load(moved / "run" / "final", registries=registries)
-    done = caption_images(model, [image], GenerationConfig(max_length=4), progress=False)
+    done = CaptionPipeline(model).caption_files(
+        [image], GenerationConfig(max_length=4), progress=False
+    )
     assert done.paths == [image] and len(done.captions[0]) == 1
     # a checkpoint saved from the loaded model bundles the weights again
     model.save(elsewhere / "copy")

@@ -11,7 +11,7 @@ from PIL import Image
 from tiny_setup import tiny_captioner
 
 from polycap.builtin.english import ENGLISH
-from polycap.images import DEFAULT_MAX_PIXELS, set_max_pixels
+from polycap.data.images import DEFAULT_MAX_PIXELS, set_max_pixels
 
 CAPTIONS = ["a red circle", "two blue squares", "a green triangle", "three yellow circles"] * 5
 
@@ -191,7 +191,7 @@ def test_caption_file_naming_an_image_outside_its_folder(capsys, tmp_path, tiny_
     try:
         result = run_cli([*args, "--allow-outside-images"], capsys)
     finally:
-        from polycap.data import allow_images_outside
+        from polycap.data.captions import allow_images_outside
 
         allow_images_outside(False)  # the option sets a process-wide default
     assert result.code == 0, result.err

@@ -12,10 +12,10 @@ from cli_runner import run_cli
 from clipcap_reference import ClipCaptionModel, fit, generate2, generate_beam
 from helpers_lm import CLIP_DIM, lm_files, torch_threads
 
-from polycap.clipcap import import_clipcap
 from polycap.errors import BadInput
-from polycap.generation import GenerationConfig, caption_features, generate_ids
-from polycap.model import Captioner
+from polycap.interop.clipcap import import_clipcap
+from polycap.model.captioner import Captioner
+from polycap.model.generation import GenerationConfig, caption_features, generate_ids
 
 ENTRY_LENGTH = 16  # generate2 / generate_beam's entry_length (67 officially; tiny LM: 64 positions)
 CAPTIONS = [

@@ -17,10 +17,10 @@ from polycap.plugins import get_registries
 def setup(english, tiny_clip, tmp_path_factory: pytest.TempPathFactory):
     """A synthetic split with held-out pairs, a bank of its training captions, and an
     untrained tiny captioner on the same encoder (saved as a checkpoint)."""
-    from polycap.compositional import DEFAULT_HELDOUT_PAIRS
-    from polycap.data import load_captions
-    from polycap.encoding import load_encoder
-    from polycap.model import Captioner
+    from polycap.compare.compositional import DEFAULT_HELDOUT_PAIRS
+    from polycap.data.captions import load_captions
+    from polycap.data.encoding import load_encoder
+    from polycap.model.captioner import Captioner
     from polycap.offline import tiny
     from polycap.offline.synthetic import make_synthetic_set
     from polycap.retrieval.bank import Bank, build_bank
@@ -50,9 +50,9 @@ def setup(english, tiny_clip, tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_compare_side_by_side(setup, english, tmp_path: Path) -> None:
-    from polycap.eval.compare import CompareSettings, compare
-    from polycap.eval.methods import RetrievalOptions
-    from polycap.generation import GenerationConfig
+    from polycap.compare.comparison import CompareSettings, compare
+    from polycap.compare.methods import RetrievalOptions
+    from polycap.model.generation import GenerationConfig
 
     result = compare(
         setup["heldout"],
@@ -108,7 +108,7 @@ def test_novelty_and_diversity_helpers() -> None:
 
 
 def test_unseen_pair_accuracy_groups_images(english) -> None:
-    from polycap.compositional import unseen_pair_accuracy
+    from polycap.compare.compositional import unseen_pair_accuracy
 
     truths = {
         "a.png": ("red", "triangle", 1),
@@ -124,8 +124,8 @@ def test_unseen_pair_accuracy_groups_images(english) -> None:
 
 
 def test_compare_refuses_mismatches(setup, english) -> None:
-    from polycap.encoding import load_encoder
-    from polycap.eval.compare import CompareSettings, compare
+    from polycap.compare.comparison import CompareSettings, compare
+    from polycap.data.encoding import load_encoder
 
     other = load_encoder(setup["bank"].encoder["name"], pretrained=None)
     other.cache_key = "open_clip:something-else"

@@ -10,8 +10,9 @@ from PIL import Image
 
 from polycap import plugins
 from polycap.builtin import formats
-from polycap.data import CaptionRecord, CaptionSet, load_captions, split_by_image
+from polycap.data.captions import CaptionSet, load_captions, split_by_image
 from polycap.errors import BadInput, UnknownName
+from polycap.parts import CaptionRecord
 
 
 @pytest.fixture(autouse=True)
@@ -352,7 +353,7 @@ def test_images_outside_the_image_folder_are_refused(tmp_path: Path, fmt: str, h
 
 
 def test_dotdot_that_stays_inside_and_the_process_setting(tmp_path: Path) -> None:
-    from polycap.data import allow_images_outside
+    from polycap.data.captions import allow_images_outside
 
     _images(tmp_path / "pics" / "sub", ["a.png"])
     (other,) = _images(tmp_path / "other", ["b.png"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from polycap.demo import DemoOptions, run_demo
+from polycap.demo.runner import DemoOptions, run_demo
 
 
 @pytest.mark.slow

@@ -14,16 +14,16 @@ from PIL import Image
 
 from polycap import plugins
 from polycap.builtin import encoders
-from polycap.encoding import (
+from polycap.data.encoding import (
     EncodedImages,
-    ImageEncoder,
     default_cache_dir,
     encode_images,
     load_encoder,
     parse_spec,
 )
+from polycap.data.images import load_image
 from polycap.errors import BadInput, UnknownName
-from polycap.images import load_image
+from polycap.parts import ImageEncoder
 
 
 @pytest.fixture(autouse=True)
@@ -99,12 +99,12 @@ def test_load_encoder_from_local_weights(tiny_clip: TinyClip, encoder: ImageEnco
 
 
 def test_encoder_spec_is_the_one_record_saved_and_reopened(encoder: ImageEncoder) -> None:
-    from polycap.encoding import EncoderSpec
+    from polycap.parts import EncoderSpec
 
     spec = encoder.encoder_spec
     assert EncoderSpec.from_json(spec.to_json()) == spec
     assert "cache_key" not in spec.to_json(cache_key=False)
-    reopened = spec.load()
+    reopened = spec.load(plugins.get_registries())
     assert type(reopened) is type(encoder) and reopened.encoder_spec == spec
     with pytest.raises(BadInput, match="without a 'name'"):
         EncoderSpec.from_json({"backend": "open_clip"})

@@ -259,8 +259,8 @@ def shapes(tmp_path_factory: pytest.TempPathFactory):
 def test_clipscore_follows_hessel_et_al(shapes, tiny_clip) -> None:
     import torch
 
-    from polycap.data import load_captions
-    from polycap.encoding import encode_images, load_encoder
+    from polycap.data.captions import load_captions
+    from polycap.data.encoding import encode_images, load_encoder
 
     refs = load_captions(shapes.train_file)
     images = refs.images()
@@ -304,7 +304,7 @@ def write_predictions(path: Path, refs, transform=lambda name: name) -> Path:
 
 
 def test_prediction_formats(tmp_path: Path, shapes) -> None:
-    from polycap.data import load_captions
+    from polycap.data.captions import load_captions
 
     refs = load_captions(shapes.train_file)
     images = refs.images()
@@ -342,7 +342,7 @@ def test_prediction_formats(tmp_path: Path, shapes) -> None:
 
 
 def test_predictions_that_do_not_match_the_references(tmp_path: Path, shapes) -> None:
-    from polycap.data import load_captions
+    from polycap.data.captions import load_captions
 
     refs = load_captions(shapes.train_file)
     unknown = write_predictions(
@@ -371,7 +371,7 @@ def test_predictions_that_do_not_match_the_references(tmp_path: Path, shapes) ->
 
 
 def test_cli_eval_predictions_json(tmp_path: Path, shapes, capsys) -> None:
-    from polycap.data import load_captions
+    from polycap.data.captions import load_captions
 
     refs = load_captions(shapes.train_file)
     predictions = write_predictions(tmp_path / "preds.json", refs)
@@ -415,7 +415,7 @@ def test_cli_eval_predictions_json(tmp_path: Path, shapes, capsys) -> None:
 
 
 def test_cli_eval_bad_input(tmp_path: Path, shapes, capsys) -> None:
-    from polycap.data import load_captions
+    from polycap.data.captions import load_captions
 
     refs = load_captions(shapes.train_file)
     predictions = write_predictions(
@@ -445,7 +445,7 @@ def test_cli_eval_bad_input(tmp_path: Path, shapes, capsys) -> None:
 
 
 def test_clipscore_does_not_start_a_download_by_default(shapes) -> None:
-    from polycap.data import load_captions
+    from polycap.data.captions import load_captions
     from polycap.eval.metrics.clipscore import weights_cached
 
     options = ClipOptions()  # xlm-roberta-base-ViT-B-32 / laion5b_s13b_b90k

@@ -14,11 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from polycap.distributed import Processes
-from polycap.encoding import encode_images, load_encoder
+from polycap.data.encoding import encode_images, load_encoder
+from polycap.data.features import MATRIX, Features, encode_to_store
 from polycap.errors import BadInput
-from polycap.features import MATRIX, Features, encode_to_store
 from polycap.offline import tiny
+from polycap.util.distributed import Processes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,7 +137,7 @@ def test_the_image_list_is_kept_as_positions_not_as_a_second_list() -> None:
     and needs under 64 bytes per image while it runs: no set of path strings, no new Paths."""
     import tracemalloc
 
-    from polycap.features import _ImageList
+    from polycap.data.features import _ImageList
 
     given = [Path(f"/data/images/{index:06d}.jpg") for index in range(20_000)]
     given.append(Path("/data/images/../images/000007.jpg"))
@@ -248,8 +248,8 @@ def test_a_process_that_dies_is_one_line_not_a_hang(clip, tmp_path: Path) -> Non
 
 
 def test_streamed_statistics_equal_the_whole_tensor_and_stores_from_blocks(tmp_path) -> None:
-    from polycap.features import create_store
-    from polycap.model import streamed_mean_std
+    from polycap.data.features import create_store
+    from polycap.model.captioner import streamed_mean_std
 
     rows = torch.randn(103, 16, generator=torch.Generator().manual_seed(0)) * 3 + 1
     store = create_store(

@@ -7,7 +7,7 @@ import torch
 from helpers_lm import new_captioner
 
 from polycap.errors import BadInput
-from polycap.generation import (
+from polycap.model.generation import (
     GenerationConfig,
     _reorder_cache,
     caption_features,
@@ -170,7 +170,7 @@ def test_beam_search_equals_a_plain_reference_when_beams_diverge(branching, use_
 
 
 def test_beam_width_one_is_greedy(trained, random_model, branching) -> None:
-    from polycap.generation import _Decoder
+    from polycap.model.generation import _Decoder
 
     cases = ((trained[0], trained[1]), (random_model, features_for(4)), branching)
     for model, features in cases:
@@ -273,8 +273,8 @@ def _random_cache(rows: int, layers: int = 2):
 def test_rows_leave_the_cache_in_place(done) -> None:
     """Finished rows leave by a compaction (fill_holes): the cache then holds exactly what a
     gather of those rows holds, only the moved rows having been copied, in the same tensors."""
-    from polycap.generation import fill_holes
-    from polycap.kv_cache import compaction
+    from polycap.model.generation import fill_holes
+    from polycap.model.kv_cache import compaction
 
     order = fill_holes(done)
     assert sorted(order) == [i for i, flag in enumerate(done) if not flag]

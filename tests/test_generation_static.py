@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from polycap.errors import BadInput
-from polycap.generation import GenerationConfig, StaticCachedLM, decode, generate_ids
+from polycap.model.generation import GenerationConfig, StaticCachedLM, decode, generate_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

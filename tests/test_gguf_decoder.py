@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from polycap.builtin.english import ENGLISH
-from polycap.decoders import is_gguf
-from polycap.encoding import EncoderSpec
-from polycap.model import Captioner
+from polycap.model.captioner import Captioner
+from polycap.model.decoders import is_gguf
+from polycap.parts import EncoderSpec
 
 
 def smollm2_gguf() -> Path:

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from polycap.errors import BadInput
-from polycap.images import (
+from polycap.data.images import (
     DEFAULT_MAX_PIXELS,
     expand_image_paths,
     load_image,
     max_pixels,
     set_max_pixels,
 )
+from polycap.errors import BadInput
 
 
 def _save(

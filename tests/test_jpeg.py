@@ -12,11 +12,12 @@ import torch
 from conftest import TinyClip
 from PIL import Image
 
-from polycap import images, plugins
+from polycap import plugins
 from polycap.builtin import encoders
-from polycap.encoding import encode_images, load_encoder
+from polycap.data import images
+from polycap.data.encoding import encode_images, load_encoder
+from polycap.data.images import TooManyPixels, decode_image, jpeg_decoder, set_jpeg_decoder
 from polycap.errors import BadInput
-from polycap.images import TooManyPixels, decode_image, jpeg_decoder, set_jpeg_decoder
 
 
 @pytest.fixture(autouse=True)

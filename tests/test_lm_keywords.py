@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers_lm import collate, new_captioner
 
-from polycap.lm_keywords import LMKeywords
+from polycap.model.lm_keywords import LMKeywords
 
 TEXTS = ["a red square", "three yellow squares on a dark background", "a blue circle"]
 

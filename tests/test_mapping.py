@@ -10,7 +10,7 @@ import torch
 from helpers_lm import english_pack, make_registries
 
 from polycap.errors import BadInput
-from polycap.mapping import LinearMapper, MLPMapper, TransformerMapper
+from polycap.model.mapping import LinearMapper, MLPMapper, TransformerMapper
 
 CLIP, LM, PREFIX = 12, 16, 5
 

@@ -19,8 +19,8 @@ from helpers_lm import (
 
 import polycap
 from polycap.errors import BadInput, UnknownName
-from polycap.generation import GenerationConfig, caption_features
-from polycap.model import Captioner
+from polycap.model.captioner import Captioner
+from polycap.model.generation import GenerationConfig, caption_features
 
 TEXTS = ["a red square", "three yellow squares on a dark background", "a blue circle"]
 

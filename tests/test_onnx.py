@@ -19,7 +19,7 @@ from helpers_lm import (
 )
 
 from polycap.errors import BadInput
-from polycap.generation import GenerationConfig, caption_features, generate_ids
+from polycap.model.generation import GenerationConfig, caption_features, generate_ids
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -29,8 +29,8 @@ MAX = 12
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple:
-    from polycap.onnx_export import export_onnx
-    from polycap.onnx_runtime import OnnxCaptioner
+    from polycap.interop.onnx_export import export_onnx
+    from polycap.interop.onnx_runtime import OnnxCaptioner
 
     model, features, texts = trained_captioner()
     folder = export_onnx(model, tmp_path_factory.mktemp("onnx") / "export", encoder=None)
@@ -73,8 +73,8 @@ def test_onnx_captions_are_the_learnt_texts(exported) -> None:
 
 
 def test_onnx_untrained_model_runs_to_the_token_cap_like_pytorch(tmp_path: Path) -> None:
-    from polycap.onnx_export import export_onnx
-    from polycap.onnx_runtime import OnnxCaptioner
+    from polycap.interop.onnx_export import export_onnx
+    from polycap.interop.onnx_runtime import OnnxCaptioner
 
     model = new_captioner(seed=5, prefix_length=3).eval()
     folder = export_onnx(model, tmp_path / "random", encoder=None)
@@ -106,7 +106,7 @@ def test_onnx_without_an_encoder_says_so(exported) -> None:
 def test_a_broken_export_is_one_clear_line(exported, tmp_path: Path) -> None:
     import shutil
 
-    from polycap.onnx_runtime import OnnxCaptioner
+    from polycap.interop.onnx_runtime import OnnxCaptioner
 
     _, _, _, _, folder = exported
     broken = tmp_path / "broken"

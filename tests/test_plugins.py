@@ -184,7 +184,7 @@ def test_help_loads_plugins_but_not_the_built_in_parts():
     probe = (
         "import sys, polycap.cli as cli; from polycap.plugins import get_host; "
         "get_host().register_commands(cli.app); "
-        "print(sorted(m for m in ('torch', 'transformers', 'open_clip', 'polycap.encoding', "
+        "print(sorted(m for m in ('torch', 'transformers', 'open_clip', 'polycap.data.encoding', "
         "'polycap.builtin.encoders') if m in sys.modules))"
     )
     done = subprocess.run(

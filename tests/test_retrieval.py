@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from cli_runner import flat, run_cli
 
-from polycap.data import CaptionSet, load_captions
+from polycap.data.captions import CaptionSet, load_captions
 from polycap.errors import BadInput
 from polycap.retrieval.bank import Bank, build_bank
 from polycap.retrieval.search import consensus_order, retrieve, retrieve_images, top_k
@@ -24,7 +24,7 @@ def shapes(english, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def encoder(tiny_clip):
-    from polycap.encoding import load_encoder
+    from polycap.data.encoding import load_encoder
 
     return load_encoder(tiny_clip.name, pretrained=tiny_clip.weights)
 
@@ -39,7 +39,7 @@ def bank(shapes, encoder, english, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def features_of(encoder, paths):
-    from polycap.encoding import encode_images
+    from polycap.data.encoding import encode_images
 
     return encode_images(encoder, paths, progress=False).features
 
@@ -146,7 +146,7 @@ def test_unreadable_images_are_skipped_when_indexing(
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     records = list(refs.records)
-    from polycap.data import CaptionRecord
+    from polycap.parts import CaptionRecord
 
     records.append(CaptionRecord(broken, "a broken picture", "broken"))
     stats = build_bank(
@@ -181,7 +181,7 @@ def test_empty_and_bad_banks(tmp_path: Path, bank, encoder, english) -> None:
 
 
 def test_retrieve_images_checks_the_encoder(bank, tmp_path: Path, shapes) -> None:
-    from polycap.encoding import load_encoder
+    from polycap.data.encoding import load_encoder
 
     other = load_encoder(bank.encoder["name"], pretrained=None)  # same shape, other weights
     other.cache_key = "open_clip:other"
@@ -277,7 +277,7 @@ def test_a_bank_built_with_a_plugin_encoder_reopens_with_that_encoder(
     host = plugins.PluginHost(load_entry_points=False)
     host.add_plugin(types.SimpleNamespace(register_encoders=register_encoders), "polycap-toy")
     monkeypatch.setattr(plugins, "get_host", lambda: host)
-    from polycap.encoding import load_encoder
+    from polycap.data.encoding import load_encoder
 
     encoder = load_encoder(f"toy:{tiny_clip.name}", pretrained=tiny_clip.weights)
     assert isinstance(encoder, ToyEncoder) and encoder.spec == f"toy:{tiny_clip.name}"

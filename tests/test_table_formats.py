@@ -12,8 +12,8 @@ import pytest
 from cli_runner import run_cli
 
 from polycap.builtin.english import ENGLISH
-from polycap.data import embedded_images_dir, load_captions, set_table_columns
-from polycap.demo import build_tiny_models
+from polycap.data.captions import embedded_images_dir, load_captions, set_table_columns
+from polycap.demo.runner import build_tiny_models
 from polycap.errors import BadInput
 from polycap.offline.synthetic import make_synthetic_set
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from polycap.builtin.english import ENGLISH
-from polycap.demo import build_tiny_models
+from polycap.demo.runner import build_tiny_models
 from polycap.errors import BadInput, UnknownName
 from polycap.offline.synthetic import make_synthetic_set
-from polycap.training import TRAINER_STATE, TrainConfig, train
+from polycap.train.trainer import TRAINER_STATE, TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_training_lowers_the_loss_and_writes_checkpoints(tiny_setup, tmp_path):
     recorded = json.loads((result.model_dir / "polycap.json").read_text())
     assert recorded["training"]["epochs"] == 3 and recorded["language"] == "en"
     assert recorded["standardize_features"] is True
-    from polycap.model import Captioner
+    from polycap.model.captioner import Captioner
 
     reloaded = Captioner.load(result.model_dir)
     assert reloaded.feature_mean is not None and reloaded.feature_mean.shape == (64,)
@@ -107,11 +107,11 @@ def test_caption_file_whose_images_are_all_corrupt_is_bad_input(tiny_setup, tmp_
 def test_validation_cider_d_is_the_score_caption_and_eval_give(tiny_setup, tmp_path):
     """The last epoch's validation CIDEr-D (``--eval-metrics``) is the score that captioning the
     validation images with the final model and scoring them independently gives."""
-    from polycap.captioning import caption_images
-    from polycap.data import load_captions, split_by_image
+    from polycap.data.captions import load_captions, split_by_image
     from polycap.eval.runner import EvalContext, evaluate
-    from polycap.generation import GenerationConfig
-    from polycap.model import Captioner
+    from polycap.inference.pipeline import CaptionPipeline
+    from polycap.model.captioner import Captioner
+    from polycap.model.generation import GenerationConfig
 
     config = config_for(tiny_setup, tmp_path / "run", lr=3e-3, eval_metrics=["cider-d"])
     result = train(config)
@@ -121,7 +121,9 @@ def test_validation_cider_d_is_the_score_caption_and_eval_give(tiny_setup, tmp_p
     _, val = split_by_image(load_captions(config.data), config.val_fraction, seed=config.seed)
     images = sorted(val.images())
     model = Captioner.load(result.model_dir)
-    captioned = caption_images(model, images, GenerationConfig(max_length=40), progress=False)
+    captioned = CaptionPipeline(model).caption_files(
+        images, GenerationConfig(max_length=40), progress=False
+    )
     by_image = dict(zip(captioned.paths, captioned.captions))
     context = EvalContext(
         pack=model.pack,

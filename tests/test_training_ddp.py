@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from tiny_setup import training_setup
 
-from polycap.training import TrainConfig, train
+from polycap.train.trainer import TrainConfig, train
 
 pytestmark = pytest.mark.slow  # each launch starts 2 processes (about 30-60 s on 2 busy cores)
 

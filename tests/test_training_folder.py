@@ -118,8 +118,8 @@ def test_unwritable_feature_cache_is_refused_before_any_work(setup, tmp_path, ca
 def test_a_write_failing_midway_is_one_line_and_the_last_checkpoint_survives(
     setup, tmp_path, capsys, monkeypatch, hook, message
 ):
-    from polycap.model import Captioner
-    from polycap.training import TRAINER_STATE
+    from polycap.model.captioner import Captioner
+    from polycap.train.trainer import TRAINER_STATE
 
     output = tmp_path / "run"
     monkeypatch.setenv("POLYCAP_TRAIN_HOOK", hook)
@@ -157,7 +157,7 @@ def test_unavailable_devices_are_one_line_listing_the_available(
 
 
 def test_leftovers_of_a_killed_save_are_cleaned_and_a_cut_swap_is_undone(tmp_path):
-    from polycap.run_folder import RunFolder
+    from polycap.util.run_folder import RunFolder
 
     run = tmp_path / "run"
     (run / ".checkpoint-00000006.tmp-x1y2").mkdir(parents=True)  # a save killed mid-write

@@ -13,7 +13,7 @@ from cli_runner import run_cli
 from safetensors.torch import load_file
 from tiny_setup import training_setup
 
-from polycap.training import TrainConfig, train
+from polycap.train.trainer import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,7 @@ def test_table_shows_the_scores_and_a_misspelt_metric_fails_first(setup, tmp_pat
 
 
 def test_stop_token_is_trained_recorded_and_ends_references(setup, tmp_path, capsys) -> None:
-    from polycap.model import Captioner
+    from polycap.model.captioner import Captioner
 
     run = [*args(setup, tmp_path / "run", "bleu"), "--stop-token", ".", "--epochs", "1", "--json"]
     run += ["--raw-features", "--no-l2-normalize"]  # ClipCap's way: features as they come

@@ -44,7 +44,7 @@ def test_outputs_are_checked_before_any_work(capsys, tmp_path: Path) -> None:
 def test_a_cache_write_that_fails_midway_warns_and_keeps_the_features(
     tmp_path: Path, tiny_clip, capsys
 ) -> None:
-    from polycap.encoding import FeatureCache, encode_images, load_encoder
+    from polycap.data.encoding import FeatureCache, encode_images, load_encoder
 
     encoder = load_encoder(tiny_clip.name, pretrained=tiny_clip.weights)
     image = tmp_path / "a.png"

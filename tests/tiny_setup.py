@@ -14,8 +14,8 @@ def tiny_captioner(
 ) -> Any:
     """A ``Captioner`` of ``pack`` (prefix length 2; more ``Captioner.build`` ``options``) over
     the tiny GPT-2 and CLIP built for ``captions`` under ``root / "models"``."""
-    from polycap.demo import build_tiny_models
-    from polycap.model import Captioner
+    from polycap.demo.runner import build_tiny_models
+    from polycap.model.captioner import Captioner
 
     models = build_tiny_models(pack, captions, root / "models", seed=seed)
     return Captioner.build(
@@ -40,7 +40,7 @@ def training_setup(root: Path, images: int, seed: int) -> dict[str, str]:
     import json
 
     from polycap.builtin.english import ENGLISH
-    from polycap.demo import build_tiny_models
+    from polycap.demo.runner import build_tiny_models
     from polycap.offline.synthetic import make_synthetic_set
 
     split = make_synthetic_set(ENGLISH, root / "data", images, seed=seed)

@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from polycap.encoding import ImageEncoder, file_digest
-from polycap.errors import BadInput
+from polycap.data.encoding import file_digest
+from polycap.errors import BadInput, first_line
 from polycap.hookspecs import Register, hookimpl
+from polycap.parts import ImageEncoder
 
 SCHEMAS = ("hf-hub:", "local-dir:")
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -41,7 +42,7 @@ def load_open_clip(model: str, pretrained: str | None, device: str = "cpu") -> O
             model, pretrained=pretrained, device=device, pretrained_text=pretrained is not None
         )
     except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = first_line(error)
         raise BadInput(
             f"cannot load open_clip model {model!r} with weights {pretrained!r}: {message[:300]}"
         ) from error

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polycap.data import CaptionRecord, check_caption, check_image_name, read_head, resolve_image
+from polycap.data.captions import check_caption, check_image_name, read_head, resolve_image
 from polycap.errors import BadInput
 from polycap.hookspecs import Register, hookimpl
+from polycap.parts import CaptionRecord
 
 IMAGE_KEYS = (
     "image",

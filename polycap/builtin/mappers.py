@@ -10,7 +10,7 @@ from polycap.hookspecs import Register, hookimpl
 
 @dataclass(frozen=True)
 class BuiltinMapper:
-    """A mapper kind whose class lives in :mod:`polycap.mapping`; calling it builds one.
+    """A mapper kind whose class lives in :mod:`polycap.model.mapping`; calling it builds one.
 
     Registering this stand-in instead of the class keeps torch unimported until a mapper is
     built (``polycap --help`` and ``plugins list`` stay fast).
@@ -21,7 +21,7 @@ class BuiltinMapper:
     @property
     def cls(self) -> type:
         """The mapper class itself (imports torch)."""
-        from polycap import mapping
+        from polycap.model import mapping
 
         return getattr(mapping, self.class_name)
 

@@ -7,8 +7,8 @@ file names) and a caption column (text, or a list of texts); both are found by n
 ``.png``, ``.webp``, ...) with ``KEY.txt`` or ``KEY.json`` (``caption``/``text``).
 
 Images stored as bytes are written once to a content-addressed folder
-(:func:`polycap.data.embedded_images_dir`, ``<sha256>.<ext>``): the same bytes are one image
-wherever they occur, the feature cache and the split by image key on the content, and
+(:func:`polycap.data.captions.embedded_images_dir`, ``<sha256>.<ext>``): the same bytes are one
+image wherever they occur, the feature cache and the split by image key on the content, and
 decoding goes through polycap's image loader, so a corrupt image is skipped and counted like a
 corrupt file. Rows are read in batches (``pyarrow``), not all at once.
 """
@@ -22,18 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polycap.atomic import write_bytes
 from polycap.builtin.formats import CAPTION_KEYS, IMAGE_KEYS
-from polycap.data import (
-    CaptionRecord,
+from polycap.data.captions import (
     check_caption,
     check_image_name,
     embedded_images_dir,
     resolve_image,
     table_columns,
 )
-from polycap.errors import BadInput
+from polycap.errors import BadInput, first_line
 from polycap.hookspecs import Register, hookimpl
+from polycap.parts import CaptionRecord
+from polycap.util.atomic import write_bytes
 
 TABLE_IMAGE_KEYS = (*IMAGE_KEYS, "img", "picture", "photo", "jpg", "png")
 TABLE_CAPTION_KEYS = (*CAPTION_KEYS, "captions", "sentences", "texts", "txt", "description")
@@ -213,7 +213,9 @@ class Parquet(_Table):
         try:
             handle = pq.ParquetFile(str(path))
         except Exception as error:  # pyarrow raises ArrowInvalid, OSError, ...
-            raise BadInput(f"{path}: not a readable Parquet file ({_first(error)})") from None
+            raise BadInput(
+                f"{path}: not a readable Parquet file ({first_line(error, 200)})"
+            ) from None
 
         def batches(columns: Columns) -> Iterator[Any]:
             wanted = [columns.image, columns.caption]
@@ -241,7 +243,7 @@ class ArrowFile(_Table):
             except Exception as error:  # ArrowInvalid when it is the other kind
                 last = error
         if reader is None:
-            raise BadInput(f"{path}: not a readable Arrow file ({_first(last)})")
+            raise BadInput(f"{path}: not a readable Arrow file ({first_line(last, 200)})")
 
         def batches(columns: Columns) -> Iterator[Any]:
             if hasattr(reader, "num_record_batches"):
@@ -273,7 +275,9 @@ class SavedDataset(_Table):
         try:
             loaded = datasets.load_from_disk(str(path))
         except Exception as error:  # FileNotFoundError, json errors, arrow errors, ...
-            raise BadInput(f"{path}: not a readable saved dataset ({_first(error)})") from None
+            raise BadInput(
+                f"{path}: not a readable saved dataset ({first_line(error, 200)})"
+            ) from None
         if isinstance(loaded, datasets.DatasetDict):
             first = path / next(iter(loaded))
             raise BadInput(
@@ -321,7 +325,7 @@ class WebDatasetShards:
                 raise
             except Exception as error:  # tarfile.ReadError, ValueError, ...
                 raise BadInput(
-                    f"{shard}: not a readable webdataset shard ({_first(error)})"
+                    f"{shard}: not a readable webdataset shard ({first_line(error, 200)})"
                 ) from None
         return records
 
@@ -365,8 +369,3 @@ def _sample_records(shard: Path, sample: dict[str, Any]) -> list[CaptionRecord]:
         raise BadInput(f"{shard}: {where}: no caption ({key}.txt, or caption in {key}.json)")
     image = store_image_bytes(sample[suffix])
     return [CaptionRecord(image, check_caption(shard, where, caption), image.stem[:16])]
-
-
-def _first(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__

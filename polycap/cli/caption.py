@@ -14,7 +14,7 @@ from polycap.cli.output import (
     print_table,
     report_skipped,
 )
-from polycap.images import expand_image_paths, skipped_rows
+from polycap.data.images import expand_image_paths, skipped_rows
 
 
 def caption_command(
@@ -51,8 +51,8 @@ def caption_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Caption images: [bold]polycap caption photos/ --model runs/ja[/]."""
-    from polycap.captioning import caption_images, generation_config, load_captioner
-    from polycap.devices import resolve_device
+    from polycap.inference.pipeline import CaptionPipeline, generation_config
+    from polycap.util.devices import resolve_device
 
     generation = generation_config(
         beams=beams,
@@ -65,16 +65,10 @@ def caption_command(
         seed=seed,
     )
     paths = expand_image_paths(inputs)
-    torch_device = str(resolve_device(device))
-    captioner = load_captioner(model, device=torch_device)
-    result = caption_images(
-        captioner,
-        paths,
-        generation,
-        batch_size=batch_size,
-        device=torch_device,
-        progress=not json_output,
-        bank=bank,
+    pipeline = CaptionPipeline.load(model, device=str(resolve_device(device)), bank=bank)
+    captioner = pipeline.model
+    result = pipeline.caption_files(
+        paths, generation, batch_size=batch_size, progress=not json_output
     )
     if json_output:
         print_json(

@@ -7,7 +7,6 @@ from typing import Any
 
 import typer
 
-from polycap.atomic import check_writable_file
 from polycap.cli.options import (
     MAX_PIXELS,
     AllowOutside,
@@ -35,6 +34,7 @@ from polycap.cli.output import (
     report_skipped,
 )
 from polycap.eval.runner import DEFAULT_CLIP_ENCODER, DEFAULT_CLIP_PRETRAINED
+from polycap.util.atomic import check_writable_file
 
 
 def compare_command(
@@ -81,15 +81,15 @@ def compare_command(
 ) -> None:
     """Retrieval vs generation (vs retrieval-augmented with --augmented-model):
     [bold]polycap compare test.json -m runs/ja -b bank/[/]."""
-    from polycap.captioning import load_captioner
-    from polycap.data import load_captions
-    from polycap.devices import resolve_device
-    from polycap.eval.compare import CompareSettings, compare
-    from polycap.eval.methods import RetrievalOptions
+    from polycap.compare.comparison import CompareSettings, compare
+    from polycap.compare.methods import RetrievalOptions
+    from polycap.data.captions import load_captions
     from polycap.eval.runner import ClipOptions, check_metrics
-    from polycap.generation import GenerationConfig
+    from polycap.inference.pipeline import load_captioner
+    from polycap.model.generation import GenerationConfig
     from polycap.plugins import get_registries
     from polycap.retrieval.bank import Bank
+    from polycap.util.devices import resolve_device
 
     if report is not None:
         check_writable_file(report, "--report")  # before the work, not after it

@@ -33,7 +33,7 @@ def demo_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Run the offline demo end to end (no downloads): data, tiny models, training, captions."""
-    from polycap.demo import DemoOptions, run_demo
+    from polycap.demo.runner import DemoOptions, run_demo
 
     if output is None and workdir is None:
         output = Path("polycap-demo")

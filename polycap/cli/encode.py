@@ -22,8 +22,8 @@ from polycap.cli.options import (
     Pretrained,
 )
 from polycap.cli.output import print_json, print_table, report_skipped
+from polycap.data.images import expand_image_paths, skipped_rows
 from polycap.errors import BadInput
-from polycap.images import expand_image_paths, skipped_rows
 
 
 def encode_command(
@@ -47,11 +47,11 @@ def encode_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Encode images once into the feature cache: [bold]polycap encode --data captions.json[/]."""
-    from polycap.data import load_captions
-    from polycap.devices import resolve_device
-    from polycap.distributed import processes
-    from polycap.encoding import load_encoder
-    from polycap.features import encode_to_store
+    from polycap.data.captions import load_captions
+    from polycap.data.encoding import load_encoder
+    from polycap.data.features import encode_to_store
+    from polycap.util.devices import resolve_device
+    from polycap.util.distributed import processes
 
     paths = expand_image_paths(inputs) if inputs else []
     if data is not None:

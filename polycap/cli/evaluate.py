@@ -82,7 +82,7 @@ def eval_command(
     Metrics: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE, chrF, WER, CLIPScore, RefCLIPScore.
     Scores are x100, over the language pack's segmentation (named in the output).
     """
-    from polycap.data import load_captions
+    from polycap.data.captions import load_captions
     from polycap.eval.predictions import load_predictions, match_predictions
     from polycap.eval.runner import ClipOptions, check_metrics, context_for, evaluate
     from polycap.plugins import get_registries
@@ -134,7 +134,7 @@ def _wants_clip(names: list[str] | None) -> bool:
 
 
 def _device(device: str) -> str:
-    from polycap.devices import resolve_device
+    from polycap.util.devices import resolve_device
 
     return str(resolve_device(device))
 
@@ -155,19 +155,17 @@ class _ModelRun:
 def _predict(
     refs: Any, run: _ModelRun, progress: bool, notes: list[str]
 ) -> tuple[Any, Any, dict[str, Any]]:
-    from polycap.captioning import caption_images, load_captioner
     from polycap.eval.predictions import Matched
-    from polycap.generation import GenerationConfig
+    from polycap.inference.pipeline import CaptionPipeline, generation_config
 
     model = run.model
-    captioner = load_captioner(model, device=run.device, expected_language=run.lang)
-    generation = GenerationConfig(max_length=run.max_length, beams=run.beams)
-    done = caption_images(
-        captioner,
+    pipeline = CaptionPipeline.load(model, device=run.device, expected_language=run.lang)
+    captioner = pipeline.model
+    generation = generation_config(max_length=run.max_length, beams=run.beams)
+    done = pipeline.caption_files(
         refs.images(),
         generation,
         batch_size=run.batch_size,
-        device=run.device,
         progress=progress,
         cache_dir=run.cache_dir,
     )

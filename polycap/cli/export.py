@@ -49,9 +49,9 @@ def export_command(
     encoder, mapper and decoder (with its KV cache) as ONNX graphs and a manifest.
     [bold]polycap caption --model FOLDER[/] and [bold]polycap.load(FOLDER)[/] take either.
     """
-    from polycap.captioning import load_captioner, resolve_model_dir
     from polycap.cli.options import chosen_output
-    from polycap.hub import resolve_model_source
+    from polycap.inference.pipeline import load_captioner, resolve_model_dir
+    from polycap.interop.hub import resolve_model_source
 
     target = chosen_output(output, out)
     if to is Target.onnx and (eval_file or push_to_hub):
@@ -60,7 +60,7 @@ def export_command(
         raise BadInput("--no-encoder and --int8 go with --to onnx")
     evaluation = None
     if eval_file is not None:
-        from polycap.model_card import read_eval
+        from polycap.interop.model_card import read_eval
 
         evaluation = read_eval(eval_file)
     source = resolve_model_dir(resolve_model_source(model))
@@ -80,9 +80,9 @@ def _export_hf(
     private: bool,
     license: str,
 ) -> None:
-    from polycap.hub import push
-    from polycap.model import read_config
-    from polycap.sharing import export_hf
+    from polycap.interop.hub import push
+    from polycap.interop.sharing import export_hf
+    from polycap.model.captioner import read_config
 
     training = read_config(source).get("training")
     written = export_hf(
@@ -95,8 +95,8 @@ def _export_hf(
 
 
 def _export_onnx(captioner: object, target: Path, no_encoder: bool, quantize: bool) -> None:
-    from polycap.captioning import encoder_for
-    from polycap.onnx_export import export_onnx
+    from polycap.inference.pipeline import encoder_for
+    from polycap.interop.onnx_export import export_onnx
 
     encoder = None if no_encoder else encoder_for(captioner)
     say = lambda step: console.print(f"exporting: {step}")  # noqa: E731

@@ -37,7 +37,7 @@ def clipcap_command(
     """Convert an official ClipCap checkpoint: [bold]polycap import clipcap coco_weights.pt -o
     models/coco[/]. Features are fed raw (no normalisation) and captions end at the stop token,
     as in the official code; greedy and beam captions match its generate2 / generate_beam."""
-    from polycap.clipcap import import_clipcap
+    from polycap.interop.clipcap import import_clipcap
 
     model_dir = import_clipcap(
         weights,

@@ -12,10 +12,10 @@ from typing import Annotated
 
 import typer
 
-from polycap.atomic import check_writable_folder
-from polycap.data import allow_images_outside, set_table_columns, table_columns
+from polycap.data.captions import allow_images_outside, set_table_columns, table_columns
+from polycap.data.images import DEFAULT_MAX_PIXELS, set_max_pixels
 from polycap.errors import BadInput
-from polycap.images import DEFAULT_MAX_PIXELS, set_max_pixels
+from polycap.util.atomic import check_writable_folder
 
 
 def none_or_text(value: str | None) -> str | None:

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from polycap.images import describe_skipped
+from polycap.data.images import describe_skipped
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)

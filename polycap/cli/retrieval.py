@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from polycap.atomic import check_writable_folder
 from polycap.cli.options import (
     MAX_PIXELS,
     AllowOutside,
@@ -33,7 +32,8 @@ from polycap.cli.output import (
     print_table,
     report_skipped,
 )
-from polycap.images import expand_image_paths, skipped_rows
+from polycap.data.images import expand_image_paths, skipped_rows
+from polycap.util.atomic import check_writable_folder
 
 
 def index_command(
@@ -71,13 +71,13 @@ def index_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Build a caption bank: [bold]polycap index train.json --lang ja -o bank/[/]."""
-    from polycap.data import load_captions
-    from polycap.devices import resolve_device
-    from polycap.distributed import processes
-    from polycap.encoding import load_encoder
+    from polycap.data.captions import load_captions
+    from polycap.data.encoding import load_encoder
     from polycap.plugins import get_registries
     from polycap.retrieval.backends import IndexChoice, parse_options
     from polycap.retrieval.bank import BankOptions, build_bank
+    from polycap.util.devices import resolve_device
+    from polycap.util.distributed import processes
 
     out = check_writable_folder(chosen_output(output, out), "--output")
     index = IndexChoice(backend, index_type, parse_options(index_options))
@@ -164,9 +164,9 @@ def retrieve_command(
     json_output: JsonOutput = False,
 ) -> None:
     """Caption images by retrieval: [bold]polycap retrieve photo.jpg --bank bank/ --k 3[/]."""
-    from polycap.devices import resolve_device
     from polycap.retrieval.bank import Bank
     from polycap.retrieval.search import RetrievalOptions, retrieve_images
+    from polycap.util.devices import resolve_device
 
     opened = Bank.open(bank)
     paths = expand_image_paths(inputs)

@@ -50,10 +50,10 @@ def serve_command(
     /docs)."""
     import uvicorn
 
-    from polycap.devices import resolve_device
     from polycap.serve.app import create_app
     from polycap.serve.models import load_models
     from polycap.serve.settings import ServeSettings
+    from polycap.util.devices import resolve_device
 
     torch_device = str(resolve_device(device))
     settings = ServeSettings(

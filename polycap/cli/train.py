@@ -173,8 +173,8 @@ def train_command(
 ) -> None:
     """Train a captioner: [bold]polycap train --lang ja --data captions.json[/]."""
     from polycap.eval.runner import check_metrics
-    from polycap.trackers import check_trackers
-    from polycap.training import TrainConfig, train
+    from polycap.train.trackers import check_trackers
+    from polycap.train.trainer import TrainConfig, train
 
     mapper_options = {"clip_length": clip_length} if clip_length else {}
     config = TrainConfig(

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from polycap.errors import BadInput
 
 if TYPE_CHECKING:
-    from polycap.data import CaptionSet
+    from polycap.data.captions import CaptionSet
 
 PREDICTION_KEYS = ("image", "image_name", "file_name", "image_id", "id")
 PREDICTIONS_HELP = (
@@ -49,7 +49,7 @@ def _reader_for(path: Path) -> Callable[[Path, str], list[Prediction]]:
     """The reader for the caption format the registry recognises (``load_captions``'s
     choice): a format's own ``read_predictions(path)`` if it has one, CSV/TSV by its
     delimiter, JSON lines; JSON for everything else (and when no format fits)."""
-    from polycap.data import choose_format
+    from polycap.data.captions import choose_format
 
     try:
         found = choose_format(path)
@@ -171,7 +171,7 @@ def match_predictions(
     source: Path | None = None,
     partial: bool = False,
 ) -> Matched:
-    """Align ``predictions`` with the images of a :class:`~polycap.data.CaptionSet`.
+    """Align ``predictions`` with the images of a :class:`~polycap.data.captions.CaptionSet`.
 
     A prediction's image is found by path (absolute, or relative to the predictions file's
     folder or the reference file's folder), else by file name (when unique among the

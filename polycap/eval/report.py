@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from polycap.atomic import write_text
+from polycap.util.atomic import write_text
 
 
 @dataclass

@@ -14,10 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 from polycap.errors import BadInput
 from polycap.eval.versions import versions
+from polycap.parts import Metric as Metric  # re-exported: their former home
+from polycap.parts import MetricScores as MetricScores
 
 if TYPE_CHECKING:
     from polycap.eval.predictions import Matched
@@ -34,7 +36,7 @@ class ClipOptions:
 
     ``prompt`` is put before every caption and reference (Hessel et al. use "A photo
     depicts" for English); None means that prompt for English and none for other languages.
-    ``encoder`` may be an already loaded :class:`~polycap.encoding.ImageEncoder`.
+    ``encoder`` may be an already loaded :class:`~polycap.data.encoding.ImageEncoder`.
     ``download``: fetch weights named by a tag when they are not cached yet (otherwise
     CLIPScore is shown as n/a with the reason, instead of starting a large download).
     """
@@ -83,32 +85,6 @@ class EvalContext:
 
     def __len__(self) -> int:
         return len(self.keys)
-
-
-@dataclass
-class MetricScores:
-    """Corpus scores by column (e.g. ``BLEU-4``), optional per-image scores, and details."""
-
-    corpus: dict[str, float]
-    per_image: dict[str, list[float]] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-@runtime_checkable
-class Metric(Protocol):
-    """A caption metric, registered with ``register(name, metric)``.
-
-    ``columns`` are the score names it fills; ``unavailable(ctx)`` returns None when it
-    applies, else the reason shown as ``n/a (reason)``; ``compute(ctx)`` scores.
-    """
-
-    name: str
-    columns: tuple[str, ...]
-    lower_is_better: bool
-
-    def unavailable(self, ctx: EvalContext) -> str | None: ...
-
-    def compute(self, ctx: EvalContext) -> MetricScores: ...
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -24,12 +23,9 @@ VERSION_PACKAGES = (
 
 def versions(pack: LanguagePack | None = None) -> dict[str, str]:
     """Versions of the packages scores depend on (those installed), and the language pack's."""
-    found: dict[str, str] = {}
-    for name in VERSION_PACKAGES:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
+    from polycap.version import package_versions
+
+    found = package_versions(VERSION_PACKAGES)
     if pack is not None:
         found["language pack"] = _pack_version(pack)
     return found

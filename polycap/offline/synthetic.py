@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from polycap.atomic import write_json
+from polycap.util.atomic import write_json
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 45, 40),

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from polycap.atomic import atomic_file
+from polycap.util.atomic import atomic_file
 
 TOKENIZER_KINDS = ("bpe", "sentencepiece", "char")
 GPT2_EOS = "<|endoftext|>"

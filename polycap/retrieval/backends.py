@@ -19,30 +19,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from polycap.errors import BadInput
+from polycap.parts import IndexBackend as IndexBackend  # re-exported: their former home
+from polycap.parts import Searcher as Searcher
 
 DEFAULT_BACKEND = "numpy"
-
-
-class Searcher(Protocol):
-    """An opened index over one matrix of a bank."""
-
-    def search(self, queries: Any, k: int, chunk_size: int) -> tuple[Any, Any]: ...
-
-
-class IndexBackend(Protocol):
-    """What ``register_index_backends`` registers (see the module docstring)."""
-
-    name: str
-    index_types: tuple[str, ...]
-
-    def build(
-        self, matrix: Any, folder: Path, kind: str, index_type: str, options: Mapping[str, str]
-    ) -> dict[str, Any]: ...
-
-    def open(self, folder: Path, kind: str, record: Mapping[str, Any], matrix: Any) -> Searcher: ...
 
 
 @dataclass

@@ -28,16 +28,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from polycap.atomic import atomic_folder
-from polycap.encoding import EncoderSpec
 from polycap.errors import BadInput, UnknownName
-from polycap.files import LineFile, read_meta, write_lines
-from polycap.retrieval.backends import IndexChoice, Searcher, get_backend
+from polycap.parts import EncoderSpec, Searcher
+from polycap.retrieval.backends import IndexChoice, get_backend
+from polycap.util.atomic import atomic_folder
+from polycap.util.files import LineFile, read_meta, write_lines
 
 if TYPE_CHECKING:
-    from polycap.data import CaptionSet
-    from polycap.encoding import ImageEncoder
+    from polycap.data.captions import CaptionSet
     from polycap.language import LanguagePack
+    from polycap.parts import ImageEncoder
 
 BANK_FORMAT = "polycap-bank"
 BANK_VERSION = 1
@@ -183,7 +183,9 @@ class Bank:
 
     def load_encoder(self, device: str = "cpu") -> Any:
         """The encoder the bank was built with, from its recorded backend."""
-        return self.encoder_spec.load(device)
+        from polycap.plugins import get_registries
+
+        return self.encoder_spec.load(get_registries(), device)
 
 
 # -- building ------------------------------------------------------------------------------------
@@ -228,14 +230,14 @@ def build_bank(
     options: BankOptions | None = None,
     **overrides: Any,
 ) -> BankStats:
-    """Index a :class:`~polycap.data.CaptionSet` into a bank folder at ``out``.
+    """Index a :class:`~polycap.data.captions.CaptionSet` into a bank folder at ``out``.
 
     Captions are normalised by ``pack`` and de-duplicated; text embeddings are built when
     ``options.text`` and the encoder has a text tower; images are encoded in chunks of
     ``options.image_block`` (unreadable ones skipped and counted) and written as they come.
     ``overrides`` are :class:`BankOptions` fields (``build_bank(..., dtype="float32")``).
     """
-    from polycap.distributed import processes
+    from polycap.util.distributed import processes
 
     started = time.perf_counter()
     options = replace(options or BankOptions(), **overrides)
@@ -339,7 +341,7 @@ def _encode_images(
     encoder: ImageEncoder, images: list[Path], store_dir: Path, options: BankOptions, procs: Any
 ) -> Any:
     """``images`` encoded into the feature store at ``store_dir`` (each process its share)."""
-    from polycap.features import encode_to_store
+    from polycap.data.features import encode_to_store
 
     return encode_to_store(
         encoder,
@@ -499,9 +501,6 @@ def _write_image_embeddings(
 
 
 def _polycap_version() -> str:
-    import importlib.metadata
+    from polycap.version import __version__
 
-    try:
-        return importlib.metadata.version("polycap")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+    return __version__

@@ -282,7 +282,7 @@ def retrieve_images(
     """Encode ``paths`` with the bank's encoder (or ``query.encoder``) and retrieve for each
     (``options``: text mode, k 5 by default). ``fields``: :class:`QueryOptions` fields by
     keyword (``batch_size=...``), over ``query``."""
-    from polycap.encoding import encode_images
+    from polycap.data.encoding import encode_images
 
     options = options or RetrievalOptions(mode="text")
     query = replace(query or QueryOptions(), **fields)

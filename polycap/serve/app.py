@@ -138,15 +138,11 @@ class Service:
 
 def versions() -> dict[str, str]:
     """Versions of polycap and the libraries a result depends on."""
-    from importlib import metadata
+    from polycap.version import package_versions
 
-    from polycap import __version__
-
-    found = {"polycap": __version__}
-    for name in ("torch", "transformers", "open_clip_torch", "fastapi", "uvicorn"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            found[name] = metadata.version(name)
-    return found
+    return package_versions(
+        ("polycap", "torch", "transformers", "open_clip_torch", "fastapi", "uvicorn")
+    )
 
 
 def _options(schema: type[BaseModel], fields: dict[str, Any]) -> Any:
@@ -186,7 +182,7 @@ def error_response(status: int, message: str) -> JSONResponse:
 
 def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = None) -> FastAPI:
     """The application serving ``models`` (by language) within ``settings``."""
-    from polycap import __version__
+    from polycap.version import __version__
 
     service = Service(models, settings or ServeSettings())
 
@@ -241,7 +237,7 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
 def _add_error_handlers(app: FastAPI) -> None:
     """Every error is ``{"error": one line}``: 4xx for the client's mistakes, and a 500 that
     names only the kind of failure (the traceback goes to the server's log, not the client)."""
-    from polycap.images import TooManyPixels
+    from polycap.data.images import TooManyPixels
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, error: RequestError) -> JSONResponse:

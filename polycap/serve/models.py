@@ -14,19 +14,28 @@ from pathlib import Path
 from typing import Any
 
 from polycap.errors import BadInput
+from polycap.inference.pipeline import CaptionPipeline
 
 
 @dataclass
 class ServedModel:
-    """A loaded captioner, its image encoder and, when given, a bank with its encoder."""
+    """A caption pipeline (model, encoder, a retrieval-augmented model's bank) and, when
+    given, a bank for ``/retrieve`` with its encoder."""
 
     language: str
     source: Path
-    captioner: Any
-    encoder: Any
+    pipeline: CaptionPipeline
     device: str = "cpu"
     bank: Any = None
     bank_encoder: Any = None
+
+    @property
+    def captioner(self) -> Any:
+        return self.pipeline.model
+
+    @property
+    def encoder(self) -> Any:
+        return self.pipeline.encoder
 
     @property
     def longest_caption(self) -> int | None:
@@ -38,15 +47,9 @@ class ServedModel:
         return None if positions is None else int(positions) - self.captioner.prefix_length
 
     def caption(self, pixels: list[Any], generation: Any) -> list[list[str]]:
-        """Captions for a batch of preprocessed images, decoded together."""
-        import torch
-
-        from polycap.generation import caption_features
-
-        features = self.encoder.encode_images(torch.stack(pixels))
-        return caption_features(
-            self.captioner, features.to(self.device), generation, batch_size=len(pixels)
-        )
+        """Captions for a batch of preprocessed images, decoded together (the pipeline
+        ``polycap caption`` uses)."""
+        return self.pipeline.caption_pixels(pixels, generation).captions
 
     def retrieve(self, pixels: list[Any], options: dict[str, Any]) -> list[list[Any]]:
         """Retrieved captions for a batch of images preprocessed for the bank's encoder."""
@@ -95,22 +98,18 @@ def load_models(
     model_specs: list[str], bank_specs: list[str] | None = None, device: str = "cpu"
 ) -> dict[str, ServedModel]:
     """The models (by language, in the order given) with their banks attached; each loaded
-    through the Python API, :func:`polycap.load`, as a program using polycap would."""
-    import polycap
-
+    through the caption pipeline every caption path uses."""
     if not model_specs:
         raise BadInput("--model: give at least one checkpoint or run folder")
     served: dict[str, ServedModel] = {}
     for spec in model_specs:
         language, path = split_spec(spec)
-        loaded = polycap.load(path, device=device)
-        code = loaded.language
-        if language is not None and code != language:
-            raise BadInput(f"{path} was trained for language {code!r}, not {language!r}")
+        pipeline = CaptionPipeline.load(path, device=device, expected_language=language)
+        code = pipeline.language
         if code in served:
             first = served[code].source
             raise BadInput(f"--model: two models for language {code!r}: {first}, {path}")
-        served[code] = ServedModel(code, path, loaded.model, loaded.encoder, device)
+        served[code] = ServedModel(code, path, pipeline, device)
     for spec in bank_specs or []:
         _attach_bank(served, spec, device)
     return served

@@ -33,7 +33,7 @@ class CaptionOptions(BaseModel):
 
     def generation(self) -> Any:
         """The GenerationConfig ``polycap caption`` builds from the same options."""
-        from polycap.captioning import generation_config
+        from polycap.inference.pipeline import generation_config
 
         return generation_config(**self.model_dump(exclude={"language"}))
 

@@ -4,7 +4,7 @@ The body is read into memory and counted as it arrives: past the limit the reque
 (413) before more is read. Multipart bodies are parsed by Starlette's parser (python-multipart)
 with its spooling threshold raised to the body limit, so an upload never rolls over into a
 temporary file: no upload is ever written to disk. Images are decoded by
-:func:`polycap.images.decode_image` with a pixel limit checked on the header, before decoding.
+:func:`polycap.data.images.decode_image` with a pixel limit checked on the header, before decoding.
 """
 
 from __future__ import annotations
@@ -150,6 +150,6 @@ def _safe_name(filename: str | None) -> str:
 
 def decode_upload(upload: Upload, settings: ServeSettings) -> Image.Image:
     """The uploaded image in RGB; TooManyPixels or BadInput (one line) when it cannot be."""
-    from polycap.images import decode_image
+    from polycap.data.images import decode_image
 
     return decode_image(upload.data, upload.name, limit=settings.max_pixels)

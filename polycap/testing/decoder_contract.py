@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from polycap.batching import pad_right
 from polycap.language import LanguagePack
 from polycap.plugins import PluginHost
+from polycap.util.batching import pad_right
 
 CLIP_DIM = 8
 STEPS = 80
@@ -69,8 +69,8 @@ def check_decoder_contract(
     the checkpoint is saved."""
     import torch
 
-    from polycap.generation import GenerationConfig, generate_ids
-    from polycap.model import Captioner
+    from polycap.model.captioner import Captioner
+    from polycap.model.generation import GenerationConfig, generate_ids
 
     registries = _registries(pack)
     model, kind = _contract_model(pack, directory, registries)
@@ -108,8 +108,8 @@ def _contract_model(pack: LanguagePack, directory: Path, registries: Any) -> tup
     decoder's class name."""
     import torch
 
-    from polycap.encoding import EncoderSpec
-    from polycap.model import Captioner
+    from polycap.model.captioner import Captioner
+    from polycap.parts import EncoderSpec
 
     tokenizer = pack.load_tokenizer(str(directory))
     lm = pack.load_decoder(str(directory))
@@ -129,7 +129,7 @@ def _contract_model(pack: LanguagePack, directory: Path, registries: Any) -> tup
 def _check_consistent(model: Any, features: Any, config: Any, who: str) -> None:
     """One strategy decodes the same with and without KV cache, batched and one by one, and
     (for beams) returns distinct beams."""
-    from polycap.generation import GenerationConfig, generate_ids
+    from polycap.model.generation import GenerationConfig, generate_ids
 
     plain = GenerationConfig(**{**config.to_json(), "use_cache": False})
     cached, uncached = (

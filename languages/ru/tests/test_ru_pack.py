@@ -96,7 +96,7 @@ def test_demo_captions_are_grammatical(pack) -> None:
 
 @pytest.mark.slow
 def test_demo_learns_russian(tmp_path) -> None:
-    from polycap.demo import DemoOptions, run_demo
+    from polycap.demo.runner import DemoOptions, run_demo
 
     result = run_demo(DemoOptions(language="ru", workdir=tmp_path, progress=False))
     assert result.scores["colour_accuracy"] >= 0.95, result.scores

@@ -139,7 +139,7 @@ def test_demo_captions(pack) -> None:
 
 @pytest.mark.slow
 def test_demo_learns_chinese(tmp_path) -> None:
-    from polycap.demo import DemoOptions, run_demo
+    from polycap.demo.runner import DemoOptions, run_demo
 
     result = run_demo(DemoOptions(language="zh", workdir=tmp_path, progress=False, compare=False))
     assert result.scores["colour_accuracy"] >= 0.95, result.scores

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from polycap_faiss import FaissBackend
 
-from polycap.data import load_captions
-from polycap.encoding import encode_images, load_encoder
+from polycap.data.captions import load_captions
+from polycap.data.encoding import encode_images, load_encoder
 from polycap.errors import BadInput, UnknownName
 from polycap.offline import tiny
 from polycap.plugins import PluginHost, get_registries

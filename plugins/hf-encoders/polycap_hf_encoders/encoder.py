@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from polycap.encoding import ImageEncoder, file_digest
+from polycap.data.encoding import file_digest
 from polycap.errors import BadInput
 from polycap.language import load_pretrained
+from polycap.parts import ImageEncoder
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 

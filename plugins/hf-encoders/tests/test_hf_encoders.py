@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from polycap.encoding import EncoderSpec, encode_images, load_encoder
+from polycap.data.encoding import encode_images, load_encoder
+from polycap.parts import EncoderSpec
+from polycap.plugins import get_registries
 
 TEXTS = ["a red circle", "two blue squares", "a green triangle on a dark background"]
 COLOURS = [(200, 30, 30), (30, 30, 200), (30, 200, 30)]
@@ -113,7 +115,7 @@ def test_batched_encoding_caches_by_weights_and_reloads_from_its_record(tmp_path
     assert first.encoded == 3 and again.from_cache == 3
     assert torch.equal(first.features, again.features)
     spec = EncoderSpec.from_json(json.loads(json.dumps(encoder.encoder_spec.to_json())))
-    assert spec.load().cache_key == encoder.cache_key
+    assert spec.load(get_registries()).cache_key == encoder.cache_key
 
 
 def test_train_and_caption_with_an_hf_encoder(tmp_path: Path, capsys) -> None:
@@ -121,7 +123,7 @@ def test_train_and_caption_with_an_hf_encoder(tmp_path: Path, capsys) -> None:
     from cli_runner import run_cli
 
     from polycap.builtin.english import ENGLISH
-    from polycap.demo import build_tiny_models
+    from polycap.demo.runner import build_tiny_models
     from polycap.offline.synthetic import make_synthetic_set
 
     folder = build("clip", tmp_path / "clip")

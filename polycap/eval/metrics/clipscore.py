@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from polycap.errors import BadInput
-from polycap.eval.runner import EvalContext, MetricScores, MetricUnavailable
+from polycap.eval.runner import EvalContext, MetricUnavailable
+from polycap.parts import MetricScores
 
 W = 2.5
 ENGLISH_PROMPT = "A photo depicts "
@@ -31,7 +32,7 @@ def load_clip_encoder(ctx: EvalContext) -> Any:
     if "clip_encoder_error" in ctx.cache:  # a shared cache: do not retry a failed load
         raise MetricUnavailable(ctx.cache["clip_encoder_error"])
     if "clip_encoder" not in ctx.cache:
-        from polycap.encoding import load_encoder
+        from polycap.data.encoding import load_encoder
 
         if not ctx.clip.download and weights_cached(ctx.clip.spec, ctx.clip.pretrained) is False:
             ctx.cache["clip_encoder_error"] = (
@@ -118,7 +119,7 @@ class ClipScore:
     def compute(self, ctx: EvalContext) -> MetricScores:
         import torch
 
-        from polycap.encoding import encode_images
+        from polycap.data.encoding import encode_images
 
         encoder = load_clip_encoder(ctx)
         assert ctx.images is not None

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from polycap.eval.runner import EvalContext, MetricScores, MetricUnavailable
+from polycap.eval.runner import EvalContext, MetricUnavailable
+from polycap.parts import MetricScores
 
 
 def _missing(module: str, extra: str = "eval") -> str | None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from polycap.eval.runner import EvalContext, MetricScores
+from polycap.eval.runner import EvalContext
+from polycap.parts import MetricScores
 
 
 def edit_distance(reference: Sequence[str], hypothesis: Sequence[str]) -> int:

@@ -5,7 +5,7 @@ GGUF files (llama.cpp's format) load through transformers' own GGUF support
 The model then still carries the GGUF "quantisation" record, which makes ``save_pretrained``
 refuse it; since nothing is quantised any more, :func:`load_causal_lm` drops that record, so a
 GGUF decoder is saved like any other (safetensors). A checkpoint always bundles a GGUF-loaded
-decoder: :func:`is_gguf` tells :meth:`polycap.model.Captioner.build`.
+decoder: :func:`is_gguf` tells :meth:`polycap.model.captioner.Captioner.build`.
 """
 
 from __future__ import annotations

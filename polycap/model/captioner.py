@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polycap.atomic import atomic_folder
-from polycap.decoders import is_gguf
-from polycap.encoding import EncoderSpec
 from polycap.errors import BadInput, UnknownName
-from polycap.lm_keywords import lm_keywords
+from polycap.model.decoders import is_gguf
+from polycap.model.lm_keywords import lm_keywords
+from polycap.parts import EncoderSpec
+from polycap.util.atomic import atomic_folder
 
 if TYPE_CHECKING:
     from polycap.language import LanguagePack
@@ -285,7 +285,7 @@ class Captioner(nn.Module):
         ``attention_mask``: 1 for real tokens, 0 for padding. The loss covers caption tokens
         only (the first is predicted from the last prefix position); prefix positions and
         padding are ignored. ``prompt_ids`` / ``prompt_mask``: a retrieval prompt per row,
-        left-padded, placed between prefix and caption (:mod:`polycap.augmented`; position ids
+        left-padded, placed between prefix and caption (:mod:`polycap.model.augmented`; position ids
         then skip the padding).
         """
         prefix = self.prefix(features)
@@ -296,7 +296,7 @@ class Captioner(nn.Module):
         context, context_mask = prefix, attention_mask.new_ones(prefix.shape[:2])
         extra: dict[str, Any] = {}
         if prompt_ids is not None:
-            from polycap.augmented import positions, with_prompt
+            from polycap.model.augmented import positions, with_prompt
 
             if prompt_mask is None:
                 prompt_mask = torch.ones_like(prompt_ids)
@@ -330,7 +330,7 @@ class Captioner(nn.Module):
     ) -> tuple[dict, slice]:
         """The LM keywords that limit the output projection (vocabulary-sized) to the
         positions that predict caption tokens, and the slice of its logits that holds them
-        (:meth:`polycap.lm_keywords.LMKeywords.keep_window`)."""
+        (:meth:`polycap.model.lm_keywords.LMKeywords.keep_window`)."""
         if not hasattr(self, "_lm_keywords"):
             self._lm_keywords = lm_keywords(self.lm)
         return self._lm_keywords.keep_window(first, stop, total, device)
@@ -348,7 +348,7 @@ class Captioner(nn.Module):
         given, writes more files (e.g. optimizer state) into the checkpoint before it is
         published, so they appear atomically with it.
         """
-        from polycap import __version__
+        from polycap.version import __version__
 
         def write(target: Path) -> None:
             from safetensors.torch import save_file

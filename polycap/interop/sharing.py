@@ -25,8 +25,14 @@ def export_hf(
     license: str = "other",
 ) -> Path:
     """Write ``model`` (a loaded Captioner) as a self-contained folder with a model card."""
-    from polycap.model import CONFIG_FILE, ENCODER_DIR, LM_DIR, TOKENIZER_DIR, encoder_weights_file
-    from polycap.onnx_export import refuse_foreign_folder
+    from polycap.interop.onnx_export import refuse_foreign_folder
+    from polycap.model.captioner import (
+        CONFIG_FILE,
+        ENCODER_DIR,
+        LM_DIR,
+        TOKENIZER_DIR,
+        encoder_weights_file,
+    )
 
     directory = Path(directory)
     refuse_foreign_folder(directory, CONFIG_FILE)
@@ -48,7 +54,7 @@ def export_hf(
 
 
 def _card_text(config: dict[str, Any], *args: Any) -> str:
-    from polycap import __version__
-    from polycap.model_card import render
+    from polycap.interop.model_card import render
+    from polycap.version import __version__
 
     return render({**config, "polycap_version": __version__}, *args)

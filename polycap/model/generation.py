@@ -23,8 +23,8 @@ import torch
 
 from polycap.errors import BadInput
 from polycap.language import cut_at_end
-from polycap.lm_keywords import lm_keywords
-from polycap.progress import progress_bar
+from polycap.model.lm_keywords import lm_keywords
+from polycap.util.progress import progress_bar
 
 MAX_SAMPLE_RETRIES = 3
 
@@ -630,7 +630,7 @@ def fill_holes(done: list[bool]) -> list[int]:
     """The rows a batch keeps when the ``done`` ones leave, as ``select`` takes them: each row
     that stays keeps its place, unless it sits past the new end, then it moves into a place a
     finished row left. So only as many rows move as have finished (a cache compacts in place,
-    :mod:`polycap.kv_cache`), not every row after the first that finished."""
+    :mod:`polycap.model.kv_cache`), not every row after the first that finished."""
     kept = len(done) - sum(done)
     order = list(range(kept))
     tail = (i for i in range(kept, len(done)) if not done[i])
@@ -664,7 +664,7 @@ def _output_cache(out: Any) -> Any:
 
 def _reorder_cache(cache: Any, rows: torch.Tensor) -> Any:
     """The cache with its batch rows taken from ``rows`` (beam reordering / pruning; in place
-    where it can be, :func:`polycap.kv_cache.reorder`)."""
-    from polycap.kv_cache import reorder
+    where it can be, :func:`polycap.model.kv_cache.reorder`)."""
+    from polycap.model.kv_cache import reorder
 
     return reorder(cache, rows)

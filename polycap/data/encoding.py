@@ -19,127 +19,25 @@ import io
 import os
 import re
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from polycap.atomic import replace_file, write_text
-from polycap.errors import BadInput
-from polycap.plugins import warn
-from polycap.progress import progress_bar
+from polycap.errors import BadInput, warn
+from polycap.parts import DEFAULT_BACKEND as DEFAULT_BACKEND  # re-exported: their former home
+from polycap.parts import EncoderSpec as EncoderSpec
+from polycap.parts import ImageEncoder as ImageEncoder
+from polycap.util.atomic import replace_file, write_text
+from polycap.util.progress import progress_bar
 
 if TYPE_CHECKING:
     import torch
-    from PIL import Image
 
 DEFAULT_ENCODER = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"
-DEFAULT_BACKEND = "open_clip"
 CACHE_ENV = "POLYCAP_CACHE_DIR"
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """Which image encoder: the one record of it that checkpoints and banks save and reopen.
-
-    ``backend`` (a ``register_encoders`` name, "open_clip" built in), ``name`` (the backend's
-    model name, e.g. "ViT-B-32"), ``pretrained`` (weights tag, file, or None for random),
-    ``embed_dim``, ``cache_key`` (the feature-cache key; None: do not cache).
-    """
-
-    name: str
-    pretrained: str | None = None
-    backend: str = DEFAULT_BACKEND
-    embed_dim: int | None = None
-    cache_key: str | None = None
-
-    @property
-    def spec(self) -> str:
-        """What :func:`load_encoder` takes: the name for open_clip, ``backend:name`` else."""
-        return self.name if self.backend == DEFAULT_BACKEND else f"{self.backend}:{self.name}"
-
-    def to_json(self, cache_key: bool = True) -> dict[str, Any]:
-        """The record (a checkpoint's leaves out ``cache_key``: it is machine-specific)."""
-        record: dict[str, Any] = {
-            "backend": self.backend,
-            "name": self.name,
-            "pretrained": self.pretrained,
-            "embed_dim": self.embed_dim,
-        }
-        if cache_key:
-            record["cache_key"] = self.cache_key
-        return record
-
-    @classmethod
-    def from_json(cls, record: Mapping[str, Any]) -> EncoderSpec:
-        """Read a record written by :meth:`to_json` (``backend`` defaults to open_clip)."""
-        if not record.get("name"):
-            raise BadInput(f"encoder record without a 'name': {dict(record)}")
-        embed_dim = record.get("embed_dim")
-        return cls(
-            name=str(record["name"]),
-            pretrained=record.get("pretrained"),
-            backend=str(record.get("backend") or DEFAULT_BACKEND),
-            embed_dim=None if embed_dim is None else int(embed_dim),
-            cache_key=record.get("cache_key"),
-        )
-
-    def load(self, device: str = "cpu") -> ImageEncoder:
-        """The encoder itself, from its own backend (never silently another one)."""
-        from polycap.plugins import get_registries
-
-        load = get_registries().encoders.get(self.backend)
-        return load(self.name, self.pretrained, device)
-
-
-class ImageEncoder:
-    """An image (and, where it has one, text) encoder; backends subclass this.
-
-    Attributes: ``backend`` ("open_clip"), ``name`` (the backend's model name, e.g.
-    "ViT-B-32"), ``pretrained`` (weights tag, file, or None for random weights), ``embed_dim``,
-    ``device``, ``cache_key`` (None: do not cache). :attr:`encoder_spec` is the record of it.
-    """
-
-    backend: str = DEFAULT_BACKEND
-    name: str = ""
-    pretrained: str | None = None
-    embed_dim: int = 0
-    device: str = "cpu"
-    cache_key: str | None = None
-
-    @property
-    def encoder_spec(self) -> EncoderSpec:
-        """The record of this encoder, to save and :meth:`EncoderSpec.load` back."""
-        return EncoderSpec(
-            self.name, self.pretrained, self.backend, int(self.embed_dim), self.cache_key
-        )
-
-    @property
-    def spec(self) -> str:
-        """What :func:`load_encoder` takes back (see :attr:`EncoderSpec.spec`)."""
-        return self.encoder_spec.spec
-
-    def info(self) -> dict[str, Any]:
-        """The record as JSON (:meth:`EncoderSpec.to_json`)."""
-        return self.encoder_spec.to_json()
-
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """An RGB PIL image -> Tensor[3, H, W] ready for :meth:`encode_images`."""
-        raise NotImplementedError
-
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Tensor[B, 3, H, W] -> Tensor[B, D] float32 on the CPU (raw, not normalised)."""
-        raise NotImplementedError
-
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        """Texts -> Tensor[B, D] float32 on the CPU (raw); BadInput if there is no text tower."""
-        raise BadInput(f"encoder {self.name!r} has no text encoder")
-
-    def __repr__(self) -> str:
-        kind = type(self).__name__
-        return f"<{kind} {self.name} pretrained={self.pretrained!r} dim={self.embed_dim}>"
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -289,7 +187,7 @@ def _read_one(
     index: int, path: Path, encoder: ImageEncoder, cache: FeatureCache | None
 ) -> tuple[_Loaded, torch.Tensor | None]:
     """Read, hash, look up, else decode and preprocess one image (runs in worker threads)."""
-    from polycap.images import decode_image
+    from polycap.data.images import decode_image
 
     try:
         data = path.read_bytes()

@@ -9,7 +9,7 @@
     best/                 the best epoch's model by --best-metric (its training record says
                           which epoch and score)
     logs/                 experiment tracker files (--log-with tensorboard, ...)
-    features/             the images' features (polycap.features store; reused when the
+    features/             the images' features (polycap.data.features store; reused when the
                           images and encoder are the same)
 
 Temporary folders a killed save leaves (``.checkpoint-….tmp-…``, ``.final.old-…``) are cleaned
@@ -26,8 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from polycap.atomic import write_json
 from polycap.errors import BadInput
+from polycap.util.atomic import write_json
 
 RUN_FILE = "run.json"
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -175,7 +175,7 @@ class RunFolder:
     def clear(self) -> None:
         """Remove a previous run's files (only polycap's own: run.json, checkpoints, final,
         best, tracker logs)."""
-        logs = self.path / "logs"  # polycap.trackers.LOG_DIR
+        logs = self.path / "logs"  # polycap.train.trackers.LOG_DIR
         for path in [*self.path.glob(f"{CHECKPOINT_PREFIX}*"), self.final, self.best, logs]:
             if path.is_dir():
                 shutil.rmtree(path)

@@ -97,7 +97,7 @@ def run_demo(
 def _run_demo(
     options: DemoOptions, console: Any, registries: Registries, started: float
 ) -> DemoResult:
-    from polycap.model import Captioner
+    from polycap.model.captioner import Captioner
     from polycap.offline.synthetic import make_synthetic_set
 
     pack = registries.languages.get(options.language)
@@ -156,7 +156,7 @@ def _train(
 ) -> Any:
     """The captioner trained on the split's training captions (retrieval-augmented with
     prompts from ``retrieval_bank`` when given)."""
-    from polycap.training import TrainConfig, train
+    from polycap.train.trainer import TrainConfig, train
 
     workdir = options.workdir
     config = TrainConfig(
@@ -194,10 +194,10 @@ def _compare(
 ) -> Any:
     """Retrieval, generation and retrieval-augmented generation (trained with a bank of the
     training captions) on the split, with seen/unseen pair accuracy."""
-    from polycap.captioning import encoder_for
-    from polycap.compositional import SPLIT_METRICS, compare_on_split, training_bank
-    from polycap.eval.compare import CompareSettings
-    from polycap.model import Captioner
+    from polycap.compare.comparison import CompareSettings
+    from polycap.compare.compositional import SPLIT_METRICS, compare_on_split, training_bank
+    from polycap.inference.pipeline import encoder_for
+    from polycap.model.captioner import Captioner
 
     workdir = options.workdir
     cache = workdir / "cache"
@@ -215,16 +215,14 @@ def _caption_test_images(
     model: Any, split: Any, options: DemoOptions
 ) -> tuple[dict[str, str], list[Path]]:
     """The first caption of each readable test image (by file name), and their paths."""
-    from polycap.captioning import caption_images
-    from polycap.generation import GenerationConfig
+    from polycap.inference.pipeline import CaptionPipeline, generation_config
 
     test_records = json.loads(Path(split.test_file).read_text(encoding="utf-8"))
     image_dir = Path(split.test_file).parent / "images"
     test_paths = sorted({image_dir / r["image_name"] for r in test_records})
-    captioned = caption_images(
-        model,
+    captioned = CaptionPipeline(model).caption_files(
         test_paths,
-        GenerationConfig(max_length=24),
+        generation_config(max_length=24),
         progress=options.progress,
         cache_dir=options.workdir / "cache",
     )

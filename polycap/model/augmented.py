@@ -11,7 +11,7 @@ Prompt lengths differ per image. In a batch each row is left-padded (the padding
 of the prefix), padding masked out of attention, and position ids counted over real tokens
 only, so each row sees exactly what it would see alone: ``[pad..][prefix][prompt][caption]``.
 :class:`PaddedCachedLM` carries that mask and the positions through the KV-cache decoding loops
-of :mod:`polycap.generation` (greedy, beam, sampling), unchanged.
+of :mod:`polycap.model.generation` (greedy, beam, sampling), unchanged.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from polycap.errors import BadInput
 if TYPE_CHECKING:
     import torch
 
-    from polycap.generation import GenerationConfig
     from polycap.language import LanguagePack
+    from polycap.model.generation import GenerationConfig
     from polycap.retrieval.bank import Bank
 
 DEFAULT_K = 4
@@ -109,6 +109,12 @@ def open_bank(model: Any, bank: str | Path | None = None) -> Bank:
             )
     else:
         opened = Bank.open(bank)
+    return check_bank(model, opened)
+
+
+def check_bank(model: Any, opened: Bank) -> Bank:
+    """``opened`` if its captions are in the model's language and its image embeddings have
+    the size of the model's encoder; else BadInput naming the bank."""
     language = model.config["language"]
     if opened.language != language:
         raise BadInput(f"{opened.path}: bank is in {opened.language!r}, the model in {language!r}")
@@ -236,13 +242,13 @@ def with_prompt(
 
 
 class PaddedCachedLM:
-    """A :class:`~polycap.generation.DecoderStep` over rows whose context has padding: the
+    """A :class:`~polycap.model.generation.DecoderStep` over rows whose context has padding: the
     attention mask and each row's next position travel in the past with the KV cache (and are
     pruned / reordered with it). ``use_cache=False`` re-runs the whole sequence every step (the
     reference the cached path is tested against)."""
 
     def __init__(self, lm: Any, mask: torch.Tensor | None, use_cache: bool = True) -> None:
-        from polycap.lm_keywords import lm_keywords
+        from polycap.model.lm_keywords import lm_keywords
 
         self.lm = lm
         self.keywords = lm_keywords(lm)
@@ -292,7 +298,7 @@ class PaddedCachedLM:
         return out.logits[:, -1], (_output_cache(out), mask)
 
     def select(self, past: Any, rows: torch.Tensor) -> Any:
-        from polycap.generation import _reorder_cache
+        from polycap.model.generation import _reorder_cache
 
         cache, mask = past
         rows = rows.to(mask.device)
@@ -301,7 +307,7 @@ class PaddedCachedLM:
 
 
 def _output_cache(out: Any) -> Any:
-    from polycap.generation import _output_cache as cache_of
+    from polycap.model.generation import _output_cache as cache_of
 
     return cache_of(out)
 
@@ -320,7 +326,7 @@ def generate_augmented_ids(
     (one list per image), decoded in one batch with the KV cache."""
     import torch
 
-    from polycap.generation import decode, inference
+    from polycap.model.generation import decode, inference
 
     config.validate()
     if config.cache != "dynamic":
@@ -370,7 +376,7 @@ def caption_augmented(
     k: int | None = None,
 ) -> AugmentedCaptions:
     """Retrieve for each image from ``bank``, build its prompt and decode, in batches."""
-    from polycap.generation import GenerationConfig, distinct_texts
+    from polycap.model.generation import GenerationConfig, distinct_texts
 
     config = config or GenerationConfig()
     setup = retrieval_setup(model)

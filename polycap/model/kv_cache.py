@@ -1,10 +1,11 @@
 """Rows leaving the KV cache of polycap's decoding loops in place.
 
 When rows finish, the loops ask the cache for a *compaction* (every row stays in its place, or
-fills the place of a finished row from past the new end: :func:`polycap.generation.fill_holes`),
-and transformers' plain (full-attention) ``DynamicCache`` layers carry it out in place, copying
-only the moved rows: a reorder (``reorder_cache``) gathers every row of every layer into new
-tensors, and a batch of captions of different lengths drops rows at most steps.
+fills the place of a finished row from past the new end:
+:func:`polycap.model.generation.fill_holes`), and transformers' plain (full-attention)
+``DynamicCache`` layers carry it out in place, copying only the moved rows: a reorder
+(``reorder_cache``) gathers every row of every layer into new tensors, and a batch of captions of
+different lengths drops rows at most steps.
 
 Any other cache (sliding windows, other transformers versions) is reordered by its own
 ``reorder_cache``: the same rows, the copies the library makes.

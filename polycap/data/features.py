@@ -36,16 +36,16 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from polycap.atomic import swap_into_place, temporary_folder
 from polycap.errors import BadInput
-from polycap.files import LineFile, LineWriter, read_meta
+from polycap.util.atomic import swap_into_place, temporary_folder
+from polycap.util.files import LineFile, LineWriter, read_meta
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from polycap.distributed import Processes
-    from polycap.encoding import ImageEncoder
+    from polycap.parts import ImageEncoder
+    from polycap.util.distributed import Processes
 
 STORE_FORMAT = "polycap-features"
 STORE_VERSION = 1
@@ -281,7 +281,7 @@ def create_store(
 ) -> Features:
     """A store at ``out`` from features computed elsewhere: ``blocks`` of rows (in order) and
     one image path per row; ``encoder`` is the record to keep (``EncoderSpec.to_json()``)."""
-    from polycap import __version__
+    from polycap.version import __version__
 
     out = Path(out)
     names = [os.fspath(path) for path in paths]
@@ -407,12 +407,12 @@ def encode_to_store(
 
     ``out=None`` only fills the per-image cache. With ``reuse``, a complete store at ``out``
     for the same images and encoder is opened instead of encoded again. Across processes
-    (``procs``, default: the launcher's, see :mod:`polycap.distributed`) every process must
+    (``procs``, default: the launcher's, see :mod:`polycap.util.distributed`) every process must
     call this with the same ``paths``; each gets the same result. ``fields``:
     :class:`EncodeOptions` fields by keyword (``batch_size=...``), over ``options``.
     """
-    from polycap.distributed import processes
-    from polycap.encoding import encode_images
+    from polycap.data.encoding import encode_images
+    from polycap.util.distributed import processes
 
     started = time.perf_counter()
     opts = replace(options or EncodeOptions(), **fields)
@@ -483,7 +483,7 @@ def _encode_rounds(
     progress: bool,
 ) -> EncodeStats:
     """Rounds of ``chunk`` images per process; each round's shares gathered and appended."""
-    from polycap.progress import progress_bar
+    from polycap.util.progress import progress_bar
 
     stats = EncodeStats(len(images), processes=procs.world_size)
     block = chunk * procs.world_size
@@ -514,7 +514,7 @@ def _encode_rounds(
 
 
 def _meta(encoder: ImageEncoder, digest: str, stats: EncodeStats) -> dict[str, Any]:
-    from polycap import __version__
+    from polycap.version import __version__
 
     return {
         "format": STORE_FORMAT,

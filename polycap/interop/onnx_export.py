@@ -14,9 +14,9 @@ An export is a folder::
 
 The decoder is one graph for both phases: the first call feeds the prefix with no tokens and an
 empty past; each later call feeds one token per row (an empty prefix) and the past it got back,
-so decoding is incremental. :mod:`polycap.onnx_runtime` runs it behind polycap's own decoding
-loops. Graphs are traced with ``torch.onnx.export`` (the dynamo exporter); batch, prefix, token
-and past lengths are dynamic.
+so decoding is incremental. :mod:`polycap.interop.onnx_runtime` runs it behind polycap's own
+decoding loops. Graphs are traced with ``torch.onnx.export`` (the dynamo exporter); batch, prefix,
+token and past lengths are dynamic.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from polycap.atomic import atomic_folder, write_json
 from polycap.errors import BadInput
+from polycap.util.atomic import atomic_folder, write_json
 
 MANIFEST = "polycap-onnx.json"
 FORMAT = "polycap-onnx"
@@ -49,7 +49,7 @@ def cache_layout(lm: Any) -> dict[str, int]:
     """Layers, key/value heads and head size of ``lm``'s KV cache, read off one tiny call."""
     import torch
 
-    from polycap.generation import _output_cache
+    from polycap.model.generation import _output_cache
 
     width = lm.get_input_embeddings().embedding_dim
     with torch.inference_mode():
@@ -72,8 +72,8 @@ def _decoder_module(lm: Any) -> Any:
     from torch import nn
     from transformers import DynamicCache
 
-    from polycap.generation import _output_cache
-    from polycap.lm_keywords import lm_keywords
+    from polycap.model.generation import _output_cache
+    from polycap.model.lm_keywords import lm_keywords
 
     keywords = lm_keywords(lm)
 
@@ -233,8 +233,8 @@ def export_onnx(
     """Write ``model`` (a Captioner) and ``encoder`` (None: features only) as an ONNX export
     into ``directory``, atomically; returns the folder. ``int8``: dynamic int8 quantisation of
     the graphs' weights (:func:`quantize_int8`)."""
-    from polycap.encoding import file_digest
-    from polycap.generation import GenerationConfig
+    from polycap.data.encoding import file_digest
+    from polycap.model.generation import GenerationConfig
 
     directory = Path(directory)
     refuse_foreign_folder(directory, MANIFEST)
@@ -274,8 +274,8 @@ def _manifest(
 ) -> dict[str, Any]:
     """The export's manifest: graphs, encoder spec + ``encoder_info`` (preprocess, graph
     digest), tokenizer, special ids, past-cache ``layout``, generation defaults, checkpoint."""
-    from polycap import __version__
-    from polycap.encoding import EncoderSpec
+    from polycap.parts import EncoderSpec
+    from polycap.version import __version__
 
     spec = EncoderSpec.from_json(model.config["encoder"]).to_json(cache_key=False)
     return {

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from polycap.errors import BadInput
+from polycap.errors import BadInput, first_line
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -185,8 +185,7 @@ def _reason(error: Exception) -> str:
 
     if isinstance(error, UnidentifiedImageError):
         return "unknown or corrupt image format"
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return text or type(error).__name__
+    return first_line(error)
 
 
 def skipped_rows(skipped: Iterable[tuple[str | Path, str]]) -> list[dict[str, str]]:

@@ -1,10 +1,11 @@
-"""Run an ONNX export (:mod:`polycap.onnx_export`) with ONNX Runtime, behind polycap's loops.
+"""Run an ONNX export (:mod:`polycap.interop.onnx_export`) with ONNX Runtime, behind polycap's
+loops.
 
-:class:`OnnxCaptioner` looks like a :class:`~polycap.model.Captioner` to the code that uses
-one (``prefix``, ``pack``, ``tokenizer``, ``config``, end and pad ids), and brings its own
+:class:`OnnxCaptioner` looks like a :class:`~polycap.model.captioner.Captioner` to the code that
+uses one (``prefix``, ``pack``, ``tokenizer``, ``config``, end and pad ids), and brings its own
 :class:`OrtDecoderStep` (``decoder_step``) and image encoder (``image_encoder``), so
-:func:`polycap.generation.generate_ids` / ``caption_features`` (greedy, beam, sampling, the
-batch shrinking as captions end) and :func:`polycap.captioning.caption_images` run unchanged
+:func:`polycap.model.generation.generate_ids` / ``caption_features`` (greedy, beam, sampling, the
+batch shrinking as captions end) and :func:`polycap.inference.pipeline.caption_images` run unchanged
 over ONNX Runtime sessions. PyTorch is still used for the decoding loops' bookkeeping (argmax,
 top-k, index_select on the cache), not for the model.
 """
@@ -15,9 +16,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from polycap.encoding import ImageEncoder
-from polycap.errors import BadInput
-from polycap.onnx_export import FORMAT, FORMAT_VERSION, MANIFEST
+from polycap.errors import BadInput, first_line
+from polycap.interop.onnx_export import FORMAT, FORMAT_VERSION, MANIFEST
+from polycap.parts import ImageEncoder
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -56,12 +57,12 @@ def _session(path: Path, threads: int | None = None) -> Any:
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph kinds
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise BadInput(f"{path}: not a loadable ONNX graph ({first[:200]})") from None
 
 
 class OrtDecoderStep:
-    """The decoder graph as a :class:`~polycap.generation.DecoderStep`: the past is the
+    """The decoder graph as a :class:`~polycap.model.generation.DecoderStep`: the past is the
     ``present`` tensor the graph returned (``[L, 2, N, H, S, d]``), rows selected on axis 2."""
 
     def __init__(self, session: Any, past: dict[str, int], width: int) -> None:
@@ -184,8 +185,8 @@ class OnnxCaptioner:
 
     def decode_caption(self, ids: list[int], finished: bool = True) -> str:
         """Generated ids -> text, by the checkpoint's own rule (:meth:`Captioner.decode_caption
-        <polycap.model.Captioner.decode_caption>`)."""
-        from polycap.model import Captioner
+        <polycap.model.captioner.Captioner.decode_caption>`)."""
+        from polycap.model.captioner import Captioner
 
         return Captioner.decode_caption(self, ids, finished)  # type: ignore[arg-type]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from polycap.errors import BadInput
+from polycap.errors import BadInput, first_line
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -37,11 +37,6 @@ def _is_network_error(error: BaseException) -> bool:
     )
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:240]
-
-
 def download(repo_id: str) -> Path:
     """The files of the model ``repo_id`` (snapshot_download: cached, then reused)."""
     try:
@@ -65,9 +60,11 @@ def download(repo_id: str) -> Path:
             "Hub (offline, and not in the Hub cache)"
         ) from None
     except (RepositoryNotFoundError, GatedRepoError, RevisionNotFoundError) as error:
-        raise BadInput(f"{repo_id}: not on the Hugging Face Hub ({_first_line(error)})") from None
+        raise BadInput(
+            f"{repo_id}: not on the Hugging Face Hub ({first_line(error, 240)})"
+        ) from None
     except (OSError, ValueError) as error:
-        raise BadInput(f"{repo_id}: download failed ({_first_line(error)})") from None
+        raise BadInput(f"{repo_id}: download failed ({first_line(error, 240)})") from None
 
 
 def push(folder: Path, repo_id: str, private: bool = False) -> str:
@@ -88,7 +85,7 @@ def push(folder: Path, repo_id: str, private: bool = False) -> str:
             commit_message="polycap export",
         )
     except Exception as error:  # offline, no token, no rights: all one line
-        reason = _first_line(error)
+        reason = first_line(error, 240)
         if _is_network_error(error) and "offline" not in reason.lower():
             reason = f"offline: cannot reach the Hugging Face Hub; {reason}"
         raise BadInput(f"--push-to-hub {repo_id}: upload failed ({reason})") from None

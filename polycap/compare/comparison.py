@@ -6,7 +6,8 @@ throughput counts captions per second from embeddings to text. Novelty is the sh
 captions not among the training captions (the bank's captions, compared after the pack's
 normalisation); diversity is distinct-1/2 over the pack's evaluation tokens.
 
-:func:`polycap.compositional.compare_on_split` runs this on the synthetic compositional split.
+:func:`polycap.compare.compositional.compare_on_split` runs this on the synthetic compositional
+split.
 """
 
 from __future__ import annotations
@@ -17,22 +18,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from polycap.errors import BadInput
-from polycap.eval.methods import (
+from polycap.compare.methods import (
     AugmentedMethod,
     GenerationMethod,
     Method,
     RetrievalMethod,
     RetrievalOptions,
 )
+from polycap.data.images import skipped_rows
+from polycap.errors import BadInput
 from polycap.eval.runner import ClipOptions, EvalContext, EvalResult, evaluate, image_keys
-from polycap.images import skipped_rows
 
 if TYPE_CHECKING:
-    from polycap.data import CaptionSet
-    from polycap.encoding import ImageEncoder
-    from polycap.generation import GenerationConfig
+    from polycap.data.captions import CaptionSet
     from polycap.language import LanguagePack
+    from polycap.model.generation import GenerationConfig
+    from polycap.parts import ImageEncoder
     from polycap.plugins import Registries
     from polycap.retrieval.bank import Bank
 
@@ -341,7 +342,7 @@ def _methods(
     if model is not None:
         methods.append(GenerationMethod(model, options.generation, batch_size))
     if options.augmented is not None:
-        from polycap.augmented import open_bank
+        from polycap.model.augmented import open_bank
 
         augmented = options.augmented
         own_bank = options.augmented_bank or bank or open_bank(augmented)
@@ -356,7 +357,7 @@ def _shared_encoder(
 ) -> ImageEncoder:
     """The encoder all ``methods`` share, once each has checked it is in ``pack``'s language:
     the ``captioner``'s, else the bank's."""
-    from polycap.captioning import encoder_for
+    from polycap.inference.pipeline import encoder_for
 
     for method in methods:
         method.check_language(pack)
@@ -376,7 +377,7 @@ def compare_methods(
 ) -> Comparison:
     """Run each of ``methods`` on the embeddings of ``heldout`` (encoded once with
     ``encoder``, timed apart) and score each alike; novelty is against ``bank``'s captions."""
-    from polycap.encoding import encode_images
+    from polycap.data.encoding import encode_images
     from polycap.eval.metrics.reference import release
 
     for method in methods:

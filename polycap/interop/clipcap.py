@@ -25,10 +25,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from polycap.errors import BadInput
+from polycap.errors import BadInput, first_line
 
 if TYPE_CHECKING:
-    from polycap.encoding import EncoderSpec
+    from polycap.parts import EncoderSpec
 
 MAPPER_PREFIX = "clip_project."
 LM_PREFIX = "gpt."
@@ -60,7 +60,7 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise BadInput(f"{path}: not a PyTorch state dict ({first[:200]})") from None
     for key in WRAPPER_KEYS:
         if isinstance(data, dict) and isinstance(data.get(key), dict):
@@ -244,7 +244,7 @@ def import_clipcap(
     for the embedding size: ViT-B-32 for 512, RN50x4 for 640). The LM is bundled.
     ``fields``: :class:`ImportOptions` fields by keyword (``lm=...``), over ``options``.
     """
-    from polycap.model import Captioner, lm_width
+    from polycap.model.captioner import Captioner, lm_width
 
     opts = replace(options or ImportOptions(), **fields)
     lm, stop_token = opts.lm, opts.stop_token
@@ -278,7 +278,7 @@ def import_clipcap(
     try:
         model.mapper.load_state_dict(found.state, strict=True)
     except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
+        first = first_line(error)
         raise BadInput(
             f"{path}: clip_project.* does not fit a {found.kind} mapper ({first})"
         ) from None
@@ -289,7 +289,8 @@ def import_clipcap(
 def _encoder_info(
     path: Path, clip_dim: int, encoder: str | None, pretrained: str | None
 ) -> EncoderSpec:
-    from polycap.encoding import EncoderSpec, parse_spec
+    from polycap.data.encoding import parse_spec
+    from polycap.parts import EncoderSpec
 
     if encoder is None:
         if clip_dim not in KNOWN_ENCODERS:

@@ -12,42 +12,12 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
-from polycap.errors import BadInput
-from polycap.plugins import warn
+from polycap.errors import BadInput, warn
+from polycap.parts import CaptionFormat as CaptionFormat  # re-exported: their former home
+from polycap.parts import CaptionRecord as CaptionRecord
 
 SNIFF_BYTES = 4096
-
-
-@dataclass(frozen=True)
-class CaptionRecord:
-    """One caption of one image; ``image`` is an absolute path."""
-
-    image: Path
-    caption: str
-    image_id: str
-
-
-@runtime_checkable
-class CaptionFormat(Protocol):
-    """A caption-file format, registered with ``register(name, CaptionFormat)``.
-
-    ``suffixes`` are lower-case file suffixes (".json") the format claims; ``sniff`` looks at
-    the start of a file and says whether it is this format (used when suffixes are shared or
-    unknown); ``read`` returns records with absolute image paths (existence is checked by
-    :func:`load_captions`) and raises ``BadInput`` naming the file and line/key on bad input.
-    A format that reads sources other than one file (a folder, a pattern of shards) also has
-    ``accepts(path) -> bool``. A format may also define ``read_predictions(path)`` returning
-    :class:`polycap.eval.predictions.Prediction` objects, so ``polycap eval -p`` reads it too.
-    """
-
-    name: str
-    suffixes: tuple[str, ...]
-
-    def sniff(self, path: Path) -> bool: ...
-
-    def read(self, path: Path, images_dir: Path | None) -> list[CaptionRecord]: ...
 
 
 @dataclass
@@ -217,7 +187,7 @@ def table_columns() -> tuple[str | None, str | None]:
 def embedded_images_dir() -> Path:
     """Where images stored inside data (bytes columns, tar members) are written once, by
     content hash: ``<feature cache dir>/embedded-images``."""
-    from polycap.encoding import default_cache_dir
+    from polycap.data.encoding import default_cache_dir
 
     return default_cache_dir() / "embedded-images"
 

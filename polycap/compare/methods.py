@@ -18,8 +18,8 @@ from polycap.retrieval.search import RetrievalOptions
 if TYPE_CHECKING:
     import torch
 
-    from polycap.encoding import ImageEncoder
     from polycap.language import LanguagePack
+    from polycap.parts import ImageEncoder
     from polycap.retrieval.bank import Bank
 
 
@@ -93,7 +93,7 @@ class GenerationMethod:
 
     def __post_init__(self) -> None:
         if self.generation is None:
-            from polycap.generation import GenerationConfig
+            from polycap.model.generation import GenerationConfig
 
             self.generation = GenerationConfig()
 
@@ -117,11 +117,10 @@ class GenerationMethod:
         """The model's own encoder is the shared one (``compare`` loads it)."""
 
     def caption(self, features: torch.Tensor) -> list[list[str]]:
-        from polycap.generation import caption_features
+        from polycap.inference.pipeline import CaptionPipeline
 
-        generated = caption_features(
-            self.model, features.to(self.model.device), self.generation, batch_size=self.batch_size
-        )
+        pipeline = CaptionPipeline(self.model, device=str(self.model.device))
+        generated = pipeline.caption_features(features, self.generation, self.batch_size).captions
         if str(self.model.device).startswith("cuda"):
             import torch
 
@@ -134,7 +133,7 @@ class GenerationMethod:
 
 @dataclass
 class AugmentedMethod:
-    """Captions decoded by a retrieval-augmented captioner (:mod:`polycap.augmented`): each
+    """Captions decoded by a retrieval-augmented captioner (:mod:`polycap.model.augmented`): each
     image's prompt holds the captions of its nearest ``bank`` images; ``retrieved`` keeps them
     (per image, after :meth:`caption`) for the report."""
 
@@ -147,13 +146,13 @@ class AugmentedMethod:
 
     def __post_init__(self) -> None:
         if self.generation is None:
-            from polycap.generation import GenerationConfig
+            from polycap.model.generation import GenerationConfig
 
             self.generation = GenerationConfig()
 
     @property
     def k(self) -> int:
-        from polycap.augmented import retrieval_setup
+        from polycap.model.augmented import retrieval_setup
 
         setup = retrieval_setup(self.model)
         if setup is None:
@@ -185,15 +184,10 @@ class AugmentedMethod:
             )
 
     def caption(self, features: torch.Tensor) -> list[list[str]]:
-        from polycap.augmented import caption_augmented
+        from polycap.inference.pipeline import CaptionPipeline
 
-        found = caption_augmented(
-            self.model,
-            features.to(self.model.device),
-            self.bank,
-            self.generation,
-            batch_size=self.batch_size,
-        )
+        pipeline = CaptionPipeline(self.model, device=str(self.model.device), bank=self.bank)
+        found = pipeline.caption_features(features, self.generation, self.batch_size)
         self.retrieved = found.retrieved
         return found.captions
 

@@ -25,23 +25,29 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from polycap.atomic import check_writable_folder
-from polycap.batching import bucketed_batches, pad_right, padded_batches
-from polycap.encoding import EncoderSpec
-from polycap.errors import BadInput, PolycapError
-from polycap.images import describe_skipped
-from polycap.run_folder import CHECKPOINT_PREFIX, FEATURES, TRAINER_STATE, RunFolder
-from polycap.trackers import check_trackers, finish_trackers, log_dir, log_epoch, start_trackers
+from polycap.data.images import describe_skipped
+from polycap.errors import BadInput, PolycapError, first_line
+from polycap.parts import EncoderSpec
+from polycap.train.trackers import (
+    check_trackers,
+    finish_trackers,
+    log_dir,
+    log_epoch,
+    start_trackers,
+)
+from polycap.util.atomic import check_writable_folder
+from polycap.util.batching import bucketed_batches, pad_right, padded_batches
+from polycap.util.run_folder import CHECKPOINT_PREFIX, FEATURES, TRAINER_STATE, RunFolder
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 HOOK_ENV = "POLYCAP_TRAIN_HOOK"
 HOOK_FILE_ENV = "POLYCAP_TRAIN_HOOK_FILE"
 TIMEOUT_ENV = "POLYCAP_DIST_TIMEOUT"
 if TYPE_CHECKING:
-    from polycap.features import Features
+    from polycap.data.features import Features
     from polycap.language import LanguagePack
     from polycap.plugins import Registries
-    from polycap.selection import Selection
+    from polycap.train.selection import Selection
 
 __all__ = ["CHECKPOINT_PREFIX", "TRAINER_STATE", "TrainConfig", "Trainer", "train"]
 
@@ -82,9 +88,9 @@ class TrainConfig:
     progress: bool = True
     eval_metrics: list[str] = field(default_factory=list)  # caption metrics on val, per epoch
     stop_token: str | None = None  # ends captions instead of the pack's end token (e.g. ".")
-    best_metric: str | None = None  # keep best/ by this validation score (polycap.selection)
+    best_metric: str | None = None  # keep best/ by this validation score (train.selection)
     early_stop: int = 0  # stop after this many epochs without improvement (0: never)
-    log_with: list[str] = field(default_factory=list)  # Accelerate trackers (polycap.trackers)
+    log_with: list[str] = field(default_factory=list)  # Accelerate trackers (train.trackers)
     retrieval_bank: Path | None = None  # retrieval-augmented: prompts from this bank's kNN
     retrieval_k: int = 4  # captions per prompt
 
@@ -237,7 +243,7 @@ def prompt_inputs(
     prompt of each caption's image; nothing for a plain captioner."""
     if prompts is None:
         return {}
-    from polycap.augmented import left_padded
+    from polycap.model.augmented import left_padded
 
     ids, mask = left_padded([prompts[tokens.feature_rows[i]] for i in batch], pad_id)
     return {"prompt_ids": ids.to(device), "prompt_mask": mask.to(device)}
@@ -253,7 +259,7 @@ def tokenize_records(
 ) -> TokenizedSet:
     """Token ids per caption (end token kept when truncated) for records whose image encoded;
     with ``stop_token``, captions end with it instead of the pack's end token."""
-    from polycap.model import caption_token_ids
+    from polycap.model.captioner import caption_token_ids
 
     rows: list[int] = []
     ids_list: list[list[int]] = []
@@ -408,7 +414,7 @@ class Trainer:
 
     def take_folder(self, resume: bool, overwrite: bool) -> None:
         """On the main process: check writability, clean leftovers, claim the run folder."""
-        from polycap.encoding import default_cache_dir
+        from polycap.data.encoding import default_cache_dir
 
         if self.main:
             check_writable_folder(self.config.output, "--output")
@@ -452,9 +458,9 @@ class Trainer:
     # -- preparation -----------------------------------------------------------------------
     def prepare_data(self) -> PreparedData:
         """Load captions, encode each image once, split by image, tokenize."""
-        from polycap.data import load_captions, split_by_image
-        from polycap.encoding import load_encoder
-        from polycap.features import encode_to_store
+        from polycap.data.captions import load_captions, split_by_image
+        from polycap.data.encoding import load_encoder
+        from polycap.data.features import encode_to_store
 
         config = self.config
         captions = load_captions(
@@ -499,7 +505,7 @@ class Trainer:
         """Retrieval prompts for every encoded image (its own entry and references excluded)."""
         import os
 
-        from polycap.augmented import RetrievalSetup, training_prompts
+        from polycap.model.augmented import RetrievalSetup, training_prompts
         from polycap.retrieval.bank import Bank
         from polycap.retrieval.search import check_encoder
 
@@ -523,7 +529,7 @@ class Trainer:
 
     def load_or_build(self, start: Path | None, data: PreparedData) -> Any:
         """The checkpoint's model when resuming, else a new one (with feature statistics)."""
-        from polycap.model import Captioner
+        from polycap.model.captioner import Captioner
 
         if start is not None:
             return Captioner.load(start, device=self.device, registries=self.registries).train()
@@ -589,7 +595,7 @@ class Trainer:
         return len(batches) - first
 
     def progress_bar(self) -> Any:
-        from polycap.progress import rich_progress
+        from polycap.util.progress import rich_progress
 
         return rich_progress(self.console, enabled=self.config.progress and self.main)
 
@@ -646,7 +652,7 @@ class Trainer:
             "val_loss": val_loss,
         }
         if self.config.eval_metrics and data.val.token_ids:
-            from polycap.eval.validation import validation_scores
+            from polycap.train.validation import validation_scores
 
             plain = self.accelerator.unwrap_model(fit.model)
             val = data.val
@@ -817,7 +823,7 @@ class Trainer:
 def make_selection(config: TrainConfig, registries: Registries) -> Selection | None:
     """The run's best-epoch keeper: by ``--best-metric``, or by val_loss when only
     ``--early-stop`` is given; None when neither is."""
-    from polycap.selection import LOSS, BestMetric, Selection
+    from polycap.train.selection import LOSS, BestMetric, Selection
 
     if config.best_metric is None and not config.early_stop:
         return None
@@ -838,7 +844,7 @@ def make_accelerator(config: TrainConfig) -> Any:
     from accelerate.state import AcceleratorState
     from accelerate.utils import InitProcessGroupKwargs
 
-    from polycap.devices import resolve_device
+    from polycap.util.devices import resolve_device
 
     device = resolve_device(config.device)
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -864,7 +870,7 @@ def make_accelerator(config: TrainConfig) -> Any:
     except ValueError as error:
         raise BadInput(f"--precision {config.precision}: {error}") from None
     except RuntimeError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise PolycapError(f"distributed set-up failed: {first}") from None
 
 

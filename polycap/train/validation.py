@@ -29,7 +29,7 @@ def validation_scores(
     """
     import torch
 
-    from polycap.generation import GenerationConfig, caption_features
+    from polycap.inference.pipeline import CaptionPipeline, generation_config
 
     references: dict[int, list[str]] = {}
     end = model.end_token_id
@@ -40,9 +40,10 @@ def validation_scores(
     if not rows:
         return {}
     image_features = features[torch.tensor(rows, dtype=torch.long)]
-    captions = caption_features(
-        model, image_features, GenerationConfig(max_length=max_length), batch_size=batch_size
-    )
+    pipeline = CaptionPipeline(model, device=str(model.device))
+    captions = pipeline.caption_features(
+        image_features, generation_config(max_length=max_length), batch_size
+    ).captions
     context = EvalContext(
         pack=model.pack,
         keys=[str(row) for row in rows],

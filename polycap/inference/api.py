@@ -3,70 +3,77 @@
 ``model`` is anything ``polycap caption --model`` takes: a checkpoint folder, a run folder, an
 exported Hugging Face folder, an ONNX export (run by ONNX Runtime) or a Hub id. ``images``: a
 path, a PIL image or a feature tensor (``[clip_dim]``), or a list of paths and PIL images, or a
-``[B, clip_dim]`` tensor of image features (from the model's own encoder).
+``[B, clip_dim]`` tensor of image features (from the model's own encoder). Captions come from
+the same :class:`~polycap.inference.pipeline.CaptionPipeline` as ``polycap caption``'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from polycap.errors import BadInput
+from polycap.inference.pipeline import CaptionPipeline, generation_config
+
+if TYPE_CHECKING:
+    import torch
+
+    from polycap.parts import ImageEncoder
 
 
-def load(model: str | Path, device: str = "cpu") -> Captioner:
-    """Load ``model`` for captioning on ``device`` ("cpu", "cuda", "auto")."""
-    from polycap.captioning import load_captioner
-    from polycap.devices import resolve_device
+def load(model: str | Path, device: str = "auto", bank: str | Path | None = None) -> Captioner:
+    """Load ``model`` for captioning on ``device`` ("auto", "cpu", "cuda", "cuda:1", "mps");
+    ``bank``: another bank for a retrieval-augmented model."""
+    from polycap.util.devices import resolve_device
 
-    device = str(resolve_device(device))
-    return Captioner(load_captioner(model, device=device), device)
+    resolved = str(resolve_device(device))
+    return Captioner(CaptionPipeline.load(model, device=resolved, bank=bank))
 
 
 class Captioner:
     """A loaded model with its image encoder (loaded on first use)."""
 
-    def __init__(self, model: Any, device: str = "cpu") -> None:
-        self.model = model
-        self.device = device
-        self._encoder: Any = None
+    def __init__(self, pipeline: CaptionPipeline) -> None:
+        self.pipeline = pipeline
+
+    @property
+    def model(self) -> Any:
+        return self.pipeline.model
+
+    @property
+    def device(self) -> str:
+        return self.pipeline.device
 
     @property
     def language(self) -> str:
-        return self.model.config["language"]
+        return self.pipeline.language
 
     @property
-    def encoder(self) -> Any:
+    def encoder(self) -> ImageEncoder:
         """The image encoder the model was trained with (ONNX exports bring their own)."""
-        if self._encoder is None:
-            from polycap.captioning import encoder_for
-
-            self._encoder = encoder_for(self.model, device=self.device)
-        return self._encoder
+        return self.pipeline.encoder
 
     def caption(
         self, images: Any, batch_size: int = 64, **generation_options: Any
     ) -> str | list[str] | list[list[str]]:
         """Captions of ``images`` (see the module docstring).
 
-        ``generation_options``: the fields of :class:`polycap.generation.GenerationConfig`
-        (``beams``, ``max_length``, ``sample``, ``top_k``, ``top_p``, ``temperature``,
-        ``num_captions``, ``seed``). One caption per image gives a string per image, more give
-        a list per image; one image (not in a list) gives just its result. Unreadable images
-        raise :class:`polycap.errors.BadInput` naming the file.
+        ``generation_options``: those of ``polycap caption`` (``beams``, ``max_length``,
+        ``sample``, ``top_k``, ``top_p``, ``temperature``, ``num_captions``, ``seed``). One
+        caption per image gives a string per image, more give a list per image; one image (not
+        in a list) gives just its result. Unreadable images raise
+        :class:`polycap.errors.BadInput` naming the file.
         """
-        from polycap.generation import caption_features
-
         config = generation_config(generation_options)
         single = _is_one_image(images)
-        features = self.features(images, batch_size)
-        captions = caption_features(self.model, features, config, batch_size=batch_size)
-        results: list[Any] = [c[0] if config.num_captions == 1 else c for c in captions]
+        found = self.pipeline.caption_features(
+            self.features(images, batch_size), config, batch_size
+        )
+        results: list[Any] = [c[0] if config.num_captions == 1 else c for c in found.captions]
         return results[0] if single else results
 
-    def features(self, images: Any, batch_size: int = 64) -> Any:
+    def features(self, images: Any, batch_size: int = 64) -> torch.Tensor:
         """``[B, clip_dim]`` features of ``images`` from the model's own image encoder (a
         feature tensor is returned as it is, ``[D]`` as ``[1, D]``)."""
         import torch
@@ -99,23 +106,10 @@ def _rgb(item: Any) -> Any:
     """A path or a PIL image, as an RGB image a person would see."""
     from PIL import Image
 
-    from polycap.images import load_image, to_rgb
+    from polycap.data.images import load_image, to_rgb
 
     if isinstance(item, Image.Image):
         return to_rgb(item)
     if isinstance(item, (str, Path)):
         return load_image(item)
     raise BadInput(f"cannot caption a {type(item).__name__}: give paths, PIL images or features")
-
-
-def generation_config(options: dict[str, Any]) -> Any:
-    """A GenerationConfig from keyword options; BadInput naming an unknown option."""
-    from polycap.generation import GenerationConfig
-
-    known = {f.name for f in dataclasses.fields(GenerationConfig)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise BadInput(
-            f"unknown generation option {unknown[0]!r}; known: {', '.join(sorted(known))}"
-        )
-    return GenerationConfig(**options)

@@ -1,0 +1,1 @@
+"""Retrieval vs generation: methods, the comparison, the compositional split."""

@@ -1,0 +1,1 @@
+"""Training: the trainer, its settings, run folders, checkpoints, selection, trackers."""

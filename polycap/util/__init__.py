@@ -1,0 +1,1 @@
+"""Utilities every layer may use: atomic writes, files, progress, devices, processes, batches."""
