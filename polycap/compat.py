@@ -25,7 +25,7 @@ MOVED = {
     "polycap.encoding": "polycap.data.encoding",
     "polycap.features": "polycap.data.features",
     "polycap.mapping": "polycap.model.mapping",
-    "polycap.decoders": "polycap.model.decoders",
+    "polycap.decoders": "polycap.util.decoders",
     "polycap.generation": "polycap.model.generation",
     "polycap.kv_cache": "polycap.model.kv_cache",
     "polycap.lm_keywords": "polycap.model.lm_keywords",

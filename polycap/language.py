@@ -58,14 +58,14 @@ class LanguagePack:
     # -- loading -------------------------------------------------------------------------
     def load_tokenizer(self, name_or_path: str) -> Any:
         """The decoder's tokenizer, by hub id, local directory or ``.gguf`` file."""
-        from polycap.model.decoders import load_auto_tokenizer
+        from polycap.util.decoders import load_auto_tokenizer
 
         return load_pretrained(load_auto_tokenizer, name_or_path, "tokenizer")
 
     def load_decoder(self, name_or_path: str, dtype: Any = None) -> Any:
         """The causal LM (any ``AutoModelForCausalLM``), by hub id, local directory or
-        ``.gguf`` file (de-quantised; see :mod:`polycap.model.decoders`)."""
-        from polycap.model.decoders import load_causal_lm
+        ``.gguf`` file (de-quantised; see :mod:`polycap.util.decoders`)."""
+        from polycap.util.decoders import load_causal_lm
 
         return load_pretrained(load_causal_lm, name_or_path, "decoder", dtype=dtype)
 

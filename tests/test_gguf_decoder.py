@@ -11,8 +11,8 @@ import torch
 
 from polycap.builtin.english import ENGLISH
 from polycap.model.captioner import Captioner
-from polycap.model.decoders import is_gguf
 from polycap.parts import EncoderSpec
+from polycap.util.decoders import is_gguf
 
 
 def smollm2_gguf() -> Path:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -102,14 +102,22 @@ def index_command(
     stats = build_bank(caption_set, image_encoder, out, pack, options)
     if not procs.main:
         return  # the other processes helped encode the images
+    _show_bank(stats, image_encoder, index, pack.code, dtype, json_output)
+
+
+def _show_bank(
+    stats: Any, encoder: Any, index: Any, language: str, dtype: str, json_output: bool
+) -> None:
+    """The built bank as a table (or JSON), then the images that were skipped."""
+    backend, index_type = index.backend, index.resolve()[1]
     summary = {
         "bank": str(stats.path),
         "backend": backend,
-        "index_type": index.resolve()[1],
-        "language": pack.code,
-        "encoder": image_encoder.name,
-        "pretrained": image_encoder.pretrained,
-        "dim": image_encoder.embed_dim,
+        "index_type": index_type,
+        "language": language,
+        "encoder": encoder.name,
+        "pretrained": encoder.pretrained,
+        "dim": encoder.embed_dim,
         "captions": stats.captions,
         "caption_records": stats.caption_records,
         "images": stats.images,
@@ -129,9 +137,9 @@ def index_command(
                 f"{stats.caption_records} ({stats.captions})",
                 stats.images,
                 "yes" if stats.has_text else "no",
-                f"{image_encoder.embed_dim} {dtype}",
-                image_encoder.name,
-                f"{backend} {summary['index_type']}",
+                f"{encoder.embed_dim} {dtype}",
+                encoder.name,
+                f"{backend} {index_type}",
             )
         ],
     )

@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from polycap.errors import BadInput, UnknownName
-from polycap.model.decoders import is_gguf
 from polycap.model.lm_keywords import lm_keywords
 from polycap.parts import EncoderSpec
 from polycap.util.atomic import atomic_folder
+from polycap.util.decoders import is_gguf
 
 if TYPE_CHECKING:
     from polycap.language import LanguagePack
