@@ -1,0 +1,140 @@
+"""Language fidelity: is a caption in the language asked for at all?
+
+``language-fidelity`` fills two columns, both the share (%) of predictions:
+
+- ``Fidelity``: captions that lingua-language-detector (an offline n-gram identifier over 75
+  languages) assigns to the pack's language, which the pack names as ``identifier_language``
+  (an ISO 639-1 code);
+- ``Script``: for languages with a script of their own (ja: kana and kanji, zh: han, ko: hangul,
+  ru: cyrillic), captions whose letters are mostly (> 50 %) in that script: a check that needs no
+  model, and the one that catches an English answer to a Japanese prompt even where the
+  identifier is unsure.
+
+An empty caption is in no language. :func:`dominant_language` is what ``polycap eval`` uses to
+warn when predictions and references are plainly in different languages.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Sequence
+from functools import cache
+from typing import Any
+
+from polycap.eval.runner import EvalContext
+from polycap.parts import MetricScores
+
+MOSTLY = 0.5  # a caption is "in the script" when more than half of its letters are
+
+
+def _is_kana(ch: str) -> bool:
+    return "\u3040" <= ch <= "\u30ff" or "\u31f0" <= ch <= "\u31ff" or "\uff66" <= ch <= "\uff9f"
+
+
+def _is_han(ch: str) -> bool:
+    return (
+        "\u3400" <= ch <= "\u4dbf"
+        or "\u4e00" <= ch <= "\u9fff"
+        or "\uf900" <= ch <= "\ufaff"
+        or "\U00020000" <= ch <= "\U0003134f"
+        or ch == "\u3005"  # 々
+    )
+
+
+def _is_hangul(ch: str) -> bool:
+    return "\uac00" <= ch <= "\ud7af" or "\u1100" <= ch <= "\u11ff" or "\u3130" <= ch <= "\u318f"
+
+
+def _is_cyrillic(ch: str) -> bool:
+    return "\u0400" <= ch <= "\u052f"
+
+
+SCRIPTS: dict[str, tuple[str, Callable[[str], bool]]] = {
+    "ja": ("kana + kanji", lambda ch: _is_kana(ch) or _is_han(ch)),
+    "zh": ("han", _is_han),
+    "ko": ("hangul", _is_hangul),
+    "ru": ("cyrillic", _is_cyrillic),
+}
+
+
+def in_script(text: str, code: str) -> bool:
+    """Whether more than half of the letters of ``text`` are in the script of ``code``."""
+    rule = SCRIPTS.get(code)
+    letters = [ch for ch in text if unicodedata.category(ch).startswith("L")]
+    if rule is None or not letters:
+        return False
+    return sum(1 for ch in letters if rule[1](ch)) / len(letters) > MOSTLY
+
+
+def lingua_missing() -> str | None:
+    if importlib.util.find_spec("lingua") is None:
+        return "lingua-language-detector not installed; pip install 'polycap[eval]'"
+    return None
+
+
+@cache
+def _detector() -> Any:
+    """One lingua detector over all its languages per process (models load lazily, per
+    script met: Latin text loads most of them, once)."""
+    from lingua import LanguageDetectorBuilder
+
+    return LanguageDetectorBuilder.from_all_languages().build()
+
+
+def identify(texts: Sequence[str]) -> list[str | None]:
+    """The ISO 639-1 code lingua assigns to each text (None: empty or undecided)."""
+    detector = _detector()
+    codes: list[str | None] = []
+    for text in texts:
+        language = detector.detect_language_of(text) if text.strip() else None
+        codes.append(None if language is None else language.iso_code_639_1.name.lower())
+    return codes
+
+
+def dominant_language(texts: Sequence[str], limit: int = 200, share: float = 0.8) -> str | None:
+    """The language of at least ``share`` of (the first ``limit``) ``texts``, else None:
+    what "plainly in language X" means for the mismatch warning."""
+    sample = [text for text in texts[:limit] if text.strip()]
+    if not sample or lingua_missing():
+        return None
+    counts = Counter(identify(sample))
+    code, count = counts.most_common(1)[0]
+    return code if code is not None and count / len(sample) >= share else None
+
+
+class LanguageFidelity:
+    """``language-fidelity``: the share of captions in the pack's language (lingua) and, for
+    ja/zh/ko/ru, in its script."""
+
+    name = "language-fidelity"
+    columns = ("Fidelity", "Script")
+    lower_is_better = False
+
+    def unavailable(self, ctx: EvalContext) -> str | None:
+        code = ctx.pack.identifier_language
+        if code is None:
+            return f"language pack {ctx.pack.code!r} names no language for the identifier"
+        if lingua_missing() and code not in SCRIPTS:
+            return lingua_missing()
+        return None
+
+    def compute(self, ctx: EvalContext) -> MetricScores:
+        code = ctx.pack.identifier_language or ""
+        predictions = ctx.predictions
+        corpus: dict[str, float] = {}
+        per_image: dict[str, list[float]] = {}
+        details: dict[str, Any] = {"language": code}
+        if not lingua_missing():
+            found = identify(predictions)
+            hits = [100.0 if found_code == code else 0.0 for found_code in found]
+            corpus["Fidelity"] = sum(hits) / len(hits)
+            per_image["Fidelity"] = hits
+            details["identifier"] = "lingua-language-detector (all languages, high accuracy)"
+            details["detected"] = dict(Counter(c or "none" for c in found).most_common())
+        if code in SCRIPTS:
+            hits = [100.0 if in_script(text, code) else 0.0 for text in predictions]
+            corpus["Script"] = sum(hits) / len(hits)
+            details["script"] = f"{SCRIPTS[code][0]}: more than half of the letters"
+        return MetricScores(corpus, per_image, details)
