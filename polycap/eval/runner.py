@@ -242,9 +242,10 @@ def context_for(
     matched: Matched,
     clip: ClipOptions | None = None,
     keys: Sequence[str] | None = None,
+    segmentation: Segmentation | None = None,
 ) -> EvalContext:
     """An :class:`EvalContext` from matched predictions (keys default to image file names,
-    or full paths where two images share a name)."""
+    or full paths where two images share a name; segmentation defaults to the pack's)."""
     return EvalContext(
         pack=pack,
         keys=list(keys) if keys is not None else image_keys(matched.images),
@@ -252,6 +253,7 @@ def context_for(
         references=matched.references,
         images=matched.images,
         clip=clip or ClipOptions(),
+        segmentation=segmentation,
     )
 
 

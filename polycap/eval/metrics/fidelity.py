@@ -93,15 +93,51 @@ def identify(texts: Sequence[str]) -> list[str | None]:
     return codes
 
 
-def dominant_language(texts: Sequence[str], limit: int = 200, share: float = 0.8) -> str | None:
-    """The language of at least ``share`` of (the first ``limit``) ``texts``, else None:
-    what "plainly in language X" means for the mismatch warning."""
-    sample = [text for text in texts[:limit] if text.strip()]
-    if not sample or lingua_missing():
+def script_of(text: str) -> str | None:
+    """The script most of the letters of ``text`` are in (``kana`` wherever kana occur, which
+    tells Japanese from Chinese), by Unicode character name: LATIN, CYRILLIC, CJK, HANGUL, ..."""
+    letters = [ch for ch in text if unicodedata.category(ch).startswith("L")]
+    if any(_is_kana(ch) for ch in letters):
+        return "kana"
+    names = Counter(unicodedata.name(ch, "?").split(" ")[0] for ch in letters)
+    return names.most_common(1)[0][0].lower() if names else None
+
+
+def _dominant(values: Sequence[str | None], share: float) -> tuple[str | None, int]:
+    counted = Counter(v for v in values if v is not None)
+    if not counted:
+        return None, 0
+    value, count = counted.most_common(1)[0]
+    return (value, count) if count / len(values) >= share else (None, count)
+
+
+def language_mismatch(
+    predictions: Sequence[str],
+    references: Sequence[Sequence[str]],
+    identifier: bool = False,
+    limit: int = 200,
+    share: float = 0.8,
+) -> str | None:
+    """One line when predictions and references are plainly in different languages: at least
+    ``share`` of each (first ``limit``) in different scripts, or, with ``identifier``, assigned
+    by lingua to different languages; None otherwise."""
+    preds = [t for t in predictions[:limit] if t.strip()]
+    refs = [t for group in references[:limit] for t in group[:1] if t.strip()]
+    if not preds or not refs:
         return None
-    counts = Counter(identify(sample))
-    code, count = counts.most_common(1)[0]
-    return code if code is not None and count / len(sample) >= share else None
+    checks = [("script", script_of)]
+    if identifier and not lingua_missing():
+        checks.append(("language", lambda text: identify([text])[0]))
+    for what, classify in checks:
+        ours, n_ours = _dominant([classify(t) for t in preds], share)
+        theirs, n_theirs = _dominant([classify(t) for t in refs], share)
+        if ours and theirs and ours != theirs:
+            return (
+                f"predictions are in {what} {ours!r} ({n_ours} of {len(preds)}), references "
+                f"in {theirs!r} ({n_theirs} of {len(refs)}): plainly different languages, so "
+                "these scores compare nothing (wrong --lang, or a model of another language?)"
+            )
+    return None
 
 
 class LanguageFidelity:
