@@ -170,10 +170,9 @@ def test_cc3m35l_images_by_record_number(tmp_path: Path) -> None:
 def karpathy_file(tmp_path: Path) -> Path:
     """dataset_coco.json: images with filepath, filename, split, sentences (raw, tokens)."""
     images = []
-    for imgid, (folder, cocoid, split) in enumerate(
-        [("val2014", 391895, "test"), ("train2014", 522418, "train"), ("val2014", 184613, "restval"),
-         ("val2014", 318219, "val")]
-    ):  # fmt: skip
+    files = [("val2014", 391895, "test"), ("train2014", 522418, "train")]
+    files += [("val2014", 184613, "restval"), ("val2014", 318219, "val")]
+    for imgid, (folder, cocoid, split) in enumerate(files):
         name = f"COCO_{folder}_{cocoid:012d}.jpg"
         jpeg(tmp_path / folder / name)
         sentences = [
@@ -226,8 +225,10 @@ def stair_file(tmp_path: Path) -> Path:
     data = {
         "licenses": [{"url": "http://creativecommons.org/licenses/by/4.0/", "id": 4}],
         "annotations": [
-            {"id": 1, "image_id": 9, "caption": "皿に料理が盛られている", "tokenized_caption": "皿 に 料理 が 盛ら れ て いる"},
-            {"id": 2, "image_id": 9, "caption": "食べ物が並んでいる", "tokenized_caption": "食べ物 が 並ん で いる"},
+            {"id": 1, "image_id": 9, "caption": "皿に料理が盛られている",
+             "tokenized_caption": "皿 に 料理 が 盛ら れ て いる"},
+            {"id": 2, "image_id": 9, "caption": "食べ物が並んでいる",
+             "tokenized_caption": "食べ物 が 並ん で いる"},
         ],
         "images": [{"license": 4, "file_name": "COCO_train2014_000000000009.jpg", "id": 9}],
     }  # fmt: skip

@@ -1,7 +1,7 @@
 """Tiny stand-ins for the real benchmark files, in their release layouts, with tiny models: the
 evaluation recipe of docs/evaluation.md runs end to end on them with no download.
 
-``python -m polycap.testing.standins OUT --lang ja`` writes
+``python -m polycap.demo.standins OUT --lang ja`` writes
 
 - ``OUT/stair/stair_captions_v1.2_train.json`` (STAIR Captions' COCO layout) and its images as
   ``OUT/coco/train2014/COCO_train2014_<id:012>.jpg`` (where COCO's images go);
@@ -102,7 +102,7 @@ def write_standins(
 ) -> dict[str, str]:
     """All stand-ins under ``root`` for ``language`` (see the module docstring); returns the
     paths and the options that stand in for the real models."""
-    from polycap.demo.runner import build_tiny_models
+    from polycap.offline import tiny
     from polycap.plugins import get_registries
 
     registry = get_registries().languages
@@ -114,7 +114,11 @@ def write_standins(
     stair = write_stair(pack, root, n_train)
     xm3600 = write_xm3600(packs, root, n_eval)
     captions = [item["caption"] for item in json.loads(stair.read_text())["annotations"]]
-    models = build_tiny_models(pack, captions, root / "models", seed=0)
+    # as polycap.demo.runner.build_tiny_models does (this module may not import the top layer)
+    tokenizer_dir = pack.build_tiny_tokenizer(captions, root / "models" / "lm")
+    lm = tiny.build_gpt2(pack.load_tokenizer(str(tokenizer_dir)), root / "models" / "lm", seed=0)
+    clip_name, clip_weights = tiny.build_clip(root / "models" / "clip", seed=0)
+    models = {"lm": str(lm), "encoder": clip_name, "pretrained": str(clip_weights)}
     return {
         "stair": str(stair),
         "coco_images": str(root / "coco" / "train2014"),
