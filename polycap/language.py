@@ -54,6 +54,9 @@ class LanguagePack:
     # ``caption_separator``. Packs write it in their own language.
     retrieval_prompt: str = DEFAULT_RETRIEVAL_PROMPT
     caption_separator: str = DEFAULT_CAPTION_SEPARATOR
+    # the language as a language identifier knows it (ISO 639-1, e.g. "ja"), for the
+    # ``language-fidelity`` metric; None: the metric does not apply to this pack
+    identifier_language: str | None = None
 
     # -- loading -------------------------------------------------------------------------
     def load_tokenizer(self, name_or_path: str) -> Any:

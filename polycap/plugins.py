@@ -42,6 +42,7 @@ BUILTIN_PLUGINS = (
     "polycap.builtin.english",
     "polycap.builtin.formats",
     "polycap.builtin.tables",
+    "polycap.builtin.benchmark_formats",
     "polycap.builtin.metrics",
     "polycap.builtin.index_backends",
 )

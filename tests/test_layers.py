@@ -240,7 +240,9 @@ def map_entries(text: str) -> list[str]:
 
 
 def test_the_architecture_map_names_every_module_once() -> None:
-    named = [n for n in map_entries(ARCHITECTURE.read_text(encoding="utf-8")) if n.startswith("polycap/")]
+    named = [
+        n for n in map_entries(ARCHITECTURE.read_text(encoding="utf-8")) if n.startswith("polycap/")
+    ]
     expected = sorted(
         "polycap/" + str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py") if p.name != "__init__.py"
     )

@@ -63,6 +63,7 @@ ENGLISH = EnglishPack(
     demo=ENGLISH_DEMO,
     retrieval_prompt="Similar images show: {captions}. This image shows:",
     caption_separator="; ",
+    identifier_language="en",
 )
 
 

@@ -114,7 +114,11 @@ class CocoJson:
 
     def sniff(self, path: Path) -> bool:
         head = read_head(path)
-        return head.startswith("{") and ('"annotations"' in head or '"images"' in head)
+        if not head.startswith("{"):
+            return False
+        if '"sentences"' in head and '"annotations"' not in head:
+            return False  # Karpathy's split file (format 'karpathy') also has 'images'
+        return '"annotations"' in head or '"images"' in head
 
     def read(self, path: Path, images_dir: Path | None) -> list[CaptionRecord]:
         data = _load_json(path)

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from polycap.builtin.benchmark_formats import XM3600_LANGUAGES
 from polycap.builtin.formats import CAPTION_KEYS, IMAGE_KEYS
 from polycap.data.captions import (
+    caption_selection,
     check_caption,
     check_image_name,
     embedded_images_dir,
@@ -36,7 +39,18 @@ from polycap.parts import CaptionRecord
 from polycap.util.atomic import write_bytes
 
 TABLE_IMAGE_KEYS = (*IMAGE_KEYS, "img", "picture", "photo", "jpg", "png")
-TABLE_CAPTION_KEYS = (*CAPTION_KEYS, "captions", "sentences", "texts", "txt", "description")
+TABLE_CAPTION_KEYS = (
+    *CAPTION_KEYS,
+    "captions",
+    "sentences",
+    "texts",
+    "txt",
+    "description",
+    "annotations",  # STAIR Captions' Parquet copy: a list of {annotation_id, image_id, caption}
+)
+LANGUAGE_KEYS = ("language", "lang", "trg_lang")  # a column naming each row's caption language
+# per-language copies name their files <code>-00000-of-00001.parquet (an XM3600 language code)
+_LANGUAGE_FILE = re.compile(r"^([a-z]{2,3})-\d{5}-of-\d{5}$")
 SHARD_IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 BATCH_ROWS = 1024
@@ -85,6 +99,10 @@ def store_image_bytes(data: bytes) -> Path:
 class Columns:
     image: str
     caption: str
+    language: str | None = None  # rows are kept where it equals the chosen language
+
+    def names(self) -> list[str]:
+        return [self.image, self.caption] + ([self.language] if self.language else [])
 
 
 def choose_columns(path: Path, schema: Any) -> Columns:
@@ -107,6 +125,8 @@ def choose_columns(path: Path, schema: Any) -> Columns:
         kind = field.type
         if pa.types.is_list(kind) or pa.types.is_large_list(kind):
             kind = kind.value_type
+            if pa.types.is_struct(kind):  # [{caption: ...}, ...]
+                return any(kind.field(i).name in CAPTION_KEYS for i in range(kind.num_fields))
         return pa.types.is_string(kind) or pa.types.is_large_string(kind)
 
     image = chosen_image or _detect(
@@ -119,7 +139,8 @@ def choose_columns(path: Path, schema: Any) -> Columns:
         TABLE_CAPTION_KEYS,
         "caption",
     )
-    return Columns(image, caption)
+    language = next((n for n in names if n.lower() in LANGUAGE_KEYS), None)
+    return Columns(image, caption, language)
 
 
 def _detect(
@@ -149,13 +170,21 @@ def table_records(
     """Records of every row of ``batches`` (pyarrow RecordBatches with both columns)."""
     records: list[CaptionRecord] = []
     row = 0
+    wanted = _table_language(path, columns)
     for batch in batches:
         images = batch.column(columns.image).to_pylist()
         captions = batch.column(columns.caption).to_pylist()
-        for image, caption in zip(images, captions):
+        languages = (
+            batch.column(columns.language).to_pylist() if columns.language else [None] * len(images)
+        )
+        for image, caption, language in zip(images, captions, languages):
             where = f"row {row}"
+            if wanted is not None and language != wanted:
+                row += 1
+                continue
             image_path, image_id = _row_image(path, where, columns.image, image, base)
             texts = caption if isinstance(caption, list) else [caption]
+            texts = [_caption_text(text) for text in texts]
             if not texts:
                 raise BadInput(f"{path}: {where}: empty caption list")
             for text in texts:
@@ -164,6 +193,33 @@ def table_records(
                 )
             row += 1
     return records
+
+
+def _caption_text(value: Any) -> Any:
+    """A caption cell's text: the string, or the ``caption`` of a ``{caption, ...}`` struct."""
+    if isinstance(value, dict):
+        return next((value[key] for key in CAPTION_KEYS if key in value), None)
+    return value
+
+
+def _table_language(path: Path, columns: Columns) -> str | None:
+    """The language whose rows are read: the chosen one where the table has a language column
+    (BadInput when none is chosen); None where every row is read. A per-language copy named
+    ``<code>-00000-of-00001.parquet`` for another language than the chosen one is BadInput."""
+    chosen = caption_selection().language
+    match = _LANGUAGE_FILE.match(path.stem)
+    if match and chosen and match.group(1) in XM3600_LANGUAGES and match.group(1) != chosen:
+        raise BadInput(
+            f"{path}: the per-language copy for {match.group(1)!r}, but --lang is {chosen!r}"
+        )
+    if columns.language is None:
+        return None
+    if chosen is None:
+        raise BadInput(
+            f"{path}: its rows are in several languages (column {columns.language!r}); "
+            "pick one with --lang"
+        )
+    return chosen
 
 
 def _row_image(path: Path, where: str, column: str, value: Any, base: Path) -> tuple[Path, str]:
@@ -218,8 +274,7 @@ class Parquet(_Table):
             ) from None
 
         def batches(columns: Columns) -> Iterator[Any]:
-            wanted = [columns.image, columns.caption]
-            return handle.iter_batches(batch_size=BATCH_ROWS, columns=wanted)
+            return handle.iter_batches(batch_size=BATCH_ROWS, columns=columns.names())
 
         return handle.schema_arrow, batches
 
@@ -286,7 +341,7 @@ class SavedDataset(_Table):
         table = loaded.data.table
 
         def batches(columns: Columns) -> Iterator[Any]:
-            return iter(table.select([columns.image, columns.caption]).to_batches(BATCH_ROWS))
+            return iter(table.select(columns.names()).to_batches(BATCH_ROWS))
 
         return table.schema, batches
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,7 @@ def compare_command(
     [bold]polycap compare test.json -m runs/ja -b bank/[/]."""
     from polycap.compare.comparison import CompareSettings, compare
     from polycap.compare.methods import RetrievalOptions
-    from polycap.data.captions import load_captions
+    from polycap.data.captions import caption_selection, load_captions
     from polycap.eval.runner import ClipOptions, check_metrics
     from polycap.inference.pipeline import load_captioner
     from polycap.model.generation import GenerationConfig
@@ -103,7 +104,8 @@ def compare_command(
     if augmented_model is not None:
         augmented = load_captioner(augmented_model, device=torch_device)
     pack = captioner.pack
-    refs = load_captions(heldout, images_dir=images, format=data_format)
+    selection = replace(caption_selection(), language=pack.code)  # multilingual files
+    refs = load_captions(heldout, images_dir=images, format=data_format, selection=selection)
     clip = ClipOptions(
         spec=clip_encoder,
         pretrained=clip_pretrained,

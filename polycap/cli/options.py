@@ -12,7 +12,13 @@ from typing import Annotated
 
 import typer
 
-from polycap.data.captions import allow_images_outside, set_table_columns, table_columns
+from polycap.data.captions import (
+    allow_images_outside,
+    set_caption_language,
+    set_caption_split,
+    set_table_columns,
+    table_columns,
+)
 from polycap.data.images import DEFAULT_MAX_PIXELS, set_max_pixels
 from polycap.errors import BadInput
 from polycap.util.atomic import check_writable_folder
@@ -48,7 +54,42 @@ def chosen_output(output: Path | None, *aliases: Path | None) -> Path:
     return given[0]
 
 
-Lang = Annotated[str, typer.Option("--lang", "-l", help="Language pack code, e.g. ja, ru, zh.")]
+def _apply_lang(value: str | None) -> str | None:
+    """``--lang`` is also the language multilingual caption files (XM3600, COCO-35L) are read in."""
+    set_caption_language(value)
+    return value
+
+
+Lang = Annotated[
+    str,
+    typer.Option("--lang", "-l", callback=_apply_lang, help="Language pack code, e.g. ja, ru, zh."),
+]
+OptionalLang = Annotated[
+    str | None,
+    typer.Option(
+        "--lang",
+        "-l",
+        callback=_apply_lang,
+        help="Language pack (default: the model's; needed with -p); also the language "
+        "multilingual caption files are read in.",
+    ),
+]
+
+
+def _apply_split(value: str | None) -> str | None:
+    set_caption_split(value)
+    return value
+
+
+Split = Annotated[
+    str | None,
+    typer.Option(
+        "--split",
+        callback=_apply_split,
+        help="Split(s) of a split file such as Karpathy's dataset_coco.json: train, restval, "
+        "val, test, or several joined by '+' (train+restval: the usual 113,287 training images).",
+    ),
+]
 Images = Annotated[
     Path | None,
     typer.Option("--images", help="Folder the caption file's image names are relative to."),
@@ -166,6 +207,8 @@ CaptionColumn = Annotated[
     ),
 ]
 DATA_HELP = (
-    "Caption data: captions.json, COCO json, CSV/TSV, JSONL, Parquet, Arrow, a "
-    "datasets.save_to_disk folder, or webdataset .tar shards (a file, folder or {00..09} pattern)."
+    "Caption data: captions.json, COCO json (STAIR Captions), CSV/TSV, JSONL, Parquet, Arrow, a "
+    "datasets.save_to_disk folder, webdataset .tar shards (a file, folder or {00..09} pattern), "
+    "or a benchmark's release file: XM3600 captions.jsonl, COCO-35L/CC3M-35L JSONL, Karpathy's "
+    "dataset_coco.json (with --split)."
 )

@@ -47,6 +47,8 @@ SUMMARY_COLUMNS = (
     "WER",
     "CLIPScore",
     "RefCLIPScore",
+    "Fidelity",
+    "Script",
 )
 
 

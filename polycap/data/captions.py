@@ -7,9 +7,11 @@ registered through the ``register_caption_formats`` hook; see :class:`CaptionFor
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +69,7 @@ def load_captions(
     images_dir: str | Path | None = None,
     format: str | None = None,
     allow_outside: bool | None = None,
+    selection: CaptionSelection | None = None,
 ) -> CaptionSet:
     """Read a caption file; images that do not exist are skipped, counted and warned about.
 
@@ -74,9 +77,13 @@ def load_captions(
     where several formats share a suffix, by sniffing the file's start. A record whose image
     resolves outside the image folder (``images_dir``, else the caption file's folder), by
     ``..`` or an absolute path, is BadInput naming the record, unless ``allow_outside``
-    (default: the process setting, see :func:`allow_images_outside`).
+    (default: the process setting, see :func:`allow_images_outside`). ``selection`` picks
+    the language and split of multilingual or split files (default: the process setting,
+    see :func:`set_caption_language`,
+    :func:`set_caption_split`).
     """
     path = Path(path)
+    chosen = selection if selection is not None else caption_selection()
     reader = None if path.is_file() else _source_format(path, format)
     if not path.is_file() and reader is None:
         what = "is a folder, not a caption file" if path.is_dir() else "no such caption file"
@@ -85,9 +92,15 @@ def load_captions(
     if directory is not None and not directory.is_dir():
         raise BadInput(f"{directory}: images folder does not exist")
     reader = reader or choose_format(path, format)
-    records = reader.read(path, directory)
+    if chosen.split and not getattr(reader, "has_splits", False):
+        raise BadInput(
+            f"{path}: --split {'+'.join(chosen.split)} given, but format {reader.name!r} "
+            "has no splits (the Karpathy file 'dataset_coco.json' has)"
+        )
+    with _selected(chosen):
+        records = reader.read(path, directory)
     if not records:
-        raise BadInput(f"{path}: no captions found")
+        raise BadInput(f"{path}: no captions found{chosen.describe()}")
     if not (_outside["allowed"] if allow_outside is None else allow_outside):
         _refuse_outside(path, records, directory if directory is not None else path.parent)
     return _drop_missing_images(path, records)
@@ -166,6 +179,85 @@ def _drop_missing_images(path: Path, records: list[CaptionRecord]) -> CaptionSet
         )
         records = [record for record in records if exists[record.image]]
     return CaptionSet(records, path, missing)
+
+
+# -- which part of a file: language and split -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaptionSelection:
+    """Which captions of a multilingual or multi-split file to read: ``language`` (a code such
+    as ``ja``: the CLI's ``--lang``) and ``split`` (split names such as ``("train",
+    "restval")``: the CLI's ``--split train+restval``). None: not chosen."""
+
+    language: str | None = None
+    split: tuple[str, ...] | None = None
+
+    def describe(self) -> str:
+        """`` for language 'ja', split 'test'`` (empty when nothing is chosen)."""
+        parts = []
+        if self.language:
+            parts.append(f"language {self.language!r}")
+        if self.split:
+            parts.append(f"split {'+'.join(self.split)!r}")
+        return f" for {', '.join(parts)}" if parts else ""
+
+
+_process_selection = {"value": CaptionSelection()}
+_current: contextvars.ContextVar[CaptionSelection | None] = contextvars.ContextVar(
+    "polycap_caption_selection", default=None
+)
+
+
+def set_caption_language(language: str | None) -> None:
+    """The language multilingual formats read, for this process (the CLI's ``--lang``)."""
+    old = _process_selection["value"]
+    _process_selection["value"] = CaptionSelection(language, old.split)
+
+
+def set_caption_split(split: str | Sequence[str] | None) -> None:
+    """The split(s) split formats read, for this process (the CLI's ``--split``):
+    ``"train+restval"`` or a list of names; None: no split chosen."""
+    old = _process_selection["value"]
+    _process_selection["value"] = CaptionSelection(old.language, parse_split(split))
+
+
+def parse_split(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """``"train+restval"`` / ``"train,restval"`` / ``["train", "restval"]`` -> a tuple."""
+    if value is None:
+        return None
+    names = value.replace(",", "+").split("+") if isinstance(value, str) else list(value)
+    cleaned = tuple(name.strip().lower() for name in names if name.strip())
+    return cleaned or None
+
+
+def caption_selection() -> CaptionSelection:
+    """The selection in force: the one :func:`load_captions` was given while it reads, else
+    the process setting (:func:`set_caption_language`, :func:`set_caption_split`)."""
+    return _current.get() or _process_selection["value"]
+
+
+@contextlib.contextmanager
+def _selected(selection: CaptionSelection) -> Iterator[None]:
+    token = _current.set(selection)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def require_language(path: Path, available: Sequence[str]) -> str:
+    """The selected language if ``available`` has it, else BadInput naming the choices (a
+    multilingual format cannot guess which language is meant)."""
+    language = caption_selection().language
+    shown = ", ".join(sorted(available)[:40]) + (", ..." if len(available) > 40 else "")
+    if language is None:
+        raise BadInput(
+            f"{path}: holds captions in {len(available)} languages; pick one with --lang ({shown})"
+        )
+    if language not in available:
+        raise BadInput(f"{path}: no captions in language {language!r}; it has: {shown}")
+    return language
 
 
 # -- helpers for format readers ------------------------------------------------------------

@@ -23,6 +23,7 @@ from polycap.parts import MetricScores as MetricScores
 
 if TYPE_CHECKING:
     from polycap.eval.predictions import Matched
+    from polycap.eval.segmentation import Segmentation
     from polycap.language import LanguagePack
     from polycap.plugins import Registries
 
@@ -62,16 +63,27 @@ class EvalContext:
     images: list[Path] | None = None
     clip: ClipOptions = field(default_factory=ClipOptions)
     cache: dict[str, Any] = field(default_factory=dict)
+    segmentation: Segmentation | None = None  # None: the pack's (eval.segmentation)
 
     def __post_init__(self) -> None:
         if len(self.predictions) != len(self.keys) or len(self.references) != len(self.keys):
             raise ValueError("keys, predictions and references must have the same length")
         self.predictions = [self.pack.normalize(text) for text in self.predictions]
         self.references = [[self.pack.normalize(t) for t in refs] for refs in self.references]
-        self.prediction_tokens = [self.pack.eval_tokenize(text) for text in self.predictions]
-        self.reference_tokens = [
-            [self.pack.eval_tokenize(t) for t in refs] for refs in self.references
-        ]
+        if self.segmentation is None:
+            from polycap.eval.segmentation import pack_segmentation
+
+            self.segmentation = pack_segmentation(self.pack)
+        flat = [*self.predictions, *(t for refs in self.references for t in refs)]
+        tokens = iter(self.segmentation.tokenize_all(flat))
+        self.prediction_tokens = [next(tokens) for _ in self.predictions]
+        self.reference_tokens = [[next(tokens) for _ in refs] for refs in self.references]
+
+    @property
+    def segmenter(self) -> str:
+        """The name of the segmentation the scores are computed over."""
+        assert self.segmentation is not None
+        return self.segmentation.name
 
     @property
     def segmented_predictions(self) -> list[str]:
@@ -191,7 +203,7 @@ def evaluate(
                 row[column] = None if value is None else round(float(value), 4)
     return EvalResult(
         language=ctx.pack.code,
-        segmenter=ctx.pack.segmenter,
+        segmenter=ctx.segmenter,
         n_images=len(ctx),
         n_references=sum(len(refs) for refs in ctx.references),
         scores=scores,
@@ -210,7 +222,17 @@ class MetricUnavailable(Exception):
 COLUMN_ORDER = {
     name: index
     for index, name in enumerate(
-        ("BLEU-1", "METEOR", "ROUGE-L", "CIDEr-D", "SPICE", "chrF", "WER", "CLIPScore")
+        (
+            "BLEU-1",
+            "METEOR",
+            "ROUGE-L",
+            "CIDEr-D",
+            "SPICE",
+            "chrF",
+            "WER",
+            "CLIPScore",
+            "Fidelity",
+        )
     )
 }
 
@@ -220,9 +242,10 @@ def context_for(
     matched: Matched,
     clip: ClipOptions | None = None,
     keys: Sequence[str] | None = None,
+    segmentation: Segmentation | None = None,
 ) -> EvalContext:
     """An :class:`EvalContext` from matched predictions (keys default to image file names,
-    or full paths where two images share a name)."""
+    or full paths where two images share a name; segmentation defaults to the pack's)."""
     return EvalContext(
         pack=pack,
         keys=list(keys) if keys is not None else image_keys(matched.images),
@@ -230,6 +253,7 @@ def context_for(
         references=matched.references,
         images=matched.images,
         clip=clip or ClipOptions(),
+        segmentation=segmentation,
     )
 
 

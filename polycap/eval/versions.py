@@ -18,6 +18,7 @@ VERSION_PACKAGES = (
     "unidic-lite",
     "jieba",
     "jiwer",
+    "lingua-language-detector",
 )
 
 

@@ -128,4 +128,5 @@ JAPANESE = JapanesePack(
     demo=JAPANESE_DEMO,
     retrieval_prompt="似た画像:{captions}。この画像:",
     caption_separator="、",
+    identifier_language="ja",
 )

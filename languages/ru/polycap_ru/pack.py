@@ -105,6 +105,7 @@ RUSSIAN = RussianPack(
     demo=RUSSIAN_DEMO,
     retrieval_prompt="На похожих изображениях: {captions}. На этом изображении:",
     caption_separator="; ",
+    identifier_language="ru",
     metadata={
         "tokenizer": "GPT2Tokenizer (byte-level BPE)",
         "end_token": END_TOKEN,

@@ -148,6 +148,7 @@ CHINESE = ChinesePack(
     demo=CHINESE_DEMO,
     retrieval_prompt="相似的图片：{captions}。这张图片：",
     caption_separator="；",
+    identifier_language="zh",
     metadata={
         "tokenizer": "BertTokenizer (character vocabulary)",
         "end_token": "[SEP]",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,6 +54,8 @@ class Bleu:
         return _missing("sacrebleu")
 
     def compute(self, ctx: EvalContext) -> MetricScores:
+        if ctx.segmentation is not None and ctx.segmentation.coco_pipeline:
+            return self._coco(ctx)
         from sacrebleu.metrics import BLEU
 
         hypotheses = ctx.segmented_predictions
@@ -76,6 +79,22 @@ class Bleu:
                 "signature": signature,
                 "per_image": "sentence BLEU-4, exp smoothing",
             },
+        )
+
+    @staticmethod
+    def _coco(ctx: EvalContext) -> MetricScores:
+        """BLEU-1..4 by pycocoevalcap's scorer (closest reference length), as the COCO caption
+        evaluation reports it; its progress lines go nowhere."""
+        from pycocoevalcap.bleu.bleu import Bleu as CocoBleu
+
+        gts, res = coco_dicts(ctx)
+        with contextlib.redirect_stdout(io.StringIO()):
+            scores, per_sentence = CocoBleu(4).compute_score(gts, res, verbose=0)
+        corpus = {f"BLEU-{n + 1}": 100.0 * float(score) for n, score in enumerate(scores)}
+        return MetricScores(
+            corpus,
+            {"BLEU-4": [100.0 * float(s) for s in per_sentence[3]]},
+            {"implementation": "pycocoevalcap.bleu (COCO caption evaluation, closest ref length)"},
         )
 
 
