@@ -299,7 +299,7 @@ def _outcome(
     if "kept" in kinds:
         flags.append("kept")
     unsupported = next((s for s in held if s.kind == "unsupported"), None)
-    if unsupported is not None:
+    if unsupported is not None and unreadable is None:
         flags.append("no-metadata")
         reason = reason or unsupported.reason
     if item.key in failed:

@@ -53,7 +53,7 @@ class Captioned:
 
 def now() -> str:
     """The time a caption was made, ISO 8601 in UTC to the second."""
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 class Sink:
