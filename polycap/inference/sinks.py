@@ -210,7 +210,7 @@ class SidecarSink(Sink):
         for captioned in done:
             text = "\n".join(c.replace("\n", " ") for c in captioned.captions) + "\n"
             try:
-                replace_beside(self.path(captioned.item), text.encode("utf-8"))
+                replace_beside(self.path(captioned.item), text.encode("utf-8"), durable=False)
             except OSError as error:
                 failed.append((captioned.item, f"sidecar not written ({error.strerror or error})"))
         return failed

@@ -165,11 +165,14 @@ def replace_beside(
     mode: int | None = None,
     times_ns: tuple[int, int] | None = None,
     before_replace: Any = None,
+    durable: bool = True,
 ) -> None:
     """Write ``data`` to ``.NAME.polycap-XXXX.tmp`` beside ``path``, give it ``mode`` (default:
     a new file's) and, when given, the (atime, mtime) ``times_ns``, flush it to disk and rename
     it over ``path``. ``before_replace(temporary)`` runs just before the rename (tests pause
-    there). A reader, or a process killed at any moment, sees the old file or the new one."""
+    there). A reader, or a process killed at any moment, sees the old file or the new one;
+    ``durable`` also flushes the copy to disk first (a power cut then leaves one of the two as
+    well; off for files that can be made again, such as sidecars: it costs a disk flush each)."""
     path = Path(path)
     prefix = f".{path.name}{TEMP_MARK}"
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
@@ -177,8 +180,9 @@ def replace_beside(
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
+            if durable:
+                stream.flush()
+                os.fsync(stream.fileno())
         os.chmod(temporary, new_file_mode() if mode is None else mode)
         if times_ns is not None:
             os.utime(temporary, ns=times_ns)
