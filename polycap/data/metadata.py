@@ -110,7 +110,9 @@ class WriteOptions:
 
 def write_description(path: Path, text: str, options: WriteOptions) -> None:
     """Set ``text`` as the image's description in EXIF, XMP and (where the format has it) IPTC,
-    and polycap's mark; the file is replaced atomically, its pixels untouched."""
+    and polycap's mark; the file is replaced atomically, its pixels untouched (a symbolic link
+    stays one: the file it points to is replaced)."""
+    path = Path(os.path.realpath(path))
     data = _read(path)
     kind = _format_of(path, data)
     pyexiv2 = _exiv2()
