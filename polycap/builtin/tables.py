@@ -15,7 +15,6 @@ corrupt file. Rows are read in batches (``pyarrow``), not all at once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -29,14 +28,14 @@ from polycap.data.captions import (
     caption_selection,
     check_caption,
     check_image_name,
-    embedded_images_dir,
     resolve_image,
     table_columns,
 )
+from polycap.data.embedded import shard_files
+from polycap.data.embedded import store_image_bytes as store_image_bytes  # its former home
 from polycap.errors import BadInput, first_line
 from polycap.hookspecs import Register, hookimpl
 from polycap.parts import CaptionRecord
-from polycap.util.atomic import write_bytes
 
 TABLE_IMAGE_KEYS = (*IMAGE_KEYS, "img", "picture", "photo", "jpg", "png")
 TABLE_CAPTION_KEYS = (
@@ -63,33 +62,6 @@ def register_caption_formats(register: Register) -> None:
     register("arrow", ArrowFile())
     register("hf-dataset", SavedDataset())
     register("webdataset", WebDatasetShards())
-
-
-# -- images as bytes ---------------------------------------------------------------------------
-
-
-_MAGIC = (
-    (b"\x89PNG", "png"),
-    (b"\xff\xd8", "jpg"),
-    (b"GIF8", "gif"),
-    (b"BM", "bmp"),
-    (b"II*\x00", "tif"),
-    (b"MM\x00*", "tif"),
-)
-
-
-def store_image_bytes(data: bytes) -> Path:
-    """Write ``data`` once as ``<embedded_images_dir>/<sha256[:2]>/<sha256>.<kind>`` (the kind
-    from the first bytes, ``img`` when unknown: decoding sniffs the content anyway)."""
-    digest = hashlib.sha256(data).hexdigest()
-    kind = next((k for magic, k in _MAGIC if data.startswith(magic)), None)
-    if kind is None:
-        kind = "webp" if data[:4] == b"RIFF" and data[8:12] == b"WEBP" else "img"
-    target = embedded_images_dir() / digest[:2] / f"{digest}.{kind}"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes(target, data)
-    return target
 
 
 # -- tables ------------------------------------------------------------------------------------
@@ -387,18 +359,7 @@ class WebDatasetShards:
     @staticmethod
     def shards(path: Path) -> list[Path]:
         """The shard files ``path`` names (pattern expanded, folder listed); all must exist."""
-        if "{" in str(path):
-            from braceexpand import braceexpand
-
-            shards = [Path(p) for p in braceexpand(str(path))]
-        elif path.is_dir():
-            shards = sorted(path.glob("*.tar"))
-        else:
-            shards = [path]
-        missing = [shard for shard in shards if not shard.is_file()]
-        if missing:
-            raise BadInput(f"{missing[0]}: no such shard ({len(missing)} of {len(shards)} missing)")
-        return shards
+        return shard_files(path)
 
 
 def _sample_records(shard: Path, sample: dict[str, Any]) -> list[CaptionRecord]:

@@ -1,12 +1,26 @@
-"""``polycap caption``: caption images with a trained model, in batches with a KV cache."""
+"""``polycap caption``: caption images with a trained model, in batches with a KV cache.
+
+Without a place to write to, the captions are printed (a table, or JSON). With ``-o``,
+``--sidecar``, ``--write-metadata`` or ``--report`` the images are a collection
+(``inference/collection.py``): resumable, split across launched processes, summarised.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from polycap.cli.options import MAX_PIXELS, BatchSize, Device, JsonOutput, MaxLength, MaxPixels
+from polycap.cli.options import (
+    MAX_PIXELS,
+    BatchSize,
+    Device,
+    ImageColumn,
+    JsonOutput,
+    MaxLength,
+    MaxPixels,
+)
 from polycap.cli.output import (
     console,
     err_console,
@@ -16,9 +30,18 @@ from polycap.cli.output import (
 )
 from polycap.data.images import expand_image_paths, skipped_rows
 
+if TYPE_CHECKING:
+    from polycap.data.sources import Selection
+
+COLLECTION = "Collections"
+
 
 def caption_command(
-    inputs: list[Path] = typer.Argument(..., help="Images and/or folders of images."),
+    inputs: list[Path] = typer.Argument(
+        None,
+        help="Images, folders of images (searched recursively with a collection option), "
+        "Parquet tables, webdataset .tar shards.",
+    ),
     model: Path = typer.Option(
         ...,
         "--model",
@@ -49,8 +72,68 @@ def caption_command(
     device: Device = "auto",
     max_pixels: MaxPixels = MAX_PIXELS,
     json_output: JsonOutput = False,
+    image_column: ImageColumn = None,
+    from_list: Path | None = typer.Option(
+        None, "--from-list", help="A file of image paths, one per line.", rich_help_panel=COLLECTION
+    ),
+    include: list[str] = typer.Option(
+        None,
+        "--include",
+        help="Only images matching this glob (name or path below the folder; repeatable).",
+        rich_help_panel=COLLECTION,
+    ),
+    exclude: list[str] = typer.Option(
+        None,
+        "--exclude",
+        help="Leave out images matching this glob (repeatable).",
+        rich_help_panel=COLLECTION,
+    ),
+    output: Path | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="Caption table: .jsonl, .csv or .parquet (one row per image).",
+        rich_help_panel=COLLECTION,
+    ),
+    sidecar: bool = typer.Option(
+        False,
+        "--sidecar",
+        help="photo.jpg -> photo.txt beside it (UTF-8).",
+        rich_help_panel=COLLECTION,
+    ),
+    sidecar_ext: str = typer.Option(
+        ".txt", "--sidecar-ext", help="The sidecars' suffix.", rich_help_panel=COLLECTION
+    ),
+    write_metadata: bool = typer.Option(
+        False,
+        "--write-metadata",
+        help="The caption into the image file: EXIF ImageDescription, "
+        "XMP dc:description, IPTC Caption-Abstract (JPEG, PNG, WebP, TIFF; pixels untouched).",
+        rich_help_panel=COLLECTION,
+    ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace descriptions polycap did not write (kept otherwise).",
+        rich_help_panel=COLLECTION,
+    ),
+    keep_times: bool = typer.Option(
+        False,
+        "--keep-times",
+        help="Keep the images' modification times when writing metadata.",
+        rich_help_panel=COLLECTION,
+    ),
+    report: Path | None = typer.Option(
+        None,
+        "--report",
+        help="A static HTML gallery of the captions, to review them.",
+        rich_help_panel=COLLECTION,
+    ),
 ) -> None:
-    """Caption images: [bold]polycap caption photos/ --model runs/ja[/]."""
+    """Caption images: [bold]polycap caption photos/ --model runs/ja[/]; a collection:
+    [bold]polycap caption photos/ -m runs/ja --write-metadata -o captions.jsonl[/]."""
+    from polycap.data.sources import Selection
+    from polycap.inference.collection import Targets
     from polycap.inference.pipeline import CaptionPipeline, generation_config
     from polycap.util.devices import resolve_device
 
@@ -64,7 +147,16 @@ def caption_command(
         max_length=max_length,
         seed=seed,
     )
-    paths = expand_image_paths(inputs)
+    selection = Selection(inputs or [], include or [], exclude or [], from_list)
+    targets = Targets(output, sidecar, sidecar_ext, write_metadata, overwrite, keep_times, report)
+    if targets.any:
+        from polycap.cli.collection import caption_collection_command
+
+        caption_collection_command(
+            selection, targets, model, generation, batch_size, device, bank, json_output
+        )
+        return
+    paths = _listed(selection)
     pipeline = CaptionPipeline.load(model, device=str(resolve_device(device)), bank=bank)
     captioner = pipeline.model
     result = pipeline.caption_files(
@@ -97,6 +189,18 @@ def caption_command(
         raise typer.Exit(2)
     if not json_output:
         console.print(f"{len(result.paths)} image(s) captioned.")
+
+
+def _listed(selection: Selection) -> list[Path]:
+    """The images to print captions for: as before (folders not searched below their top)
+    unless a collection option or a table/shard asks for the collection's listing."""
+    from polycap.data.sources import SHARD_SUFFIXES, TABLE_SUFFIXES, list_collection
+
+    inputs = list(selection.inputs)
+    inside = any(p.suffix.lower() in TABLE_SUFFIXES + SHARD_SUFFIXES for p in inputs)
+    if not inputs or inside or selection.include or selection.exclude or selection.from_list:
+        return [Path(item.file) for item in list_collection(selection).items]
+    return expand_image_paths(inputs)
 
 
 def _retrieved(result: object, index: int) -> dict[str, list[str]]:

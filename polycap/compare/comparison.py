@@ -25,9 +25,14 @@ from polycap.compare.methods import (
     RetrievalMethod,
     RetrievalOptions,
 )
+from polycap.data.encoding import encode_images
 from polycap.data.images import skipped_rows
 from polycap.errors import BadInput
+from polycap.eval.metrics.diversity import distinct_n, novelty
+from polycap.eval.metrics.reference import release
+from polycap.eval.report import ReportRow, write_report
 from polycap.eval.runner import ClipOptions, EvalContext, EvalResult, evaluate, image_keys
+from polycap.inference.pipeline import encoder_for
 
 if TYPE_CHECKING:
     from polycap.data.captions import CaptionSet
@@ -187,7 +192,6 @@ class Comparison:
     ) -> Path:
         """An HTML report: the table, then each image with its references, retrieved and
         generated captions (``marks``: method -> image key -> badge -> ok)."""
-        from polycap.eval.report import ReportRow, write_report
 
         rows = []
         for i, (image, key) in enumerate(zip(self.images, self.keys, strict=True)):
@@ -256,7 +260,6 @@ class ScoringContext:
 
     def score(self, method: Method, outputs: list[list[str]], seconds: float) -> MethodResult:
         """``outputs`` (ranked captions per image) of ``method``, scored like every other."""
-        from polycap.eval.metrics.diversity import distinct_n, novelty
 
         captions = [self.pack.normalize(texts[0]) if texts else "" for texts in outputs]
         ctx = EvalContext(
@@ -359,7 +362,6 @@ def _shared_encoder(
 ) -> ImageEncoder:
     """The encoder all ``methods`` share, once each has checked it is in ``pack``'s language:
     the ``captioner``'s, else the bank's."""
-    from polycap.inference.pipeline import encoder_for
 
     for method in methods:
         method.check_language(pack)
@@ -379,8 +381,6 @@ def compare_methods(
 ) -> Comparison:
     """Run each of ``methods`` on the embeddings of ``heldout`` (encoded once with
     ``encoder``, timed apart) and score each alike; novelty is against ``bank``'s captions."""
-    from polycap.data.encoding import encode_images
-    from polycap.eval.metrics.reference import release
 
     for method in methods:
         method.check_language(pack)

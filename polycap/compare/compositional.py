@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from polycap.compare.comparison import CompareOptions, CompareSettings, Comparison, compare
+from polycap.data.captions import load_captions
+from polycap.inference.pipeline import encoder_for
 from polycap.offline.synthetic import score_captions
+from polycap.retrieval.bank import Bank, BankOptions, build_bank
 
 if TYPE_CHECKING:
     from polycap.language import LanguagePack
@@ -99,8 +102,6 @@ def compare_on_split(
     (:data:`SPLIT_METRICS`) on the CPU, ``generation`` to 24 tokens; the encoder and banks are
     the split's own. ``augmented``: a retrieval-augmented captioner on the same encoder, a
     third column (it retrieves from the same bank of the training captions)."""
-    from polycap.data.captions import load_captions
-    from polycap.inference.pipeline import encoder_for
     from polycap.model.generation import GenerationConfig
 
     opts = replace(options or CompareOptions(), **fields)
@@ -136,8 +137,6 @@ def training_bank(
 ) -> Bank:
     """A bank of ``split``'s training captions at ``path`` (replaced), built with ``encoder``
     (float32, features cached under ``cache_dir``)."""
-    from polycap.data.captions import load_captions
-    from polycap.retrieval.bank import Bank, BankOptions, build_bank
 
     options = BankOptions(dtype="float32", cache_dir=cache_dir, force=True, progress=False)
     build_bank(load_captions(split.train_file), encoder, path, pack, options)

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from polycap.errors import BadInput
-from polycap.retrieval.search import RetrievalOptions
+from polycap.inference.pipeline import CaptionPipeline
+from polycap.model.augmented import retrieval_setup
+from polycap.retrieval.search import RetrievalOptions, check_encoder
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +68,6 @@ class RetrievalMethod:
         self.pack = self.pack or pack
 
     def check_encoder(self, encoder: ImageEncoder) -> None:
-        from polycap.retrieval.search import check_encoder
 
         check_encoder(self.bank, encoder)
 
@@ -117,7 +118,6 @@ class GenerationMethod:
         """The model's own encoder is the shared one (``compare`` loads it)."""
 
     def caption(self, features: torch.Tensor) -> list[list[str]]:
-        from polycap.inference.pipeline import CaptionPipeline
 
         pipeline = CaptionPipeline(self.model, device=str(self.model.device))
         generated = pipeline.caption_features(features, self.generation, self.batch_size).captions
@@ -152,7 +152,6 @@ class AugmentedMethod:
 
     @property
     def k(self) -> int:
-        from polycap.model.augmented import retrieval_setup
 
         setup = retrieval_setup(self.model)
         if setup is None:
@@ -173,7 +172,6 @@ class AugmentedMethod:
                 )
 
     def check_encoder(self, encoder: ImageEncoder) -> None:
-        from polycap.retrieval.search import check_encoder
 
         check_encoder(self.bank, encoder)
         recorded = int(self.model.config["encoder"]["embed_dim"])
@@ -184,7 +182,6 @@ class AugmentedMethod:
             )
 
     def caption(self, features: torch.Tensor) -> list[list[str]]:
-        from polycap.inference.pipeline import CaptionPipeline
 
         pipeline = CaptionPipeline(self.model, device=str(self.model.device), bank=self.bank)
         found = pipeline.caption_features(features, self.generation, self.batch_size)

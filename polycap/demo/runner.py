@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from polycap.compare.comparison import CompareSettings
+from polycap.compare.compositional import SPLIT_METRICS, compare_on_split, training_bank
 from polycap.errors import BadInput
+from polycap.eval.report import ReportRow, write_report
+from polycap.inference.pipeline import CaptionPipeline, encoder_for, generation_config
+from polycap.offline import tiny
+from polycap.offline.synthetic import make_synthetic_set, score_captions
+from polycap.plugins import get_registries
 
 if TYPE_CHECKING:
     from polycap.language import LanguagePack
@@ -67,7 +74,6 @@ def build_tiny_models(
 ) -> dict[str, str]:
     """Tokenizer of the pack's class, tiny GPT-2 (unless a real ``lm`` is given) and tiny CLIP,
     saved under ``directory``."""
-    from polycap.offline import tiny
 
     if lm is None:
         tokenizer_dir = pack.build_tiny_tokenizer(train_captions, directory / "lm")
@@ -83,8 +89,6 @@ def run_demo(
     """Synthetic data → tiny models → training → captions for held-out images → scores + HTML."""
     import torch
 
-    from polycap.plugins import get_registries
-
     started = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: a second thread costs more than it gives
@@ -98,7 +102,6 @@ def _run_demo(
     options: DemoOptions, console: Any, registries: Registries, started: float
 ) -> DemoResult:
     from polycap.model.captioner import Captioner
-    from polycap.offline.synthetic import make_synthetic_set
 
     pack = registries.languages.get(options.language)
     if pack.demo is None:
@@ -194,9 +197,6 @@ def _compare(
 ) -> Any:
     """Retrieval, generation and retrieval-augmented generation (trained with a bank of the
     training captions) on the split, with seen/unseen pair accuracy."""
-    from polycap.compare.comparison import CompareSettings
-    from polycap.compare.compositional import SPLIT_METRICS, compare_on_split, training_bank
-    from polycap.inference.pipeline import encoder_for
     from polycap.model.captioner import Captioner
 
     workdir = options.workdir
@@ -215,7 +215,6 @@ def _caption_test_images(
     model: Any, split: Any, options: DemoOptions
 ) -> tuple[dict[str, str], list[Path]]:
     """The first caption of each readable test image (by file name), and their paths."""
-    from polycap.inference.pipeline import CaptionPipeline, generation_config
 
     test_records = json.loads(Path(split.test_file).read_text(encoding="utf-8"))
     image_dir = Path(split.test_file).parent / "images"
@@ -234,7 +233,6 @@ def _scores(
     pack: LanguagePack, split: Any, captions: dict[str, str], unseen: set[tuple[str, str]]
 ) -> tuple[dict[str, float], dict[str, float] | None]:
     """Colour/shape/count accuracy on images of pairs seen in training, and of unseen pairs."""
-    from polycap.offline.synthetic import score_captions
 
     seen_captions = {n: c for n, c in captions.items() if split.truths[n][:2] not in unseen}
     unseen_captions = {n: c for n, c in captions.items() if split.truths[n][:2] in unseen}
@@ -252,7 +250,6 @@ def _write_report(
     workdir: Path,
 ) -> Path:
     """report.html: each test image with its caption and truth, the scores on top."""
-    from polycap.eval.report import ReportRow, write_report
 
     unseen = set(split.heldout_pairs)
     rows = [

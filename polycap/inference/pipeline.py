@@ -17,7 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from polycap.data.encoding import encode_images
 from polycap.errors import BadInput
+from polycap.interop.hub import resolve_model_source
+from polycap.interop.onnx_export import is_onnx_export
+from polycap.model.augmented import check_bank, open_bank
+from polycap.parts import EncoderSpec
+from polycap.plugins import get_registries
+from polycap.retrieval.bank import Bank
+from polycap.retrieval.search import check_encoder
+from polycap.util.run_folder import RunFolder
 
 if TYPE_CHECKING:
     import torch
@@ -102,7 +111,6 @@ def _beam_width(beams: int | None, num_captions: int, sample: bool) -> int:
 
 def resolve_model_dir(path: Path) -> Path:
     """A checkpoint folder, or a run folder (its ``final`` model, else its newest checkpoint)."""
-    from polycap.util.run_folder import RunFolder
 
     if (path / "polycap.json").is_file():
         return path
@@ -121,8 +129,6 @@ def load_captioner(
 ) -> Any:
     """Load a checkpoint, a run folder's model, an ONNX export (run by ONNX Runtime) or a
     Hugging Face Hub id (downloaded and cached), and check its language when asked."""
-    from polycap.interop.hub import resolve_model_source
-    from polycap.interop.onnx_export import is_onnx_export
     from polycap.model.captioner import Captioner
 
     path = resolve_model_source(path)
@@ -148,8 +154,6 @@ def encoder_for(model: Any, device: str = "cpu") -> ImageEncoder:
     the checkpoint's ``encoder/`` folder when it bundles them; a model that brings its own,
     such as an ONNX export, supplies it through ``image_encoder(device)``)."""
     from polycap.model.captioner import encoder_weights_file
-    from polycap.parts import EncoderSpec
-    from polycap.plugins import get_registries
 
     own = getattr(model, "image_encoder", None)
     if own is not None:
@@ -201,8 +205,6 @@ class CaptionPipeline:
                     "retrieval-augmented (it uses no bank)"
                 )
             return None
-        from polycap.model.augmented import check_bank, open_bank
-        from polycap.retrieval.bank import Bank
 
         if isinstance(bank, Bank):
             return check_bank(self.model, bank)
@@ -219,7 +221,6 @@ class CaptionPipeline:
     def use_encoder(self, encoder: ImageEncoder) -> None:
         """Caption features of ``encoder`` (already loaded elsewhere, e.g. shared by compare):
         it must be the one the bank was built with and give the model's embedding size."""
-        from polycap.retrieval.search import check_encoder
 
         if self.bank is not None:
             check_encoder(self.bank, encoder)
@@ -271,7 +272,6 @@ class CaptionPipeline:
     ) -> CaptionedImages:
         """Encode image files with the model's encoder (cached; unreadable ones skipped and
         counted) and caption them in batches."""
-        from polycap.data.encoding import encode_images
 
         encoded = encode_images(
             self.encoder, paths, batch_size=batch_size, cache_dir=cache_dir, progress=progress

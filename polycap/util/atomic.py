@@ -145,3 +145,51 @@ def _check_folder_takes_files(folder: Path, option: str, named: Path) -> None:
         raise BadInput(
             f"{option} {named}: cannot write in {existing} ({error.strerror or error})"
         ) from None
+
+
+# -- replacing a user's file beside itself ---------------------------------------------------
+
+TEMP_MARK = ".polycap-"  # temporary copies are named .NAME.polycap-XXXX.tmp
+
+
+def new_file_mode() -> int:
+    """The permissions a new file gets here (0o666 less the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def replace_beside(
+    path: Path,
+    data: bytes,
+    mode: int | None = None,
+    times_ns: tuple[int, int] | None = None,
+    before_replace: Any = None,
+    durable: bool = True,
+) -> None:
+    """Write ``data`` to ``.NAME.polycap-XXXX.tmp`` beside ``path``, give it ``mode`` (default:
+    a new file's) and, when given, the (atime, mtime) ``times_ns``, flush it to disk and rename
+    it over ``path``. ``before_replace(temporary)`` runs just before the rename (tests pause
+    there). A reader, or a process killed at any moment, sees the old file or the new one;
+    ``durable`` also flushes the copy to disk first (a power cut then leaves one of the two as
+    well; off for files that can be made again, such as sidecars: it costs a disk flush each)."""
+    path = Path(path)
+    prefix = f".{path.name}{TEMP_MARK}"
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
+    temporary = Path(name)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            if durable:
+                stream.flush()
+                os.fsync(stream.fileno())
+        os.chmod(temporary, new_file_mode() if mode is None else mode)
+        if times_ns is not None:
+            os.utime(temporary, ns=times_ns)
+        if before_replace is not None:
+            before_replace(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise

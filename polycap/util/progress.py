@@ -7,8 +7,9 @@ from contextlib import contextmanager
 from typing import Any
 
 
-def rich_progress(console: Any = None, enabled: bool = True) -> Any:
-    """A transient ``rich.progress.Progress``: description, bar, done/total, time left.
+def rich_progress(console: Any = None, enabled: bool = True, unit: str | None = None) -> Any:
+    """A transient ``rich.progress.Progress``: description, bar, done/total, time left (and,
+    with ``unit``, the rate: "12.5 images/s").
 
     ``console`` defaults to one on stderr; use it with ``add_task`` for several bars.
     """
@@ -22,10 +23,12 @@ def rich_progress(console: Any = None, enabled: bool = True) -> Any:
     )
 
     console = console if console is not None else Console(stderr=True)
+    rate = [_rate_column(unit)] if unit else []
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        *rate,
         TimeRemainingColumn(),
         console=console,
         # a transient bar shows nothing on a file or pipe but leaves a blank line behind
@@ -34,14 +37,29 @@ def rich_progress(console: Any = None, enabled: bool = True) -> Any:
     )
 
 
+def _rate_column(unit: str) -> Any:
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(
+                "?" if speed is None else f"{speed:.1f} {unit}/s", style="progress.data.speed"
+            )
+
+    return Rate()
+
+
 @contextmanager
 def progress_bar(
-    description: str, total: int, enabled: bool = True
+    description: str, total: int, enabled: bool = True, unit: str | None = None
 ) -> Iterator[Callable[[int], None]]:
-    """One bar over ``total`` items; the context value is ``advance(n)``."""
+    """One bar over ``total`` items (with ``unit``: their rate); the context value is
+    ``advance(n)``."""
     if not enabled:
         yield lambda n: None
         return
-    with rich_progress() as bar:
+    with rich_progress(unit=unit) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
