@@ -48,7 +48,10 @@ def chosen_output(output: Path | None, *aliases: Path | None) -> Path:
     return given[0]
 
 
-Lang = Annotated[str, typer.Option("--lang", "-l", help="Language pack code, e.g. ja, ru, zh.")]
+LANG_HELP = "Language pack code, e.g. ja, ru, zh."
+Lang = Annotated[str, typer.Option("--lang", "-l", help=LANG_HELP)]
+# train's --lang may come from its --config file instead
+OptionalLang = Annotated[str | None, typer.Option("--lang", "-l", help=LANG_HELP)]
 Images = Annotated[
     Path | None,
     typer.Option("--images", help="Folder the caption file's image names are relative to."),
