@@ -173,9 +173,9 @@ class TrainSettings:
             raise BadInput("missing option --lang (or language = ... in the --config file)")
         if self.data is None or not str(self.data):
             raise BadInput("missing option --data (or data = ... in the --config file)")
-        _check_number("lr", self.lr, positive=True)
-        _check_number("weight_decay", self.weight_decay, positive=False)
-        _check_number("val_fraction", self.val_fraction, positive=False, most=0.9)
+        _check_number("lr", self.lr)  # 0 trains nothing, which tests of a plateau want
+        _check_number("weight_decay", self.weight_decay)
+        _check_number("val_fraction", self.val_fraction, most=0.9)
         for name, least in MINIMUM.items():
             value = getattr(self, name)
             if value is not None and value < least:
@@ -209,11 +209,11 @@ class TrainSettings:
         return tomli_w.dumps(record)
 
 
-def _check_number(name: str, value: Any, positive: bool, most: float | None = None) -> None:
+def _check_number(name: str, value: Any, most: float | None = None) -> None:
+    """A finite number of at least 0 (and at most ``most``)."""
     number = float(value)
-    wrong = not math.isfinite(number) or number < 0 or (positive and number == 0)
-    if wrong or (most is not None and number > most):
-        wanted = "a positive number" if positive else "a number of at least 0"
+    if not math.isfinite(number) or number < 0 or (most is not None and number > most):
+        wanted = "a number of at least 0"
         if most is not None:
             wanted += f" and at most {most}"
         raise BadInput(f"{flag(name)} {value}: must be {wanted}")
@@ -262,11 +262,25 @@ def checked_values(values: Mapping[str, Any], source: str) -> dict[str, Any]:
             checked["mapper_options"] = table
             continue
         if key not in kinds:
-            close = difflib.get_close_matches(key, list(kinds), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            close = _meant(key, list(kinds))
+            hint = f" (did you mean {close!r}?)" if close else ""
             raise BadInput(f"{source}: unknown setting {key!r}{hint}")
         checked[key] = _typed(source, key, value, kinds[key])
     return checked
+
+
+ALIASES = {"learning_rate": "lr", "lr_scheduler": "lr_schedule"}
+
+
+def _meant(key: str, names: list[str]) -> str | None:
+    """The setting a wrong key most likely means: its command-line spelling (``lang``,
+    ``warmup``), a common other name (``learning_rate``), or a close spelling."""
+    wanted = key.replace("-", "_").lower()
+    by_flag = {flag(name).split("/")[0].lstrip("-").replace("-", "_"): name for name in names}
+    if wanted in by_flag or wanted in ALIASES or wanted in names:
+        return by_flag.get(wanted) or ALIASES.get(wanted) or wanted
+    close = difflib.get_close_matches(wanted, names, n=1)
+    return close[0] if close else None
 
 
 def _typed(source: str, key: str, value: Any, kind: tuple[str, bool]) -> Any:
