@@ -131,6 +131,8 @@ def test_bad_settings_are_refused_before_any_work(setup, tmp_path, capsys, extra
             pytest.skip("SPICE can be computed here")
     output = tmp_path / "run"
     args = ["train", "--lang", "en", "--data", setup["data"], "-o", str(output), "--json"]
+    args += ["--encoder", setup["encoder"], "--pretrained", setup["pretrained"]]
+    args += ["--lm", setup["lm"], "--prefix-length", "2", "--device", "cpu", "--epochs", "1"]
     line = one_error_line(run_cli([*args, *extra], capsys))
     assert message in line
     assert not output.exists()
