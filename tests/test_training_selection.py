@@ -148,6 +148,8 @@ def test_bad_names_are_one_line_before_training(setup, tmp_path, capsys, extra, 
 
 
 def test_tensorboard_logs_equal_the_history(setup, tmp_path, capsys):
+    """Each epoch's history record (learning rate included) at its optimizer step (issue 24:
+    tracker steps count optimizer steps, not epochs)."""
     pytest.importorskip("tensorboard", reason="tensorboard is not installed (extra: trackers)")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -164,7 +166,8 @@ def test_tensorboard_logs_equal_the_history(setup, tmp_path, capsys):
     tags = set(accumulator.Tags()["scalars"])
     expected = {k for k in history[0] if k not in ("epoch", "step") and history[0][k] is not None}
     assert expected <= tags and {"train_loss", "val_loss", "val_BLEU-4"} <= expected
-    for tag in expected:
+    assert "lr" in expected  # the learning rate is logged with each epoch
+    for tag in [*expected, "epoch"]:  # at optimizer steps, as Accelerate's trainers count
         logged = [(event.step, event.value) for event in accumulator.Scalars(tag)]
-        wanted = [(r["epoch"], float(torch.tensor(r[tag], dtype=torch.float32))) for r in history]
+        wanted = [(r["step"], float(torch.tensor(r[tag], dtype=torch.float32))) for r in history]
         assert logged == wanted, tag

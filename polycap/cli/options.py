@@ -90,6 +90,16 @@ Split = Annotated[
         "val, test, or several joined by '+' (train+restval: the usual 113,287 training images).",
     ),
 ]
+# train's --lang may come from its --config file instead
+TrainLang = Annotated[
+    str | None,
+    typer.Option(
+        "--lang",
+        "-l",
+        callback=_apply_lang,
+        help="Language pack code, e.g. ja, ru, zh (or lang in --config).",
+    ),
+]
 Images = Annotated[
     Path | None,
     typer.Option("--images", help="Folder the caption file's image names are relative to."),

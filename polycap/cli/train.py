@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -19,8 +19,9 @@ from polycap.cli.options import (
     ImageColumn,
     Images,
     JsonOutput,
-    Lang,
     MaxPixels,
+    Split,
+    TrainLang,
     Pretrained,
     output_option,
     split_names,
@@ -29,14 +30,24 @@ from polycap.cli.output import console, print_json, print_table
 
 
 def train_command(
-    data: Annotated[Path, typer.Option("--data", "-d", help=DATA_HELP)],
-    lang: Lang,
+    ctx: typer.Context,
+    data: Annotated[Path | None, typer.Option("--data", "-d", help=DATA_HELP)] = None,
+    language: TrainLang = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="A settings file (TOML; keys as in OUTPUT/settings.toml, a \\[mapper] table for "
+            "the mapper's kind and options); options given here override it.",
+        ),
+    ] = None,
     output: Annotated[Path, output_option("Run folder (checkpoints, final model).")] = Path(
         "runs/polycap"
     ),
-    images: Images = None,
+    images_dir: Images = None,
     allow_outside_images: AllowOutside = False,
     data_format: DataFormat = None,
+    split: Split = None,
     image_column: ImageColumn = None,
     caption_column: CaptionColumn = None,
     encoder: Encoder = "ViT-B-32",
@@ -56,13 +67,21 @@ def train_command(
         int | None,
         typer.Option(min=1, help="Transformer mapper: CLIP tokens (ClipCap's clip_length)."),
     ] = None,
+    mapper_options: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mapper-option",
+            help="A mapper option as NAME=VALUE, e.g. num_layers=4 (repeat for more); passed "
+            "to the mapper's class.",
+        ),
+    ] = None,
     train_lm: Annotated[
         bool, typer.Option("--train-lm/--freeze-lm", help="Fine-tune the LM too (default: frozen).")
     ] = False,
     save_lm: Annotated[
         bool, typer.Option("--save-lm", help="Bundle a frozen LM's weights in checkpoints.")
     ] = False,
-    standardize: Annotated[
+    standardize_features: Annotated[
         bool,
         typer.Option(
             "--standardize-features/--raw-features",
@@ -70,7 +89,7 @@ def train_command(
             "model); --raw-features turns this off.",
         ),
     ] = True,
-    l2_normalize: Annotated[
+    normalize_features: Annotated[
         bool,
         typer.Option(
             "--l2-normalize/--no-l2-normalize",
@@ -88,9 +107,21 @@ def train_command(
         ),
     ] = 32,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-5,
-    warmup: Annotated[
-        int, typer.Option(min=0, help="Warmup steps (linear), then linear decay.")
+    lr_schedule: Annotated[
+        str,
+        typer.Option(
+            "--lr-schedule",
+            help="Learning-rate schedule after the warm-up (transformers.get_scheduler): "
+            "linear, cosine, cosine_with_restarts, polynomial, constant, constant_with_warmup, "
+            "inverse_sqrt.",
+        ),
+    ] = "linear",
+    warmup_steps: Annotated[
+        int, typer.Option("--warmup", min=0, help="Warm-up steps (linear), then the schedule.")
     ] = 0,
+    weight_decay: Annotated[
+        float, typer.Option("--weight-decay", min=0.0, help="AdamW weight decay.")
+    ] = 0.0,
     grad_accum: Annotated[int, typer.Option(min=1, help="Gradient accumulation steps.")] = 1,
     precision: Annotated[
         str, typer.Option(help="fp32, bf16 or fp16 (mixed precision through Accelerate).")
@@ -159,6 +190,24 @@ def train_command(
     save_every: Annotated[
         int, typer.Option(min=0, help="Also checkpoint every N optimizer steps.")
     ] = 0,
+    keep_checkpoints: Annotated[
+        int,
+        typer.Option(
+            "--keep-checkpoints",
+            min=1,
+            help="Complete checkpoints kept (the newest); an older one is deleted once a newer "
+            "one is complete.",
+        ),
+    ] = 2,
+    log_every: Annotated[
+        int,
+        typer.Option(
+            "--log-every",
+            min=0,
+            help="A line (loss, learning rate) and tracker values every N optimizer steps, "
+            "terminal or not; 0: once per epoch.",
+        ),
+    ] = 0,
     device: Device = "auto",
     max_pixels: MaxPixels = MAX_PIXELS,
     cache_dir: CacheDir = None,
@@ -169,56 +218,90 @@ def train_command(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace the run in --output (its checkpoints go).")
     ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the resolved settings (as OUTPUT/settings.toml would hold them) and "
+            "stop: nothing is trained or written.",
+        ),
+    ] = False,
     json_output: JsonOutput = False,
 ) -> None:
     """Train a captioner: [bold]polycap train --lang ja --data captions.json[/]."""
-    from polycap.eval.runner import check_metrics
-    from polycap.train.trackers import check_trackers
-    from polycap.train.trainer import TrainConfig, train
+    from polycap.train.trainer import train
 
-    mapper_options = {"clip_length": clip_length} if clip_length else {}
-    config = TrainConfig(
-        language=lang,
-        data=data,
-        output=output,
-        images_dir=images,
-        data_format=data_format,
-        encoder=encoder,
-        pretrained=pretrained,
-        lm=lm,
-        mapper=mapper,
-        mapper_options=mapper_options,
-        prefix_length=prefix_length,
-        train_lm=train_lm,
-        standardize_features=standardize,
-        normalize_features=l2_normalize,
-        save_lm=save_lm,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        warmup_steps=warmup,
-        grad_accum=grad_accum,
-        precision=precision,
-        max_tokens=max_tokens,
-        val_fraction=val_fraction,
-        eval_metrics=check_metrics(split_names(eval_metrics) or []),
-        stop_token=stop_token or None,
-        best_metric=best_metric or None,
-        early_stop=early_stop,
-        log_with=check_trackers(split_names(log_with) or []),
-        retrieval_bank=retrieval_bank,
-        retrieval_k=retrieval_k,
-        seed=seed,
-        save_every=save_every,
-        device=device,
-        cache_dir=cache_dir,
-        progress=not json_output,
-    )
-    result = train(
-        config, resume=resume, overwrite=overwrite, console=None if json_output else console
-    )
-    if not result.main_process:
+    settings = settings_from_options(ctx, config, resume)
+    if dry_run:
+        show_settings(settings, json_output)
         return
+    result = train(
+        settings, resume=resume, overwrite=overwrite, console=None if json_output else console
+    )
+    if result.main_process:
+        report(result, json_output)
+
+
+# the options of train_command that are no settings, or need converting
+NOT_SETTINGS = ("config", "resume", "overwrite", "dry_run", "json_output", "clip_length")
+
+
+def given_options(ctx: typer.Context) -> dict[str, Any]:
+    """The settings the command line gave (options left at their defaults are not given, so
+    that a settings file or a resumed run's saved settings keep theirs)."""
+    from polycap.train.settings import parse_mapper_options
+
+    given: dict[str, Any] = {}
+    for name, value in ctx.params.items():
+        source = ctx.get_parameter_source(name)
+        if name in NOT_SETTINGS or source is None or source.name != "COMMANDLINE":
+            continue
+        if name in ("eval_metrics", "log_with"):
+            value = split_names(value) or []
+        elif name in ("stop_token", "best_metric"):
+            value = value or None
+        elif name == "mapper_options":
+            value = parse_mapper_options(value or [])
+        given[name] = value
+    if ctx.params.get("clip_length"):
+        given.setdefault("mapper_options", {})["clip_length"] = ctx.params["clip_length"]
+    return given
+
+
+def settings_from_options(ctx: typer.Context, config: Path | None, resume: bool) -> Any:
+    """The run's settings: defaults < the run's saved settings (``--resume``) < ``--config``
+    < the options given; checked before any work (one line, exit 2)."""
+    from polycap.plugins import get_registries
+    from polycap.train.settings import (
+        TrainSettings,
+        check_settings,
+        checked_values,
+        read_settings_file,
+        saved_settings,
+    )
+
+    given = checked_values(given_options(ctx), "the command line")
+    from_file = read_settings_file(config) if config is not None else {}
+    output = given.get("output") or from_file.get("output") or TrainSettings().output
+    saved = saved_settings(Path(output)) if resume else {}
+    shown = {"progress": not ctx.params["json_output"]}
+    settings = TrainSettings.resolve(saved, from_file, given, shown)
+    check_settings(settings, get_registries())
+    return settings
+
+
+def show_settings(settings: Any, json_output: bool) -> None:
+    """``--dry-run``: the resolved settings on stdout, as TOML (or JSON with ``--json``)."""
+    import sys
+
+    if json_output:
+        print_json({"settings": settings.to_json()})
+    else:
+        sys.stdout.write(settings.to_toml())
+
+
+def report(result: Any, json_output: bool) -> None:
+    """The run's history as a table (or JSON), its best epoch, where the model went."""
     if json_output:
         print_json(
             {

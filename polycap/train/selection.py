@@ -24,6 +24,7 @@ class BestMetric:
 
     column: str
     lower_is_better: bool
+    metric: str | None = None  # the registered metric it comes from (None: val_loss)
 
     @classmethod
     def resolve(cls, name: str, eval_metrics: Sequence[str], registries: Any = None) -> BestMetric:
@@ -46,7 +47,8 @@ class BestMetric:
                 column = by_name[wanted]
             else:
                 continue
-            return cls(f"val_{column}", lower_is_better=bool(metric.lower_is_better))
+            lower = bool(metric.lower_is_better)
+            return cls(f"val_{column}", lower_is_better=lower, metric=metric_name)
         chosen = ", ".join(eval_metrics) if eval_metrics else "none"
         raise BadInput(
             f"--best-metric {name}: not among the validation scores (--eval-metrics: {chosen}); "
@@ -100,3 +102,34 @@ class Selection:
             f"stopped early at epoch {state.epoch}: no {self.metric.column} improvement for "
             f"{state.since_best} epoch(s) ({kept})"
         )
+
+
+def make_selection(settings: Any, registries: Any, pack: Any) -> Selection | None:
+    """The run's best-epoch keeper: by ``--best-metric``, or by val_loss when only
+    ``--early-stop`` is given; None when neither is. BadInput when the metric is not among
+    the validation scores, cannot be computed here (e.g. SPICE without CoreNLP), or there is
+    no validation split."""
+    if settings.best_metric is None and not settings.early_stop:
+        return None
+    name = settings.best_metric or LOSS
+    metric = BestMetric.resolve(name, settings.eval_metrics, registries)
+    if settings.val_fraction <= 0:
+        option = f"--best-metric {name}" if settings.best_metric else "--early-stop"
+        raise BadInput(f"{option}: needs a validation split (--val-fraction is 0)")
+    if metric.metric is not None:
+        reason = unavailable_reason(registries.metrics.get(metric.metric), pack)
+        if reason is not None:
+            raise BadInput(
+                f"--best-metric {name}: cannot be computed here ({reason}); "
+                "choose another metric, or val_loss"
+            )
+    return Selection(metric, patience=settings.early_stop)
+
+
+def unavailable_reason(metric: Any, pack: Any) -> str | None:
+    """Why ``metric`` cannot score validation captions of ``pack``'s language here (its own
+    ``unavailable`` on a one-caption probe, as validation calls it: no images), or None."""
+    from polycap.eval.runner import EvalContext
+
+    probe = EvalContext(pack=pack, keys=["probe"], predictions=["a"], references=[["a"]])
+    return metric.unavailable(probe)

@@ -8,27 +8,54 @@ launcher every process builds the same data split and the same sequence of globa
 gradients; the loss of a global batch is its token-mean whatever the number of processes, so N
 processes take the same steps as one process with the same global batch. Only the main process
 writes checkpoints, logs and progress bars.
+
+The run's settings are :class:`polycap.train.settings.TrainSettings` (``TrainConfig`` is its
+older name); the data it reads, :mod:`polycap.train.data`; its optimizer and schedule,
+:mod:`polycap.train.optim`; its checkpoints, :mod:`polycap.train.checkpoints`; the test-only
+fault hooks, :mod:`polycap.train.faults`. Their names stay importable from here.
 """
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from polycap.data.images import describe_skipped
 from polycap.errors import BadInput, PolycapError, first_line
-from polycap.parts import EncoderSpec
+from polycap.train.checkpoints import (  # noqa: F401 - kept importable from here
+    Checkpoints,
+    Fitting,
+    TrainState,
+    latest_checkpoint,
+    sum_over_processes,
+)
+from polycap.train.data import (  # noqa: F401 - kept importable from here
+    PreparedData,
+    TokenizedSet,
+    collate,
+    prepare_data,
+    prompt_inputs,
+    tokenize_records,
+)
+from polycap.train.faults import HOOK_ENV, HOOK_FILE_ENV, FaultHook  # noqa: F401
+from polycap.train.optim import (  # noqa: F401 - kept importable from here
+    current_lr,
+    linear_warmup_decay,
+    make_optimizer,
+    make_scheduler,
+)
+from polycap.train.settings import PRECISIONS, TrainSettings, check_settings, write_settings
 from polycap.train.trackers import (
+    StepLog,
     check_trackers,
     finish_trackers,
     log_dir,
@@ -36,125 +63,22 @@ from polycap.train.trackers import (
     start_trackers,
 )
 from polycap.util.atomic import check_writable_folder
-from polycap.util.batching import bucketed_batches, pad_right, padded_batches
-from polycap.util.run_folder import CHECKPOINT_PREFIX, FEATURES, TRAINER_STATE, RunFolder
+from polycap.util.batching import bucketed_batches, padded_batches
+from polycap.util.run_folder import CHECKPOINT_PREFIX, TRAINER_STATE, RunFolder
 
-PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
-HOOK_ENV = "POLYCAP_TRAIN_HOOK"
-HOOK_FILE_ENV = "POLYCAP_TRAIN_HOOK_FILE"
-TIMEOUT_ENV = "POLYCAP_DIST_TIMEOUT"
 if TYPE_CHECKING:
-    from polycap.data.features import Features
-    from polycap.language import LanguagePack
     from polycap.plugins import Registries
-    from polycap.train.selection import Selection
 
-__all__ = ["CHECKPOINT_PREFIX", "TRAINER_STATE", "TrainConfig", "Trainer", "train"]
+TrainConfig = TrainSettings  # the older name, kept for code that imports it
 
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs; recorded in every checkpoint."""
-
-    language: str
-    data: Path
-    output: Path
-    images_dir: Path | None = None
-    data_format: str | None = None
-    encoder: str = "ViT-B-32"
-    pretrained: str | None = "openai"
-    lm: str | None = None
-    mapper: str = "mlp"
-    mapper_options: dict[str, Any] = field(default_factory=dict)
-    prefix_length: int = 10
-    train_lm: bool = False
-    save_lm: bool = False
-    normalize_features: bool = True
-    standardize_features: bool = True
-    epochs: int = 10
-    batch_size: int = 32  # per process; the global batch is this × processes × grad_accum
-    lr: float = 2e-5
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    grad_accum: int = 1
-    precision: str = "fp32"
-    max_tokens: int = 40
-    val_fraction: float = 0.1
-    seed: int = 0
-    save_every: int = 0
-    keep_checkpoints: int = 2
-    device: str = "auto"
-    cache_dir: Path | None = None
-    progress: bool = True
-    eval_metrics: list[str] = field(default_factory=list)  # caption metrics on val, per epoch
-    stop_token: str | None = None  # ends captions instead of the pack's end token (e.g. ".")
-    best_metric: str | None = None  # keep best/ by this validation score (train.selection)
-    early_stop: int = 0  # stop after this many epochs without improvement (0: never)
-    log_with: list[str] = field(default_factory=list)  # Accelerate trackers (train.trackers)
-    retrieval_bank: Path | None = None  # retrieval-augmented: prompts from this bank's kNN
-    retrieval_k: int = 4  # captions per prompt
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-safe copy for the checkpoint."""
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
-
-
-@dataclass
-class TokenizedSet:
-    """Captions as token ids, each pointing at its image's row in the feature matrix."""
-
-    feature_rows: list[int]
-    token_ids: list[list[int]]
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(ids) for ids in self.token_ids]
-
-
-@dataclass
-class PreparedData:
-    """What training reads: tokenized splits, one feature row per encoded image, the tokenizer
-    and the encoder's identity, and the images that could not be read."""
-
-    train: TokenizedSet
-    val: TokenizedSet
-    features: Features  # rows read from the run's feature store, a batch at a time
-    tokenizer: Any
-    encoder_info: EncoderSpec
-    skipped: int
-    prompts: list[list[int]] | None = None  # retrieval prompt ids per feature row
-    retrieval: dict[str, Any] | None = None  # the RetrievalSetup record
-
-
-@dataclass
-class TrainState:
-    """Where a run is: epochs done, batches done in the current epoch, optimizer steps, the
-    current epoch's running train loss (caption-weighted sum over ``seen`` captions), history."""
-
-    epoch: int = 0
-    batch: int = 0
-    step: int = 0
-    loss_sum: float = 0.0
-    seen: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-    best: dict[str, Any] | None = None  # the best epoch so far: metric, epoch, step, score
-    since_best: int = 0  # epochs since the best one (early stopping counts these)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TrainState:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-
-
-@dataclass
-class Fitting:
-    """What a run moves forward: the (Accelerate-prepared) model, its optimizer, its lr schedule."""
-
-    model: Any
-    optimizer: Any
-    scheduler: Any
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "TRAINER_STATE",
+    "TrainConfig",
+    "TrainSettings",
+    "Trainer",
+    "train",
+]
 
 
 @dataclass
@@ -198,141 +122,17 @@ class PhaseTimes:
         return {name: seconds / total for name, seconds in self.cpu.items()}
 
 
-def make_optimizer(parameters: list[torch.nn.Parameter], config: TrainConfig) -> Any:
-    """AdamW over ``parameters``: the fused implementation (one kernel per step, ~5x faster
-    than the per-tensor loop on the CPU) where torch has it for their device, else the
-    default one."""
-    try:
-        return torch.optim.AdamW(
-            parameters, lr=config.lr, weight_decay=config.weight_decay, fused=True
-        )
-    except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
-        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> Any:
-    """Linear warmup to the base lr, then linear decay to zero (as ClipCap trains)."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def collate(
-    batch: list[int], tokens: TokenizedSet, features: Features | torch.Tensor, pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Features, right-padded ids and attention mask for one batch of caption indices."""
-    input_ids, mask = pad_right([tokens.token_ids[i] for i in batch], pad_id)
-    rows = torch.tensor([tokens.feature_rows[i] for i in batch], dtype=torch.long)
-    if isinstance(features, torch.Tensor):
-        rows = rows.to(features.device)
-    return features[rows], input_ids, mask
-
-
-def prompt_inputs(
-    batch: list[int],
-    tokens: TokenizedSet,
-    prompts: list[list[int]] | None,
-    pad_id: int,
-    device: Any = None,
-) -> dict[str, torch.Tensor]:
-    """``prompt_ids`` / ``prompt_mask`` (left-padded) for a batch of caption indices, from the
-    prompt of each caption's image; nothing for a plain captioner."""
-    if prompts is None:
-        return {}
-    from polycap.model.augmented import left_padded
-
-    ids, mask = left_padded([prompts[tokens.feature_rows[i]] for i in batch], pad_id)
-    return {"prompt_ids": ids.to(device), "prompt_mask": mask.to(device)}
-
-
-def tokenize_records(
-    records: list[Any],
-    row_of: dict[Path, int],
-    pack: LanguagePack,
-    tokenizer: Any,
-    max_tokens: int,
-    stop_token: str | None = None,
-) -> TokenizedSet:
-    """Token ids per caption (end token kept when truncated) for records whose image encoded;
-    with ``stop_token``, captions end with it instead of the pack's end token."""
-    from polycap.model.captioner import caption_token_ids
-
-    rows: list[int] = []
-    ids_list: list[list[int]] = []
-    for record in records:
-        if record.image not in row_of:
-            continue
-        ids = caption_token_ids(pack, tokenizer, record.caption, stop_token)
-        if len(ids) > max_tokens:
-            ids = [*ids[: max_tokens - 1], ids[-1]]
-        rows.append(row_of[record.image])
-        ids_list.append(ids)
-    return TokenizedSet(rows, ids_list)
-
-
-def latest_checkpoint(output: Path) -> Path | None:
-    """The newest complete checkpoint (one whose trainer state was written) in a run folder."""
-    return RunFolder(output).latest_checkpoint()
-
-
-class FaultHook:
-    """Test-only fault injection, so kill and disk-failure tests are deterministic.
-
-    ``POLYCAP_TRAIN_HOOK=pause@checkpoint:2,enospc@final:1``: at the n-th time training reaches
-    a point (``step``: an optimizer step done; ``checkpoint`` / ``final``: inside that save, all
-    files but polycap.json written), ``pause`` writes ``POLYCAP_TRAIN_HOOK_FILE`` and waits to be
-    killed; ``enospc`` / ``erofs`` raise the OSError a full / read-only disk gives.
-    """
-
-    def __init__(self, spec: str | None = None) -> None:
-        spec = os.environ.get(HOOK_ENV, "") if spec is None else spec
-        self.rules = []
-        for item in filter(None, (part.strip() for part in spec.split(","))):
-            action, _, where = item.partition("@")
-            point, _, count = where.partition(":")
-            self.rules.append((action, point, int(count or 1)))
-        self.seen: dict[str, int] = {}
-
-    def __call__(self, point: str, main: bool = True) -> None:
-        if not self.rules:
-            return
-        self.seen[point] = count = self.seen.get(point, 0) + 1
-        for action, rule_point, rule_count in self.rules:
-            if (rule_point, rule_count) != (point, count):
-                continue
-            if action == "pause":
-                marker = os.environ.get(HOOK_FILE_ENV)
-                if marker and main:
-                    Path(marker).write_text(f"{point}:{count}\n", encoding="utf-8")
-                time.sleep(600)
-            elif action in ("enospc", "erofs"):
-                code = errno.ENOSPC if action == "enospc" else errno.EROFS
-                raise OSError(code, os.strerror(code))
-
-
 class Trainer:
     """One training run: prepares data and model, runs epochs, writes checkpoints."""
 
     def __init__(
-        self, config: TrainConfig, registries: Registries | None = None, console: Any = None
+        self, config: TrainSettings, registries: Registries | None = None, console: Any = None
     ) -> None:
         from polycap.plugins import get_registries
 
-        if config.precision not in PRECISIONS:
-            raise BadInput(
-                f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}"
-            )
-        if config.retrieval_bank is not None and config.eval_metrics:
-            raise BadInput(
-                "--eval-metrics does not yet caption with retrieval prompts; "
-                "leave it out with --retrieval-bank (validation loss is recorded)"
-            )
         self.config = config
         self.registries = registries or get_registries()
+        self.selection = check_settings(config, self.registries)  # before any work
         self.pack = self.registries.languages.get(config.language)
         self.accelerator = make_accelerator(config)
         self.main = self.accelerator.is_main_process
@@ -342,12 +142,41 @@ class Trainer:
         self.console = console if self.main else None
         self.folder = RunFolder(config.output)
         self.hook = FaultHook()
-        self.selection = make_selection(config, self.registries)
+        self.checkpoints = Checkpoints(
+            self.accelerator, self.folder, self.training_record, config.keep_checkpoints, self.hook
+        )
+        self.steps = StepLog(
+            config.log_every, self.accelerator, self.log_line, self.sum_over_processes
+        )
         self.phases: PhaseTimes | None = None  # set to time the steps' phases
 
     def say(self, message: str) -> None:
         if self.console is not None:
             self.console.print(message)
+
+    def log_line(self, message: str) -> None:
+        """A ``--log-every`` line: on the console, or on stderr when there is none (``--json``,
+        the Python API), terminal or not."""
+        if self.console is not None:
+            self.console.print(message, highlight=False)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def sum_over_processes(self, value: float) -> float:
+        return sum_over_processes(self.accelerator, value)
+
+    def training_record(self, state: TrainState) -> dict[str, Any]:
+        """What polycap.json's ``training`` says of the run, as of ``state``."""
+        return {
+            **self.config.to_json(),
+            "processes": self.processes,
+            "global_batch_size": self.global_batch_size,
+            "epochs_done": state.epoch,
+            "steps_done": state.step,
+            "history": state.history,
+            "best": state.best,
+            "stopped_early": self.stopped_early(state),
+        }
 
     @property
     def global_batch_size(self) -> int:
@@ -360,18 +189,12 @@ class Trainer:
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         self.take_folder(resume, overwrite)
-        data = self.prepare_data()  # every process encodes its share of the images
+        data = prepare_data(config, self.pack, self.device, self.main, self.say)
         self.record_run(resume, overwrite)
         start = self.folder.latest_checkpoint() if resume else None
         if resume and start is None:
             self.say(f"No checkpoint in {config.output} to resume from; starting fresh.")
-        model = self.load_or_build(start, data)
-        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
-        scheduler = linear_warmup_decay(
-            optimizer, config.warmup_steps, self.steps_per_epoch(data) * config.epochs
-        )
-        state = self.restore(start, optimizer, scheduler) if start is not None else TrainState()
-        fit = Fitting(*self.accelerator.prepare(model, optimizer), scheduler)
+        fit, state = self.fitting(start, data)
         self.announce(start, state, data)
         start_trackers(self.accelerator, self.run_options())
         batches_run = 0
@@ -383,7 +206,7 @@ class Trainer:
         stopped = self.stopped_early(state)
         if stopped is not None and self.selection is not None:
             self.say(self.selection.describe_stop(state))
-        final = self.save(self.folder.final, fit.model, state, point="final")
+        final = self.checkpoints.save(self.folder.final, fit.model, state, point="final")
         finish_trackers(self.accelerator)
         self.accelerator.wait_for_everyone()
         return TrainResult(
@@ -398,6 +221,19 @@ class Trainer:
             best=self.best_record(state),
             stopped_early=stopped,
         )
+
+    def fitting(self, start: Path | None, data: PreparedData) -> tuple[Fitting, TrainState]:
+        """The model (new, or the checkpoint's), its optimizer and schedule (restored from
+        the checkpoint when resuming), prepared by Accelerate; and where the run is."""
+        config = self.config
+        model = self.load_or_build(start, data)
+        optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config)
+        total = self.steps_per_epoch(data) * config.epochs
+        scheduler = make_scheduler(optimizer, config.lr_schedule, config.warmup_steps, total)
+        state = TrainState()
+        if start is not None:
+            state = self.checkpoints.restore(start, optimizer, scheduler)
+        return Fitting(*self.accelerator.prepare(model, optimizer), scheduler), state
 
     def stops_early(self, state: TrainState) -> bool:
         return self.selection is not None and self.selection.should_stop(state)
@@ -430,9 +266,11 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def record_run(self, resume: bool, overwrite: bool) -> None:
-        """Once the data is ready: the folder becomes this run's (run.json written)."""
+        """Once the data is ready: the folder becomes this run's (run.json and the resolved
+        settings, settings.toml, written)."""
         if self.main:
             changes = self.folder.claim(self.run_options(), resume=resume, overwrite=overwrite)
+            write_settings(self.config, self.config.output)
             for change in changes:
                 self.say(f"Resuming with {change}")
         self.accelerator.wait_for_everyone()
@@ -452,79 +290,8 @@ class Trainer:
         self.say(
             f"Training on {self.processes} process(es) ({self.device.type}); global batch "
             f"{self.global_batch_size} = {config.batch_size} per process × {self.processes} "
-            f"process(es) × {config.grad_accum} accumulation; {per_epoch} batches per epoch"
-        )
-
-    # -- preparation -----------------------------------------------------------------------
-    def prepare_data(self) -> PreparedData:
-        """Load captions, encode each image once, split by image, tokenize."""
-        from polycap.data.captions import load_captions, split_by_image
-        from polycap.data.encoding import load_encoder
-        from polycap.data.features import encode_to_store
-
-        config = self.config
-        captions = load_captions(
-            config.data, images_dir=config.images_dir, format=config.data_format
-        )
-        encoder = load_encoder(
-            config.encoder, pretrained=config.pretrained, device=str(self.device)
-        )
-        encoded = encode_to_store(
-            encoder,
-            captions.images(),
-            config.output / FEATURES,
-            cache_dir=config.cache_dir,
-            progress=config.progress and self.main,
-        )
-        features, skipped = encoded.store, encoded.stats.skipped
-        assert features is not None
-        if not len(features):
-            raise BadInput(f"{config.data}: none of its images could be read")
-        row_of = {path: row for row, path in enumerate(features.paths())}
-        train_set, val_set = split_by_image(captions, config.val_fraction, seed=config.seed)
-        tokenizer = self.pack.load_tokenizer(config.lm or self.pack.default_lm)
-        limit, stop = config.max_tokens, config.stop_token
-        train = tokenize_records(train_set.records, row_of, self.pack, tokenizer, limit, stop)
-        val = tokenize_records(val_set.records, row_of, self.pack, tokenizer, limit, stop)
-        if not train.token_ids:
-            raise BadInput(f"{config.data}: no training captions left after skipping bad images")
-        encoder_info = encoder.encoder_spec
-        self.say(
-            f"{len(captions.records)} captions of {len(captions.images())} images; "
-            f"train {len(train.token_ids)} / validation {len(val.token_ids)} captions; "
-            f"{len(skipped)} images skipped"
-        )
-        if skipped:
-            self.say(f"Skipped {describe_skipped(skipped)}")
-        data = PreparedData(train, val, features, tokenizer, encoder_info, len(skipped))
-        if config.retrieval_bank is not None:
-            self.add_prompts(data, captions, encoder)
-        return data
-
-    def add_prompts(self, data: PreparedData, captions: Any, encoder: Any) -> None:
-        """Retrieval prompts for every encoded image (its own entry and references excluded)."""
-        import os
-
-        from polycap.model.augmented import RetrievalSetup, training_prompts
-        from polycap.retrieval.bank import Bank
-        from polycap.retrieval.search import check_encoder
-
-        config = self.config
-        bank = Bank.open(config.retrieval_bank)
-        if bank.language != self.pack.code:
-            raise BadInput(
-                f"--retrieval-bank {bank.path}: bank is in {bank.language!r}, "
-                f"training in {self.pack.code!r}"
-            )
-        check_encoder(bank, encoder)
-        setup = RetrievalSetup.for_bank(bank, self.pack, config.retrieval_k)
-        own = {os.path.realpath(p): texts for p, texts in captions.by_image().items()}
-        data.prompts = training_prompts(bank, data.features, own, self.pack, data.tokenizer, setup)
-        data.retrieval = setup.to_json()
-        lengths = [len(p) for p in data.prompts]
-        self.say(
-            f"Retrieval prompts from {bank.path} (k={setup.k}): "
-            f"{sum(lengths) / max(1, len(lengths)):.1f} tokens on average"
+            f"process(es) × {config.grad_accum} accumulation; {per_epoch} batches per epoch; "
+            f"lr {config.lr:g} ({config.lr_schedule}, {config.warmup_steps} warm-up steps)"
         )
 
     def load_or_build(self, start: Path | None, data: PreparedData) -> Any:
@@ -534,10 +301,29 @@ class Trainer:
         if start is not None:
             return Captioner.load(start, device=self.device, registries=self.registries).train()
         config = self.config
-        model = Captioner.build(
+        lm = self.pack.load_decoder(config.lm or self.pack.default_lm)
+        try:
+            model = self.build(data, lm)
+        except (TypeError, ValueError, AssertionError) as error:  # the mapper refused its options
+            options = ", ".join(f"{k}={v}" for k, v in config.mapper_options.items()) or "none"
+            raise BadInput(
+                f"--mapper {config.mapper} (options: {options}): {first_line(error)}"
+            ) from None
+        if data.retrieval is not None:
+            model.config["retrieval"] = data.retrieval
+        if config.standardize_features:
+            model.set_feature_stats(data.features.blocks(rows=sorted(set(data.train.feature_rows))))
+        return model
+
+    def build(self, data: PreparedData, lm: Any) -> Any:
+        """A new captioner as the settings describe it, in front of ``lm``."""
+        from polycap.model.captioner import Captioner
+
+        config = self.config
+        return Captioner.build(
             pack=self.pack,
             tokenizer=data.tokenizer,
-            lm=self.pack.load_decoder(config.lm or self.pack.default_lm),
+            lm=lm,
             encoder_info=data.encoder_info,
             mapper=config.mapper,
             prefix_length=config.prefix_length,
@@ -549,11 +335,6 @@ class Trainer:
             registries=self.registries,
             stop_token=config.stop_token,
         )
-        if data.retrieval is not None:
-            model.config["retrieval"] = data.retrieval
-        if config.standardize_features:
-            model.set_feature_stats(data.features.blocks(rows=sorted(set(data.train.feature_rows))))
-        return model
 
     def epoch_batches(self, epoch: int, data: PreparedData) -> list[list[int]]:
         """The epoch's global batches: the same list on every process."""
@@ -584,12 +365,14 @@ class Trainer:
                 state.loss_sum += loss * len(batches[index])
                 state.seen += len(batches[index])
                 state.batch = index + 1
+                self.steps.add(loss, len(batches[index]))
                 if last_of_group:
-                    self.optimizer_step(fit)
+                    lr = self.optimizer_step(fit)
                     state.step += 1
+                    self.steps.step(state.step, epoch, lr)
                     periodic = config.save_every and state.step % config.save_every == 0
                     if periodic and index + 1 < len(batches):  # else the epoch's own follows
-                        self.checkpoint(fit, state)
+                        self.checkpoints.write(fit, state)
                     self.hook("step", self.main)
                 progress.update(task, advance=1, description=f"{title} loss {loss:.3f}")
         return len(batches) - first
@@ -633,13 +416,16 @@ class Trainer:
     def pad_id(self, model: Any) -> int:
         return self.accelerator.unwrap_model(model).pad_token_id
 
-    def optimizer_step(self, fit: Fitting) -> None:
+    def optimizer_step(self, fit: Fitting) -> float:
+        """Clip, step, schedule, zero; returns the learning rate the step took."""
+        lr = current_lr(fit.optimizer)
         with self.phase("optimizer"):
             trainable = [p for p in fit.model.parameters() if p.requires_grad]
             self.accelerator.clip_grad_norm_(trainable, 1.0)
             fit.optimizer.step()
             fit.scheduler.step()
             fit.optimizer.zero_grad(set_to_none=True)
+        return lr
 
     def end_epoch(self, epoch: int, fit: Fitting, state: TrainState, data: PreparedData) -> None:
         """Validation loss, the epoch's history record, and a checkpoint."""
@@ -650,6 +436,7 @@ class Trainer:
             "step": state.step,
             "train_loss": train_loss,
             "val_loss": val_loss,
+            "lr": current_lr(fit.optimizer),  # where the schedule is at the epoch's end
         }
         if self.config.eval_metrics and data.val.token_ids:
             from polycap.train.validation import validation_scores
@@ -672,10 +459,10 @@ class Trainer:
         message = f"epoch {epoch + 1}: train loss {train_loss:.4f}"
         if not math.isnan(val_loss):
             message += f", validation loss {val_loss:.4f}"
-        self.say(message)
+        self.say(f"{message}, lr {record['lr']:.3e}")
         log_epoch(self.accelerator, record)
         self.keep_best(fit, state, record)
-        self.checkpoint(fit, state)
+        self.checkpoints.write(fit, state)
 
     def keep_best(self, fit: Fitting, state: TrainState, record: dict[str, Any]) -> None:
         """With a best metric: a new best epoch's model replaces ``best/`` (atomically), before
@@ -683,7 +470,7 @@ class Trainer:
         which writes the same ``best/`` again)."""
         if self.selection is None or not self.selection.update(state, record):
             return
-        self.save(self.folder.best, fit.model, state, point="best")
+        self.checkpoints.save(self.folder.best, fit.model, state, point="best")
         self.accelerator.wait_for_everyone()
         best = state.best or {}
         self.say(f"best {best['metric']} so far ({best['score']:.4f}): saved {self.folder.best}")
@@ -712,130 +499,8 @@ class Trainer:
         plain.train()
         return self.sum_over_processes(total) / len(tokens.token_ids)
 
-    def sum_over_processes(self, value: float) -> float:
-        if self.processes == 1:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
-        return float(self.accelerator.reduce(tensor, reduction="sum")[0])
 
-    # -- checkpoints -----------------------------------------------------------------------
-    def training_record(self, state: TrainState) -> dict[str, Any]:
-        return {
-            **self.config.to_json(),
-            "processes": self.processes,
-            "global_batch_size": self.global_batch_size,
-            "epochs_done": state.epoch,
-            "steps_done": state.step,
-            "history": state.history,
-            "best": state.best,
-            "stopped_early": self.stopped_early(state),
-        }
-
-    def checkpoint(self, fit: Fitting, state: TrainState) -> Path:
-        """Model and trainer state (every process's RNG, the epoch's loss so far summed over
-        processes) in one atomic directory, by the main process; older checkpoints pruned."""
-        from accelerate.utils import gather_object
-
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state()
-        rngs = gather_object([rng]) if self.processes > 1 else [rng]
-        saved = TrainState(
-            **{**state.to_json(), "loss_sum": self.sum_over_processes(state.loss_sum)}
-        )
-        if self.processes > 1:  # the main process carries the sum from here on
-            state.loss_sum = saved.loss_sum if self.main else 0.0
-        trainer_state = {
-            "optimizer": fit.optimizer.state_dict(),
-            "scheduler": fit.scheduler.state_dict(),
-            "state": saved.to_json(),
-            "rng": rngs,
-            "processes": self.processes,
-        }
-
-        def extra(target: Path) -> None:
-            torch.save(trainer_state, target / TRAINER_STATE)
-
-        directory = self.save(
-            self.folder.checkpoint_path(state.step), fit.model, saved, "checkpoint", extra
-        )
-        if self.main:
-            self.prune_checkpoints(keep=directory)
-        self.accelerator.wait_for_everyone()
-        return directory
-
-    def save(
-        self, directory: Path, model: Any, state: TrainState, point: str, extra: Any = None
-    ) -> Path:
-        """Write the model (main process only); a failing disk is one line, the last good
-        checkpoint intact."""
-        if not self.main:
-            return directory
-
-        def write_extra(target: Path) -> None:
-            if extra is not None:
-                extra(target)
-            self.hook(point)
-
-        plain = self.accelerator.unwrap_model(model)
-        try:
-            return plain.save(directory, training=self.training_record(state), extra=write_extra)
-        except OSError as error:
-            last = self.folder.latest_checkpoint()
-            kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
-            raise BadInput(
-                f"{directory}: writing failed ({error.strerror or error}); {kept}"
-            ) from None
-
-    def restore(self, start: Path, optimizer: Any, scheduler: Any) -> TrainState:
-        """Optimizer, scheduler, this process's RNG and the train state of a checkpoint."""
-        path = start / TRAINER_STATE
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as error:  # noqa: BLE001 - any unreadable pickle is the same problem
-            raise BadInput(f"{path}: unreadable trainer state ({error})") from None
-        written_by = int(saved.get("processes", 1))
-        if written_by != self.processes:
-            raise BadInput(
-                f"{path}: written by {written_by} process(es), resumed with {self.processes}; "
-                f"resume with {written_by} (the global batch must stay the same)"
-            )
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        rng = saved["rng"][self.rank] if "rng" in saved else {"cpu": saved["torch_rng"]}
-        torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
-        state = TrainState.from_json(saved["state"])
-        if not self.main:
-            state.loss_sum = 0.0
-        return state
-
-    def prune_checkpoints(self, keep: Path) -> None:
-        import shutil
-
-        complete = self.folder.checkpoints()
-        for old in complete[: max(0, len(complete) - self.config.keep_checkpoints)]:
-            if old != keep:
-                shutil.rmtree(old, ignore_errors=True)
-
-
-def make_selection(config: TrainConfig, registries: Registries) -> Selection | None:
-    """The run's best-epoch keeper: by ``--best-metric``, or by val_loss when only
-    ``--early-stop`` is given; None when neither is."""
-    from polycap.train.selection import LOSS, BestMetric, Selection
-
-    if config.best_metric is None and not config.early_stop:
-        return None
-    name = config.best_metric or LOSS
-    metric = BestMetric.resolve(name, config.eval_metrics, registries)
-    if config.val_fraction <= 0:
-        option = f"--best-metric {name}" if config.best_metric else "--early-stop"
-        raise BadInput(f"{option}: needs a validation split (--val-fraction is 0)")
-    return Selection(metric, patience=config.early_stop)
-
-
-def make_accelerator(config: TrainConfig) -> Any:
+def make_accelerator(config: TrainSettings) -> Any:
     """An ``Accelerator`` for this run: the launcher's processes (one when not launched), the
     device from ``--device``, mixed precision, and a timeout on every collective."""
     from datetime import timedelta
@@ -845,6 +510,7 @@ def make_accelerator(config: TrainConfig) -> Any:
     from accelerate.utils import InitProcessGroupKwargs
 
     from polycap.util.devices import resolve_device
+    from polycap.util.distributed import timeout_seconds
 
     device = resolve_device(config.device)
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -857,7 +523,7 @@ def make_accelerator(config: TrainConfig) -> Any:
         AcceleratorState._reset_state(reset_partial_state=True)
         if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)
-    timeout = timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, "1800")))
+    timeout = timedelta(seconds=timeout_seconds())
     try:
         return Accelerator(
             cpu=device.type == "cpu",
@@ -875,12 +541,12 @@ def make_accelerator(config: TrainConfig) -> Any:
 
 
 def train(
-    config: TrainConfig,
+    config: TrainSettings,
     resume: bool = False,
     registries: Registries | None = None,
     console: Any = None,
     overwrite: bool = False,
 ) -> TrainResult:
-    """Run one training job; see :class:`TrainConfig`."""
+    """Run one training job; see :class:`TrainSettings`."""
     trainer = Trainer(config, registries=registries, console=console)
     return trainer.run(resume=resume, overwrite=overwrite)

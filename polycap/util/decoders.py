@@ -21,6 +21,11 @@ def is_gguf(name_or_path: str | Path | None) -> bool:
     return bool(name_or_path) and str(name_or_path).lower().endswith(GGUF_SUFFIX)
 
 
+def lm_width(lm: Any) -> int:
+    """Width of the LM's token embeddings (the prefix vectors must match it)."""
+    return int(lm.get_input_embeddings().embedding_dim)
+
+
 def from_pretrained_args(name_or_path: str | Path) -> tuple[str, dict[str, Any]]:
     """``(name_or_path, kwargs)`` for a ``from_pretrained`` call: a ``.gguf`` file becomes its
     folder plus ``gguf_file=<name>``; a missing .gguf file is an OSError naming it."""
