@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from polycap.eval import charts
 from polycap.eval.report import Report, ReportRow
 
 if TYPE_CHECKING:
@@ -66,8 +67,6 @@ def _image_scores(method: MethodResult, i: int) -> dict[str, float | None]:
 
 def _charts(comparison: Comparison, lower: Sequence[str]) -> list[Chart] | None:
     """The score bars and the per-image chart; None when matplotlib is missing."""
-    from polycap.eval import charts
-
     if not charts.available():
         return None
     methods = comparison.methods

@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from polycap.eval.charts import INSTALL_HINT
 from polycap.util.atomic import write_text
 
 if TYPE_CHECKING:
@@ -56,8 +57,6 @@ class Report:
 
     def render(self) -> str:
         """The HTML text."""
-        from polycap.eval.charts import INSTALL_HINT
-
         return (
             _environment()
             .get_template(TEMPLATE)
