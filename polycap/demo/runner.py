@@ -291,5 +291,6 @@ def _charts(groups: tuple[dict[str, float], dict[str, float] | None]) -> list[An
     measures = ("colour_accuracy", "shape_accuracy", "pair_accuracy")
     named = {"seen pairs": groups[0], "unseen pairs": groups[1]}
     bars = {group: [100 * scores[m] for m in measures] for group, scores in named.items() if scores}
-    chart = charts.score_bars([f"{m.replace('_', ' ')} %" for m in measures], bars)
+    names = [f"{m.replace('_', ' ')} %" for m in measures]
+    chart = charts.score_bars(names, bars, title="Accuracy on seen and unseen pairs")
     return [chart] if chart is not None else []

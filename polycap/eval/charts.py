@@ -82,6 +82,7 @@ def score_bars(
     measures: Sequence[str],
     methods: Mapping[str, Sequence[float | None]],
     lower_is_better: Collection[str] = (),
+    title: str = "Scores by method",
 ) -> Chart | None:
     """One small panel per measure, a bar per method (``methods``: name -> one value per
     measure, None where it does not apply), each panel titled with its direction."""
@@ -114,7 +115,7 @@ def score_bars(
     _legend(figure, colours)
     lower = [m for m in measures if m in lower_is_better]
     note = ", ".join(f"{m}: lower is better" for m in lower)
-    return Chart("Scores by method", _svg(figure), note)
+    return Chart(title, _svg(figure), note)
 
 
 def per_image_scores(
