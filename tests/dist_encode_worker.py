@@ -1,7 +1,8 @@
 """One process of tests/test_features.py's two-process run (started by torchrun).
 
 Args: model name, weights file, list of images (one per line), store folder, cache folder.
-Prints one JSON line: rank, world size, rows seen, images this process encoded, checksum.
+Prints one JSON line: rank, world size, rows seen, images this process encoded, checksum,
+its shares of a few counts and a gathered value.
 With the single argument ``die``: join the process group, then be killed (SIGKILL).
 """
 
@@ -51,6 +52,8 @@ def main() -> None:
             "rows": len(store),
             "encoded_here": sum(counted),
             "checksum": float(store[:].double().sum()),
+            "shares": {n: list(procs.share(n)) for n in (0, 1, 5, 8, 13)},
+            "gathered": procs.all_gather((procs.rank, "ab"[procs.rank]), "test gather"),
         }
     )
     os.write(1, (report + "\n").encode())

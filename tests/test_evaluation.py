@@ -180,6 +180,72 @@ def test_wer_matches_jiwer() -> None:
     assert score == pytest.approx(jiwer.wer(picked, [" ".join(h) for h in hyp2]))
 
 
+def _levenshtein_wer(references, hypotheses):
+    """The hand-written WER polycap had before jiwer (kept here as the oracle): Levenshtein in
+    words, each image against its lowest-rate reference (the first on ties)."""
+
+    def distance(ref, hyp):
+        previous = list(range(len(hyp) + 1))
+        for i, r in enumerate(ref, 1):
+            current = [i]
+            for j, h in enumerate(hyp, 1):
+                current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
+            previous = current
+        return previous[-1]
+
+    edits = length = 0
+    per_image, chosen = [], []
+    for refs, hyp in zip(references, hypotheses, strict=True):
+        rates = [(distance(r, hyp) / max(len(r), 1), i) for i, r in enumerate(refs)]
+        rate, index = min(rates)
+        edits += distance(refs[index], hyp)
+        length += len(refs[index])
+        per_image.append(rate)
+        chosen.append(index)
+    return edits / max(length, 1), per_image, chosen
+
+
+WER_CASES = {
+    "en": (EN_PREDICTIONS + ["", "circle"], EN_REFERENCES + [["a red circle"], ["", "circle"]]),
+    "zh": (
+        ["一个红色的圆形在黑色背景上", "两个蓝色的正方形", "三个黄色的三角形", "蓝色"],
+        [
+            ["一个红色的圆形", "黑色背景上有一个红色的圆形"],
+            ["两个蓝色的正方形在黑色背景上", "有两个蓝色的正方形"],
+            ["三个黄色的三角形"],
+            ["一个蓝色的圆形", "蓝色的正方形"],
+        ],
+    ),
+    "ja": (
+        ["赤い丸が一つあります", "青い四角が二つ", "黄色い三角形が三つあります"],
+        [
+            ["赤い丸が一つ", "黒い背景に赤い丸が一つあります"],
+            ["青い四角が二つあります"],
+            ["三角形"],
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("language", sorted(WER_CASES))
+def test_wer_by_jiwer_equals_the_hand_written_wer(language: str) -> None:
+    """Moving WER onto jiwer changed no score: corpus, per image and the chosen reference, on
+    each pack's own segmentation (empty captions and an empty reference included)."""
+    from polycap.eval.metrics.wer import corpus_wer
+
+    pack = {"en": english, "zh": chinese, "ja": japanese}[language]()
+    predictions, references = WER_CASES[language]
+    ctx = EvalContext(pack, [str(i) for i in range(len(predictions))], predictions, references)
+    ours = corpus_wer(ctx.reference_tokens, ctx.prediction_tokens)
+    oracle = _levenshtein_wer(ctx.reference_tokens, ctx.prediction_tokens)
+    assert ours[0] == pytest.approx(oracle[0], abs=1e-12)
+    assert ours[1] == pytest.approx(oracle[1], abs=1e-12)
+    assert ours[2] == oracle[2]
+    result = evaluate(ctx, ["wer"])
+    assert result.scores["WER"] == pytest.approx(100 * oracle[0])
+    assert "jiwer" in result.to_json()["versions"]
+
+
 def test_chinese_case_is_segmented_by_jieba() -> None:
     pack = chinese()
     predictions = ["一个红色的圆形在黑色背景上", "两个蓝色的正方形", "三个黄色的三角形"]

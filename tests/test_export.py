@@ -5,6 +5,7 @@ the Hub (offline here: one-line errors, and a model already in the Hub cache).""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -119,21 +120,110 @@ def test_hf_folder_captions_like_the_checkpoint(capsys, made, hf_folder) -> None
     assert caption_json(capsys, hf_folder, made["images"]) == expected
 
 
+RAW_LITERAL = re.compile(r"\b(None|True|False)\b|\{'|\{\"|\{\}|\[\]")
+
+
+def prose(text: str) -> str:
+    """The card's text without its code blocks (code may say ``trust_remote_code=True``)."""
+    return re.sub(r"```.*?```", "", text, flags=re.S)
+
+
 def test_model_card_states_the_model_training_and_scores(made, hf_folder) -> None:
-    card = (hf_folder / "README.md").read_text()
-    front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
-    for line in ('language: ["en"]', 'license: "mit"', "pipeline_tag: image-to-text", "tags:"):
-        assert line in front
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(hf_folder / "README.md")
+    data = card.data
+    assert data.language == ["en"] and data.license == "mit"
+    assert data.pipeline_tag == "image-to-text" and data.library_name == "polycap"
+    assert "image-captioning" in data.tags
     evaluation = json.loads((made["root"] / "eval.json").read_text())
-    name, score = next(iter(evaluation["scores"].items()))
-    assert "model-index:" in front and f'{{type: "{name}", value: {score}}}' in front
-    assert "open_clip `polycap-tiny-vit`" in body and "| prefix length | 2 |" in body
-    assert "| mapper | mlp" in body and "`lm/` (bundled" in body
-    assert "| epochs | 3 |" in body and "| lr | 0.001 |" in body
+    scored = {k: v for k, v in evaluation["scores"].items() if v is not None}
+    results = {r.metric_name: r.metric_value for r in data.eval_results}
+    assert results == {k: pytest.approx(v, abs=1e-4) for k, v in scored.items()}
+    assert all(r.task_type == "image-to-text" for r in data.eval_results)
+    body = card.text
+    title = body.strip().splitlines()[0]
+    assert title.startswith("# English image captioner with the ") and "shared-en" not in title
+    assert "open_clip `polycap-tiny-vit`" in body and "prefix of 2 token embeddings" in body
+    assert "an MLP mapping network" in body
+    assert "`decoder/`" in body or "`lm/`" in body  # the bundled decoder, by its folder
+    assert "It ran 3 epochs" in body and "Learning rate 0.001" in body
+    name, score = next(iter(scored.items()))
     assert f"| {name} | {score:.2f} |" in body
     assert f"`{evaluation['segmenter']}`" in body
+    for heading in ("## Usage", "## Training", "## Evaluation", "## Limitations", "## Licence"):
+        assert heading in body
+    assert 'AutoModel.from_pretrained("shared-en", trust_remote_code=True)' in body
     assert "polycap caption photos/ --model shared-en" in body
     assert 'polycap.load("shared-en")' in body
+    assert "Language: it writes English only" in body and "Size: a decoder of " in body
+    assert not RAW_LITERAL.search(prose(body)), RAW_LITERAL.search(prose(body))
+
+
+def test_model_card_says_every_setting_in_prose() -> None:
+    """A full training record (None, True, dicts, NaN) and an evaluation with n/a scores come
+    out as sentences; the metadata parses back; another licence is named with its link."""
+    from huggingface_hub import ModelCard
+
+    from polycap.interop.model_card import CardLicense, render
+
+    config = {
+        "encoder": {"backend": "open_clip", "name": "ViT-B-32", "pretrained": "/abs/w.pt",
+                    "embed_dim": 512},
+        "mapper": {"kind": "transformer", "options": {"layers": 8, "bias": True, "x": None}},
+        "prefix_length": 10, "language": "ja", "lm": "/home/someone/models/gpt2-ja",
+        "train_lm": True, "normalize_features": True, "standardize_features": False,
+        "language_name": "Japanese", "decoder_parameters": 124_439_808,
+        "mapper_parameters": 56_320,
+    }  # fmt: skip
+    training = {
+        "data": "/home/someone/data/train.json", "data_format": None, "epochs": 10,
+        "epochs_done": 4, "steps_done": 40, "batch_size": 8, "lr": 3e-5, "weight_decay": 0.0,
+        "warmup_steps": 0, "grad_accum": 2, "precision": None, "max_tokens": None,
+        "val_fraction": 0.1, "seed": 0, "train_lm": True, "processes": 2,
+        "global_batch_size": 16, "stopped_early": 4, "eval_metrics": ["cider-d"],
+        "best": {"metric": "CIDEr-D", "score": 12.5, "epoch": 3},
+        "history": [{"epoch": 4, "step": 40, "train_loss": 1.5, "val_loss": float("nan"),
+                     "val_CIDEr-D": 11.0, "val_SPICE": None}],
+    }  # fmt: skip
+    evaluation = {"images": 3, "references": 6, "segmenter": "MeCab", "lower_is_better": ["WER"],
+                  "scores": {"CIDEr-D": 11.0, "WER": 80.0, "SPICE": None},
+                  "not_applicable": {"SPICE": "needs Java"}}  # fmt: skip
+    link = "https://example.org/licence.html"
+    text = render(config, training, evaluation, "me/ja", CardLicense(None, "my-licence", link))
+    card = ModelCard(text)
+    assert card.data.license == "other" and card.data.license_name == "my-licence"
+    assert card.data.license_link == link and card.data.base_model is None  # a local folder
+    assert {r.metric_name for r in card.data.eval_results} == {"CIDEr-D", "WER"}
+    body = card.text
+    assert not RAW_LITERAL.search(prose(body)), RAW_LITERAL.search(prose(body))
+    assert "/home/someone" not in text and "/abs" not in text
+    assert "# Japanese image captioner with the gpt2-ja decoder" in body
+    assert "layers 8, bias yes, x none" in body and "124.4 M parameters" in body
+    assert (
+        "It ran 4 of 10 epochs (40 optimizer steps); early stopping ended it after epoch 4." in body
+    )
+    assert "on 2 processes (global batch 16)" in body and "10 % of the images" in body
+    assert "The decoder was fine-tuned together with the mapping network." in body
+    assert "training loss 1.500, validation CIDEr-D 11.00." in body  # NaN and None left out
+    assert "The best epoch by CIDEr-D was epoch 3 (12.50)." in body
+    assert "| WER (lower is better) | 80.00 |" in body and "| SPICE | n/a (needs Java) |" in body
+    assert f"<{link}>" in body
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--license", "other"], "--license other: name it with --license-name"),
+        (["--license-name", "x"], "--license-name and --license-link go together"),
+        (["--license", "mit", "--license-name", "x", "--license-link", "y"], "give one licence"),
+        (["--license", "MIT License"], "not an SPDX licence id"),
+    ],
+)
+def test_export_licence_options_are_checked_first(capsys, made, tmp_path, flags, message):
+    args = ["export", str(made["checkpoint"]), "--to", "hf", str(tmp_path / "out"), *flags]
+    assert_one_line_error(run_cli(args, capsys), message)
+    assert not (tmp_path / "out").exists()
 
 
 def test_python_api_takes_paths_pil_images_and_features(capsys, made, hf_folder) -> None:

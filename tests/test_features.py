@@ -153,11 +153,25 @@ def test_the_image_list_is_kept_as_positions_not_as_a_second_list() -> None:
     assert kept / 20_000 < 16 and peak / 20_000 < 64, (kept, peak)
 
 
+SHARE_COUNTS = (0, 1, 5, 8, 13)
+
+
+def hand_split(count: int, rank: int, world: int) -> list[int]:
+    """The contiguous split polycap computed by hand before Accelerate's
+    ``split_between_processes`` (sizes differ by at most one, the first ranks take more)."""
+    base, extra = divmod(count, world)
+    start = rank * base + min(rank, extra)
+    return list(range(start, start + base + (1 if rank < extra else 0)))
+
+
 def test_shares_cover_every_image_once() -> None:
-    for count in (0, 1, 5, 8):
-        for world in (1, 2, 3):
-            shares = [Processes(rank, world).share(count) for rank in range(world)]
-            assert [i for share in shares for i in share] == list(range(count))
+    """One process takes everything; several (Accelerate's split, checked in the two-process
+    runs below) take what the hand-written split gave them."""
+    for count in SHARE_COUNTS:
+        assert list(Processes().share(count)) == list(range(count))
+        for world in (2, 3):
+            split = [hand_split(count, rank, world) for rank in range(world)]
+            assert [i for share in split for i in share] == list(range(count))
 
 
 LAUNCHERS = {
@@ -186,9 +200,12 @@ def test_two_gloo_processes_encode_like_one(clip, tmp_path: Path, launcher: str)
     assert done.returncode == 0, done.stderr[-3000:]
     reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert sorted(r["rank"] for r in reports) == [0, 1]
-    assert all(r["rows"] == 13 and r["world"] == 2 for r in reports)
+    assert all(r["rows"] == 13 and r["world"] == 2 for r in reports), reports
     assert sum(r["encoded_here"] for r in reports) == 13  # each image encoded exactly once
     assert len({r["checksum"] for r in reports}) == 1  # both see the same merged result
+    for r in reports:  # Accelerate's split is the one polycap computed by hand
+        assert r["shares"] == {str(n): hand_split(n, r["rank"], 2) for n in SHARE_COUNTS}
+        assert r["gathered"] == [[0, "a"], [1, "b"]]  # every process's value, in rank order
     merged = Features.open(tmp_path / "two")
     assert merged.paths() == single.paths() and merged.meta["processes"] == 2
     torch.testing.assert_close(merged[:], single[:], rtol=1e-5, atol=1e-6)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from polycap.cli.options import output_option
 from polycap.cli.output import console
 from polycap.errors import BadInput
+
+if TYPE_CHECKING:
+    from polycap.interop.model_card import CardLicense
 
 
 class Target(str, Enum):
@@ -30,7 +33,17 @@ def export_command(
     eval_file: Path | None = typer.Option(
         None, "--eval", help="hf: a 'polycap eval --json' result to put on the model card."
     ),
-    license: str = typer.Option("other", "--license", help="hf: license id on the model card."),
+    license: str | None = typer.Option(
+        None,
+        "--license",
+        help="hf: the licence on the model card, an SPDX id (mit, apache-2.0, cc-by-4.0).",
+    ),
+    license_name: str | None = typer.Option(
+        None, "--license-name", help="hf: another licence's short name (with --license-link)."
+    ),
+    license_link: str | None = typer.Option(
+        None, "--license-link", help="hf: where to read that licence (URL or file in the repo)."
+    ),
     push_to_hub: str | None = typer.Option(
         None, "--push-to-hub", help="hf: upload the folder to this Hub repository (owner/name)."
     ),
@@ -52,10 +65,12 @@ def export_command(
     from polycap.cli.options import chosen_output
     from polycap.inference.pipeline import load_captioner, resolve_model_dir
     from polycap.interop.hub import resolve_model_source
+    from polycap.interop.model_card import CardLicense
 
     target = chosen_output(output, out)
-    if to is Target.onnx and (eval_file or push_to_hub):
-        raise BadInput("--eval and --push-to-hub go with --to hf")
+    if to is Target.onnx and (eval_file or push_to_hub or license or license_name or license_link):
+        raise BadInput("--eval, --license* and --push-to-hub go with --to hf")
+    card_license = CardLicense.parse(license, license_name, license_link)
     if to is Target.hf and (no_encoder or quantize):
         raise BadInput("--no-encoder and --int8 go with --to onnx")
     evaluation = None
@@ -66,7 +81,7 @@ def export_command(
     source = resolve_model_dir(resolve_model_source(model))
     captioner = load_captioner(source, device="cpu")
     if to is Target.hf:
-        _export_hf(captioner, source, target, evaluation, push_to_hub, private, license)
+        _export_hf(captioner, source, target, evaluation, push_to_hub, private, card_license)
     else:
         _export_onnx(captioner, target, no_encoder, quantize)
 
@@ -78,7 +93,7 @@ def _export_hf(
     evaluation: dict | None,
     push_to_hub: str | None,
     private: bool,
-    license: str,
+    license: CardLicense,
 ) -> None:
     from polycap.interop.hub import push
     from polycap.interop.sharing import export_hf

@@ -20,9 +20,9 @@ from polycap.cli.options import (
     Images,
     JsonOutput,
     MaxPixels,
+    Pretrained,
     Split,
     TrainLang,
-    Pretrained,
     output_option,
     split_names,
 )

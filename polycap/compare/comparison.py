@@ -30,7 +30,6 @@ from polycap.data.images import skipped_rows
 from polycap.errors import BadInput
 from polycap.eval.metrics.diversity import distinct_n, novelty
 from polycap.eval.metrics.reference import release
-from polycap.eval.report import ReportRow, write_report
 from polycap.eval.runner import ClipOptions, EvalContext, EvalResult, evaluate, image_keys
 from polycap.inference.pipeline import encoder_for
 
@@ -190,32 +189,14 @@ class Comparison:
         title: str | None = None,
         marks: dict[str, dict[str, dict[str, bool]]] | None = None,
     ) -> Path:
-        """An HTML report: the table, then each image with its references, retrieved and
-        generated captions (``marks``: method -> image key -> badge -> ok)."""
+        """An HTML report: the table and charts of the scores, then each image with its
+        references, retrieved and generated captions and their per-image scores (``marks``:
+        method -> image key -> badge -> ok; a caption with all its badges ok is marked right,
+        else wrong). See :mod:`polycap.compare.report`."""
+        from polycap.compare.report import comparison_report
 
-        rows = []
-        for i, (image, key) in enumerate(zip(self.images, self.keys, strict=True)):
-            texts: dict[str, Sequence[str]] = {"references": self.references[i]}
-            row_marks: dict[str, bool] = {}
-            for method in self.methods:
-                shown = method.alternatives[i] if method.alternatives else [method.captions[i]]
-                label = method.name
-                if method.novel is not None:
-                    label += " (novel)" if method.novel[i] else " (seen in training)"
-                texts[label] = shown
-                if method.retrieved is not None:
-                    texts[f"{method.name}: retrieved captions in its prompt"] = method.retrieved[i]
-                for badge, ok in ((marks or {}).get(method.name, {}).get(key, {})).items():
-                    row_marks[f"{method.name} {badge}"] = ok
-            rows.append(ReportRow(image, texts, row_marks))
-        header, table = self.table()
-        return write_report(
-            path,
-            title or f"{' vs '.join(m.name for m in self.methods).capitalize()} ({self.language})",
-            rows,
-            table,
-            header,
-        )
+        methods = " vs ".join(m.name for m in self.methods).capitalize()
+        return comparison_report(self, title or f"{methods} ({self.language})", marks).write(path)
 
 
 def _cell(result: EvalResult, column: str) -> str:

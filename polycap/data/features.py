@@ -11,12 +11,12 @@ A store is a folder::
 :func:`encode_to_store` encodes the images chunk by chunk (through :func:`encode_images` and
 its per-image cache) and appends each chunk's rows to ``features.f32`` as it finishes: the
 features of a run are never one tensor in memory. Under ``accelerate launch`` / ``torchrun``
-each process encodes its share of every chunk; the shares are gathered with
-``torch.distributed.all_gather_object`` and one process per machine appends them in input
-order, so each image is encoded exactly once and the store equals a one-process run's. The
-folder is built beside ``out`` and renamed into place when complete. Nor is the image list
-copied: duplicates are found by sorting 16-byte path hashes, and the unique images are kept
-as positions into the caller's list (8 bytes each).
+each process encodes its share of every chunk (Accelerate's ``split_between_processes``); the
+shares are gathered (Accelerate's ``gather_object``) and one process per machine appends them
+in input order, so each image is encoded exactly once and the store equals a one-process
+run's. The folder is built beside ``out`` and renamed into place when complete. Nor is the
+image list copied: duplicates are found by sorting 16-byte path hashes, and the unique images
+are kept as positions into the caller's list (8 bytes each).
 
 :class:`Features` reads rows with ``os.pread`` (a batch costs its rows, not the file; nothing
 stays mapped into the process), blocks for sequential passes, or the whole matrix as a

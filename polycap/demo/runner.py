@@ -249,26 +249,45 @@ def _write_report(
     groups: tuple[dict[str, float], dict[str, float] | None],
     workdir: Path,
 ) -> Path:
-    """report.html: each test image with its caption and truth, the scores on top."""
+    """report.html: each test image with its caption (marked right when it names the true
+    colour and shape) and truth, the scores on top."""
+    from polycap.offline.synthetic import score_captions
 
     unseen = set(split.heldout_pairs)
-    rows = [
-        ReportRow(
-            path,
-            {
-                "generated": [captions[path.name]],
-                "truth": [" ".join(map(str, split.truths[path.name]))],
-            },
-            marks={"unseen pair": False} if split.truths[path.name][:2] in unseen else {},
+    rows = []
+    for path in paths:
+        truth = split.truths[path.name]
+        right = score_captions(pack, {path.name: captions[path.name]}, {path.name: truth})
+        rows.append(
+            ReportRow(
+                path,
+                {"generated": [captions[path.name]], "truth": [" ".join(map(str, truth))]},
+                marks={"unseen pair": False} if truth[:2] in unseen else {},
+                verdicts={"generated": right["pair_accuracy"] == 1.0},
+            )
         )
-        for path in paths
-    ]
     scores, unseen_scores = groups
     summary = [
         (f"{group}: {name}", f"{value:.3f}" if isinstance(value, float) else str(value))
         for group, group_scores in (("seen pairs", scores), ("unseen pairs", unseen_scores or {}))
         for name, value in group_scores.items()
     ]
+    title = f"polycap demo ({pack.name})"
     return write_report(
-        workdir / "report.html", f"polycap demo ({pack.name})", rows, summary, ("score", "value")
+        workdir / "report.html", title, rows, summary, ("score", "value"), _charts(groups)
     )
+
+
+def _charts(groups: tuple[dict[str, float], dict[str, float] | None]) -> list[Any] | None:
+    """Colour, shape and pair accuracy (%) of seen and unseen pairs as bars; None without
+    matplotlib (the report then says how to get charts)."""
+    from polycap.eval import charts
+
+    if not charts.available():
+        return None
+    measures = ("colour_accuracy", "shape_accuracy", "pair_accuracy")
+    named = {"seen pairs": groups[0], "unseen pairs": groups[1]}
+    bars = {group: [100 * scores[m] for m in measures] for group, scores in named.items() if scores}
+    names = [f"{m.replace('_', ' ')} %" for m in measures]
+    chart = charts.score_bars(names, bars, title="Accuracy on seen and unseen pairs")
+    return [chart] if chart is not None else []

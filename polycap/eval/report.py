@@ -1,24 +1,118 @@
-"""Self-contained HTML reports: each image (embedded, thumbnailed) beside its text."""
+"""Self-contained HTML reports: the scores (table and charts), then each image (embedded,
+thumbnailed) beside its texts, right and wrong captions marked where the report knows them.
+
+The page is the jinja2 template ``polycap/templates/reports/report.html.j2`` with autoescaping
+on: every caption, file name and label is escaped; only the charts' SVG (drawn by matplotlib,
+:mod:`polycap.eval.charts`) goes in as markup. The report is one file: images are data: URIs,
+charts inline SVG.
+"""
 
 from __future__ import annotations
 
 import base64
-import html
 import io
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from polycap.eval.charts import INSTALL_HINT
 from polycap.util.atomic import write_text
+
+if TYPE_CHECKING:
+    from polycap.eval.charts import Chart
+
+TEMPLATE = "report.html.j2"
 
 
 @dataclass
 class ReportRow:
-    """One image and the named texts shown beside it (caption, references, retrieved, ...)."""
+    """One image and the named texts shown beside it (caption, references, retrieved, ...).
+
+    ``marks``: badges on the image (``{"colour": True}``: ✓ / ✗); ``verdicts``: text label ->
+    whether that caption is right (✓ right / ✗ wrong); ``scores``: text label -> that
+    caption's per-image scores (column -> value, None where a metric does not apply)."""
 
     image: Path
-    texts: dict[str, Sequence[str]]
-    marks: dict[str, bool] = field(default_factory=dict)  # e.g. {"colour": True}: ✓ / ✗ badges
+    texts: Mapping[str, Sequence[str]]
+    marks: dict[str, bool] = field(default_factory=dict)
+    verdicts: dict[str, bool] = field(default_factory=dict)
+    scores: dict[str, dict[str, float | None]] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    """A whole report: ``summary`` rows under ``summary_header``, ``charts`` (None: charts
+    were wanted but matplotlib is missing, the report says so), rows, and the metric columns
+    where lower is better (their per-image scores say so)."""
+
+    title: str
+    rows: Sequence[ReportRow]
+    summary: Sequence[Sequence[Any]] = ()
+    summary_header: Sequence[str] = ()
+    charts: Sequence[Chart] | None = ()
+    lower_is_better: Collection[str] = ()
+    language: str = ""
+
+    def render(self) -> str:
+        """The HTML text."""
+        return (
+            _environment()
+            .get_template(TEMPLATE)
+            .render(
+                title=self.title,
+                language=self.language,
+                summary=[[str(c) for c in row] for row in self.summary],
+                summary_header=[str(c) for c in self.summary_header],
+                charts=list(self.charts or ()),
+                charts_missing=INSTALL_HINT if self.charts is None else "",
+                rows=[_row_view(row, self.lower_is_better) for row in self.rows],
+            )
+        )
+
+    def write(self, path: Path) -> Path:
+        """Write the report atomically (temp file, then rename)."""
+        return write_text(path, self.render())
+
+
+@lru_cache(maxsize=1)
+def _environment() -> Any:
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("polycap", "templates/reports"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def _row_view(row: ReportRow, lower_is_better: Collection[str]) -> dict[str, Any]:
+    blocks = [
+        {
+            "label": label,
+            "lines": list(lines),
+            "verdict": row.verdicts.get(label),
+            "scores": [
+                (column, _score_text(value, column in lower_is_better))
+                for column, value in row.scores.get(label, {}).items()
+            ],
+        }
+        for label, lines in row.texts.items()
+    ]
+    return {
+        "name": row.image.name,
+        "thumbnail": thumbnail_data_uri(row.image),
+        "marks": row.marks,
+        "blocks": blocks,
+    }
+
+
+def _score_text(value: float | None, lower: bool) -> str:
+    text = "n/a" if value is None else f"{value:.2f}"
+    return f"{text} (lower is better)" if lower else text
 
 
 def thumbnail_data_uri(path: Path, size: int = 160) -> str:
@@ -33,58 +127,24 @@ def thumbnail_data_uri(path: Path, size: int = 160) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-STYLE = """
-body{font-family:system-ui,sans-serif;margin:2rem;color:#222}
-table.summary{border-collapse:collapse;margin-bottom:1.5rem}
-table.summary td,table.summary th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}
-.row{display:flex;gap:1rem;align-items:flex-start;border-bottom:1px solid #eee;padding:.6rem 0}
-.row img{width:160px;border-radius:4px}
-.label{color:#777;font-size:.8rem;text-transform:uppercase;margin-top:.3rem}
-.ok{color:#1a7f37}.bad{color:#cf222e}
-"""
-
-
 def render_report(
     title: str,
     rows: Sequence[ReportRow],
-    summary: Sequence[Sequence[str]] = (),
+    summary: Sequence[Sequence[Any]] = (),
     summary_header: Sequence[str] = (),
+    charts: Sequence[Chart] | None = (),
 ) -> str:
-    """The HTML text of a report."""
-    escape = html.escape
-    parts = [
-        f"<!doctype html><meta charset='utf-8'><title>{escape(title)}</title>",
-        f"<style>{STYLE}</style><h1>{escape(title)}</h1>",
-    ]
-    if summary:
-        head = "".join(f"<th>{escape(str(c))}</th>" for c in summary_header)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in summary
-        )
-        parts.append(f"<table class='summary'><tr>{head}</tr>{body}</table>")
-    for row in rows:
-        texts = []
-        for label, values in row.texts.items():
-            items = "".join(f"<div>{escape(v)}</div>" for v in values)
-            texts.append(f"<div class='label'>{escape(label)}</div>{items}")
-        marks = " ".join(
-            f"<span class='{'ok' if good else 'bad'}'>{'✓' if good else '✗'} {escape(name)}</span>"
-            for name, good in row.marks.items()
-        )
-        parts.append(
-            f"<div class='row'><img src='{thumbnail_data_uri(row.image)}' "
-            f"alt='{escape(row.image.name)}'>"
-            f"<div><b>{escape(row.image.name)}</b> {marks}{''.join(texts)}</div></div>"
-        )
-    return "\n".join(parts) + "\n"
+    """The HTML text of a report (see :class:`Report`)."""
+    return Report(title, rows, summary, summary_header, charts).render()
 
 
 def write_report(
     path: Path,
     title: str,
     rows: Sequence[ReportRow],
-    summary: Sequence[Sequence[str]] = (),
+    summary: Sequence[Sequence[Any]] = (),
     summary_header: Sequence[str] = (),
+    charts: Sequence[Chart] | None = (),
 ) -> Path:
     """Write the report atomically (temp file, then rename)."""
-    return write_text(path, render_report(title, rows, summary, summary_header))
+    return Report(title, rows, summary, summary_header, charts).write(path)

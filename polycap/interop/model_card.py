@@ -1,35 +1,95 @@
 """The model card (``README.md`` with YAML metadata) of a shared captioner, from its records.
 
 Everything on the card comes from the checkpoint's ``polycap.json`` (encoder, decoder, mapper,
-prefix length, language, training record) and, when given, a ``polycap eval --json`` result:
-nothing is typed in by hand, so the card cannot drift from the weights it describes.
+prefix length, language, training record), facts read off the loaded model (the language's
+name, parameter counts: :func:`card_facts`) and, when given, a ``polycap eval --json`` result:
+nothing is typed in by hand, so the card cannot drift from the weights it describes. The
+metadata (language, licence, tags, ``model-index`` with the scores) is huggingface_hub's
+``ModelCardData``/``EvalResult``; the text is the template
+``polycap/templates/model_card/README.md.j2``, written in prose: no Python value
+(None, True, a dict) reaches the reader as such.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from polycap.errors import BadInput
+from polycap.interop import card_text
 
-TRAINING_KEYS = (
-    "data",
-    "data_format",
-    "epochs",
-    "epochs_done",
-    "steps_done",
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "warmup_steps",
-    "grad_accum",
-    "precision",
-    "max_tokens",
-    "val_fraction",
-    "seed",
-    "train_lm",
-)
+SPDX_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+-]*$")
+TEMPLATE = "README.md.j2"
+
+
+@dataclass(frozen=True)
+class CardLicense:
+    """The licence on the card: an SPDX id the Hub knows (``mit``, ``apache-2.0``,
+    ``cc-by-4.0``), or another licence by ``name`` and ``link`` (the Hub's ``license: other``
+    with ``license_name``/``license_link``); none: the card says no licence was named."""
+
+    spdx: str | None = None
+    name: str | None = None
+    link: str | None = None
+
+    @classmethod
+    def parse(cls, spdx: str | None, name: str | None = None, link: str | None = None):
+        """From ``polycap export --license/--license-name/--license-link``; BadInput when they
+        do not name one licence."""
+        if name or link:
+            if not (name and link):
+                raise BadInput("--license-name and --license-link go together (name and URL)")
+            if spdx and spdx.lower() != "other":
+                raise BadInput(f"--license {spdx} and --license-name: give one licence")
+            if not SPDX_ID.match(name.replace(" ", "-")):
+                raise BadInput(f"--license-name {name!r}: letters, digits, '.', '+', '-'")
+            return cls(None, name, link)
+        if spdx is None:
+            return cls()
+        if spdx.lower() == "other":
+            raise BadInput("--license other: name it with --license-name and --license-link")
+        if not SPDX_ID.match(spdx):
+            raise BadInput(f"--license {spdx!r}: not an SPDX licence id (e.g. mit, apache-2.0)")
+        return cls(spdx.lower())
+
+    def metadata(self) -> dict[str, str]:
+        if self.name:
+            return {"license": "other", "license_name": self.name, "license_link": self.link or ""}
+        return {"license": self.spdx} if self.spdx else {}
+
+    def prose(self) -> str:
+        if self.name:
+            return f"Released under {self.name}: read it at <{self.link}>."
+        if self.spdx:
+            return (
+                f"Released under the licence with SPDX id `{self.spdx}` "
+                f"(<https://spdx.org/licenses/>). The decoder and image encoder it builds on "
+                "keep their own licences."
+            )
+        return (
+            "No licence was named when this model was exported "
+            "(`polycap export --license SPDX-ID`); ask its author before reusing it."
+        )
+
+
+def as_license(value: CardLicense | str | None) -> CardLicense:
+    """A :class:`CardLicense` from one, an SPDX id, or None."""
+    return value if isinstance(value, CardLicense) else CardLicense.parse(value)
+
+
+def card_facts(model: Any) -> dict[str, Any]:
+    """What the card says that the records do not: the language's name and the parameter
+    counts of the decoder and the mapping network (merged into the config given to
+    :func:`render`)."""
+    return {
+        "language_name": getattr(model.pack, "name", model.config["language"]),
+        "decoder_parameters": sum(p.numel() for p in model.lm.parameters()),
+        "mapper_parameters": sum(p.numel() for p in model.mapper.parameters()),
+    }
 
 
 def read_eval(path: Path) -> dict[str, Any]:
@@ -45,167 +105,100 @@ def read_eval(path: Path) -> dict[str, Any]:
     return data
 
 
-def _yaml_value(value: Any) -> str:
-    """A YAML scalar: JSON strings and numbers are valid YAML."""
-    return json.dumps(value, ensure_ascii=False)
-
-
-def metadata(config: dict[str, Any], evaluation: dict[str, Any] | None, license: str) -> str:
-    """The YAML front matter the Hub reads (language, license, tags, pipeline, results)."""
-    encoder = config["encoder"]
-    lines = [
-        "---",
-        f"language: [{_yaml_value(config['language'])}]",
-        f"license: {_yaml_value(license)}",
-        "library_name: polycap",
-        "pipeline_tag: image-to-text",
-        "tags:",
-        *(
-            f"- {_yaml_value(tag)}"
-            for tag in ("image-captioning", "clipcap", "polycap", f"encoder:{encoder['name']}")
-        ),
-    ]
-    lm = config.get("lm") or ""
-    if lm and not Path(lm).is_absolute() and lm.count("/") <= 1 and not Path(lm).exists():
-        lines.append(f"base_model: {_yaml_value(lm)}")  # a hub id, not a local path
-    if evaluation:
-        scored = {k: v for k, v in evaluation["scores"].items() if v is not None}
-        lines += [
-            "model-index:",
-            f"- name: {_yaml_value('polycap-' + config['language'])}",
-            "  results:",
-            "  - task: {type: image-to-text, name: Image captioning}",
-            f"    dataset: {{type: custom, name: {_yaml_value(_eval_dataset(evaluation))}}}",
-            "    metrics:",
-            *(f"    - {{type: {_yaml_value(k)}, value: {v}}}" for k, v in scored.items()),
-        ]
-    lines.append("---")
-    return "\n".join(lines)
-
-
-def _eval_dataset(evaluation: dict[str, Any]) -> str:
-    return Path(str(evaluation.get("references_file") or "evaluation set")).name
-
-
-def _table(rows: list[tuple[str, Any]]) -> list[str]:
-    out = ["| | |", "|---|---|"]
-    out += [f"| {name} | {_cell(value)} |" for name, value in rows]
-    return out
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, (dict, list)):
-        value = json.dumps(value, ensure_ascii=False)
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
 def render(
     config: dict[str, Any],
     training: dict[str, Any] | None,
     evaluation: dict[str, Any] | None,
     name: str,
-    license: str = "other",
+    license: CardLicense | str | None = None,
     bundled: list[str] | None = None,
 ) -> str:
-    """The whole README.md for a checkpoint with ``config`` (polycap.json) named ``name``."""
-    encoder, mapper = config["encoder"], config["mapper"]
-    lines = [metadata(config, evaluation, license), "", f"# {name}", ""]
-    lines += [
-        f"An image captioner for **{config['language']}** trained with "
-        "[polycap](https://pypi.org/project/polycap/) (ClipCap-style: CLIP image features → "
-        "mapping network → prefix of a causal language model).",
-        "",
-        "## Model",
-        "",
-        *_table(
-            [
-                ("language", config["language"]),
-                ("image encoder", f"{encoder.get('backend', 'open_clip')} `{encoder['name']}`"),
-                ("encoder weights", _weights(encoder, bundled or [])),
-                ("image embedding size", encoder.get("embed_dim")),
-                ("decoder (LM)", _decoder(config, bundled or [])),
-                ("decoder trained", "yes" if config.get("train_lm") else "no (frozen)"),
-                ("mapper", f"{mapper['kind']} {_cell(mapper.get('options', {}))}"),
-                ("prefix length", config["prefix_length"]),
-                ("features L2-normalised", config.get("normalize_features", True)),
-                ("features standardised", bool(config.get("standardize_features"))),
-                ("polycap version", config.get("polycap_version", "")),
-            ]
-        ),
-        "",
-    ]
-    if bundled:
-        lines += ["Bundled in this folder: " + ", ".join(f"`{b}`" for b in bundled) + ".", ""]
-    lines += ["## Training", ""]
-    if training:
-        rows = [(key, training[key]) for key in TRAINING_KEYS if key in training]
-        history = training.get("history") or []
-        if history:
-            rows.append(("last epoch", history[-1]))
-        lines += _table(rows)
-    else:
-        lines.append("No training record (the checkpoint was built or imported, not trained).")
-    lines += ["", "## Evaluation", ""]
-    lines += _evaluation(evaluation)
-    lines += ["", *usage(name, config["language"])]
-    return "\n".join(lines) + "\n"
+    """The whole README.md for a checkpoint with ``config`` (polycap.json, plus
+    :func:`card_facts`) shared as ``name`` (the Hub repository or folder name)."""
+    card = model_card(config, training, evaluation, name, as_license(license), bundled or [])
+    return str(card)
 
 
-def _weights(encoder: dict[str, Any], bundled: list[str]) -> str:
-    pretrained = encoder.get("pretrained")
-    if not pretrained:
-        return "random (none)"
-    inside = [b for b in bundled if b.startswith("encoder/")]
-    if inside:
-        return f"`{inside[0]}` (bundled; trained with `{Path(str(pretrained)).name}`)"
-    return f"`{pretrained}`"
+def model_card(
+    config: dict[str, Any],
+    training: dict[str, Any] | None,
+    evaluation: dict[str, Any] | None,
+    name: str,
+    license: CardLicense,
+    bundled: list[str],
+) -> Any:
+    """The huggingface_hub ``ModelCard``."""
+    from huggingface_hub import ModelCard
+
+    data = card_data(config, evaluation, name, license)
+    body = (
+        _environment()
+        .get_template(TEMPLATE)
+        .render(
+            card_data=data.to_yaml(),
+            title=card_text.title(config),
+            description=card_text.description(config, bundled),
+            repo=name,
+            install=card_text.install(config["language"]),
+            training=card_text.training(training),
+            evaluation=card_text.evaluation(evaluation),
+            limitations=card_text.limitations(config, training, evaluation),
+            licence=license.prose(),
+        )
+    )
+    return ModelCard(body)
 
 
-def _decoder(config: dict[str, Any], bundled: list[str]) -> str:
-    source = config.get("lm") or "?"
-    shown = Path(source).name if Path(source).is_absolute() else source
-    if any(b.startswith("lm") for b in bundled):
-        return f"`lm/` (bundled; from `{shown}`)"
-    return f"`{shown}`"
+def card_data(
+    config: dict[str, Any], evaluation: dict[str, Any] | None, name: str, license: CardLicense
+) -> Any:
+    """The YAML metadata the Hub reads: language, licence, tags, pipeline, base model and the
+    scores as ``model-index``."""
+    from huggingface_hub import ModelCardData
+
+    encoder = config["encoder"]
+    lm = str(config.get("lm") or "")
+    hub_id = lm and not Path(lm).is_absolute() and lm.count("/") <= 1 and not Path(lm).exists()
+    return ModelCardData(
+        language=[config["language"]],
+        library_name="polycap",
+        pipeline_tag="image-to-text",
+        tags=["image-captioning", "clipcap", "polycap", f"encoder:{encoder['name']}"],
+        base_model=lm if hub_id else None,
+        model_name=card_text.title(config) if evaluation else None,
+        eval_results=eval_results(evaluation, name) if evaluation else None,
+        **license.metadata(),
+    )
 
 
-def _evaluation(evaluation: dict[str, Any] | None) -> list[str]:
-    if not evaluation:
-        return ["Not evaluated here (export with `--eval RESULT.json` to include scores)."]
-    lines = [
-        f"`polycap eval` on {evaluation.get('images', '?')} images "
-        f"({evaluation.get('references', '?')} references) of "
-        f"`{_eval_dataset(evaluation)}`; text segmented with "
-        f"`{evaluation.get('segmenter', '?')}` (scores depend on it).",
-        "",
-        "| metric | score |",
-        "|---|---:|",
-    ]
-    for column, value in evaluation["scores"].items():
-        lower = " (lower is better)" if column in evaluation.get("lower_is_better", []) else ""
-        shown = "n/a" if value is None else f"{value:.2f}"
-        if value is None and column in evaluation.get("not_applicable", {}):
-            shown += f" ({evaluation['not_applicable'][column]})"
-        lines.append(f"| {column}{lower} | {shown} |")
-    return lines
+def eval_results(evaluation: Mapping[str, Any], name: str) -> list[Any]:
+    """One ``EvalResult`` per score of a ``polycap eval --json`` result (n/a ones left out)."""
+    from huggingface_hub import EvalResult
 
-
-def usage(name: str, language: str) -> list[str]:
-    """The usage snippet: the CLI and the Python API."""
+    dataset = card_text.eval_dataset(evaluation)
     return [
-        "## Usage",
-        "",
-        "```bash",
-        f"pip install polycap polycap-{language}  # the core and the {language} language pack"
-        if language != "en"
-        else "pip install polycap",
-        f"polycap caption photos/ --model {name}",
-        "```",
-        "",
-        "```python",
-        "import polycap",
-        "",
-        f'captioner = polycap.load("{name}")',
-        'print(captioner.caption(["photo.jpg"], beams=3))',
-        "```",
+        EvalResult(
+            task_type="image-to-text",
+            task_name="Image captioning",
+            dataset_type=Path(dataset).stem or "custom",
+            dataset_name=f"{dataset} (segmented with {evaluation.get('segmenter', 'unknown')})",
+            metric_type=column.lower(),
+            metric_name=column,
+            metric_value=round(float(value), 4),
+        )
+        for column, value in evaluation["scores"].items()
+        if value is not None
     ]
+
+
+def _environment() -> Any:
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("polycap", "templates/model_card"),
+        autoescape=False,  # Markdown, not HTML: the values are escaped for Markdown
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )

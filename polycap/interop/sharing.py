@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from polycap.interop.model_card import CardLicense
 
 CARD = "README.md"
 
@@ -22,9 +25,11 @@ def export_hf(
     training: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
     name: str | None = None,
-    license: str = "other",
+    license: CardLicense | str | None = None,
 ) -> Path:
-    """Write ``model`` (a loaded Captioner) as a self-contained folder with a model card."""
+    """Write ``model`` (a loaded Captioner) as a self-contained folder with a model card;
+    ``license``: an SPDX id or a :class:`~polycap.interop.model_card.CardLicense`."""
+    from polycap.interop.model_card import card_facts
     from polycap.interop.onnx_export import refuse_foreign_folder
     from polycap.model.captioner import (
         CONFIG_FILE,
@@ -41,7 +46,8 @@ def export_hf(
     weights = encoder_weights_file(model.config, getattr(model, "directory", None))
     if weights is not None:
         bundled.append(f"{ENCODER_DIR}/{weights.name}")
-    card = _card_text(model.config, training, evaluation, name or directory.name, license, bundled)
+    facts = {**model.config, **card_facts(model)}  # the language's name, parameter counts
+    card = _card_text(facts, training, evaluation, name or directory.name, license, bundled)
     model.config["save_lm"] = True  # the LM travels with it, whatever the training did
     try:
         return model.save(

@@ -37,9 +37,9 @@ from polycap.model.checkpoint import (  # noqa: F401 - the file format's names, 
     read_config,
     write_checkpoint,
 )
-from polycap.util.decoders import is_gguf, lm_width
 from polycap.model.lm_keywords import lm_keywords
 from polycap.parts import EncoderSpec
+from polycap.util.decoders import is_gguf, lm_width
 
 if TYPE_CHECKING:
     from polycap.language import LanguagePack

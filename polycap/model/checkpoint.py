@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from polycap.errors import BadInput, UnknownName
-from polycap.util.decoders import lm_width
 from polycap.util.atomic import atomic_folder
+from polycap.util.decoders import lm_width
 
 if TYPE_CHECKING:
     from polycap.language import LanguagePack

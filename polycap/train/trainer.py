@@ -207,6 +207,10 @@ class Trainer:
         if stopped is not None and self.selection is not None:
             self.say(self.selection.describe_stop(state))
         final = self.checkpoints.save(self.folder.final, fit.model, state, point="final")
+        if self.main:  # the loss and validation curves beside the models (with matplotlib)
+            from polycap.eval.charts import write_training_curves
+
+            write_training_curves(config.output, state.history)
         finish_trackers(self.accelerator)
         self.accelerator.wait_for_everyone()
         return TrainResult(

@@ -7,6 +7,9 @@ never starts is one clear line after ``POLYCAP_DIST_TIMEOUT`` seconds (default 1
 training), not a hang. When torch.distributed is already initialised (by the trainer's
 ``Accelerator``), that group is used as it is. Without a launcher there is one process and
 nothing is initialised.
+
+Splitting work and gathering results are Accelerate's (``split_between_processes``,
+``gather_object``, ``wait_for_everyone``); polycap adds only the one-line failure message.
 """
 
 from __future__ import annotations
@@ -67,35 +70,49 @@ class Processes:
         return self.device if device == "auto" and self.device else device
 
     def share(self, count: int) -> range:
-        """This process's contiguous part of ``range(count)`` (sizes differ by at most one)."""
-        base, extra = divmod(count, self.world_size)
-        start = self.rank * base + min(self.rank, extra)
-        return range(start, start + base + (1 if self.rank < extra else 0))
+        """This process's contiguous part of ``range(count)`` (sizes differ by at most one,
+        the first ``count % world_size`` processes one more), as Accelerate's
+        ``PartialState.split_between_processes`` cuts it."""
+        if not self.distributed:
+            return range(count)
+        with self._state().split_between_processes(list(range(count))) as mine:
+            return range(mine[0], mine[-1] + 1) if mine else range(0)
 
     def all_gather(self, value: Any, what: str) -> list[Any]:
-        """Every process's ``value`` (picklable), in rank order; ``what`` names the step for
-        the message when a process does not answer."""
+        """Every process's ``value`` (picklable), in rank order (Accelerate's
+        ``gather_object``); ``what`` names the step for the message when a process does not
+        answer."""
         if not self.distributed:
             return [value]
-        import torch.distributed as dist
+        from accelerate.utils import gather_object
 
-        gathered: list[Any] = [None] * self.world_size
+        self._state()
         try:
-            dist.all_gather_object(gathered, value)
+            return gather_object([value])
         except Exception as error:  # gloo/NCCL raise RuntimeError and friends
             raise DistributedError(self._failure(what, error)) from None
-        return gathered
 
     def barrier(self, what: str) -> None:
         """Wait for every process (bounded by the process group's timeout)."""
         if not self.distributed:
             return
-        import torch.distributed as dist
-
         try:
-            dist.barrier()
+            self._state().wait_for_everyone()
         except Exception as error:
             raise DistributedError(self._failure(what, error)) from None
+
+    def _state(self) -> Any:
+        """Accelerate's state of this run's processes (the one :func:`processes` joined, or the
+        trainer's ``Accelerator``'s); it must be the process this object describes."""
+        from accelerate import PartialState
+
+        state = PartialState()
+        if (state.process_index, state.num_processes) != (self.rank, self.world_size):
+            raise DistributedError(
+                f"process {self.rank} of {self.world_size} is process {state.process_index} "
+                f"of {state.num_processes} to Accelerate"
+            )
+        return state
 
     def _failure(self, what: str, error: Exception) -> str:
         reason = " ".join(str(error).split())[:200]
