@@ -48,7 +48,9 @@ def list_command(
 @app.command("install")
 def install_command(
     names: list[str] = typer.Argument(
-        ..., metavar="NAME", help="Curated pack (ja, ru, zh), distribution name, path or URL."
+        ...,
+        metavar="NAME",
+        help="Curated name (ja, ru, zh, faiss, hf-encoders), distribution name, path or URL.",
     ),
     upgrade: bool = typer.Option(False, "--upgrade", "-U", help="Upgrade if installed."),
     editable: bool = typer.Option(False, "--editable", "-e", help="Install paths editable."),
@@ -60,7 +62,8 @@ def install_command(
 ) -> None:
     """Install plugins with pip, then check in a fresh process what they added.
 
-    Curated names (ja, ru, zh) come from languages/ in a checkout, else from the index.
+    Curated names (ja, ru, zh; faiss, hf-encoders) come from languages/ or plugins/ in a
+    checkout, else from the package index (polycap-ja, polycap-faiss, ...).
     """
     from polycap.plugin_install import PipOptions, PluginBroken, Target, install
 

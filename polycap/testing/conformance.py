@@ -233,6 +233,35 @@ def check_end_of_caption(pack: LanguagePack, tokenizer: Any, text: str, other: s
     )
 
 
+# the same classes under their transformers 4 and transformers 5 names
+_RENAMED = {
+    "PreTrainedTokenizerFast": "TokenizersBackend",
+    "TokenizersBackend": "PreTrainedTokenizerFast",
+    "PreTrainedTokenizer": "PythonBackend",
+    "PythonBackend": "PreTrainedTokenizer",
+}
+
+
+def is_tokenizer_of(tokenizer: Any, name: str) -> bool:
+    """Whether ``tokenizer`` is a ``name`` as the installed transformers defines it: an
+    instance of that class (or of a subclass), its fast or slow twin (``GPT2Tokenizer`` /
+    ``GPT2TokenizerFast``: transformers 5 keeps one class under both names, 4 has two), or a
+    class renamed between versions (``PreTrainedTokenizerFast`` is ``TokenizersBackend`` in
+    transformers 5). Never a comparison of class names alone."""
+    import transformers
+
+    if name in _RENAMED:  # the generic bases: slow and fast are different kinds
+        names = {name, _RENAMED[name]}
+    else:
+        base = name.removesuffix("Fast")
+        names = {name, base, base + "Fast"}
+    for candidate in names:
+        cls = getattr(transformers, candidate, None)
+        if isinstance(cls, type) and isinstance(tokenizer, cls):
+            return True
+    return any(cls.__name__ in names for cls in type(tokenizer).__mro__)
+
+
 def check_loader(
     pack: LanguagePack, directory: Path, text: str, tokenizer_class: str | None = None
 ) -> None:
@@ -243,8 +272,9 @@ def check_loader(
     tokenizer = pack.load_tokenizer(str(directory))
     if tokenizer_class is not None:
         _require(
-            type(tokenizer).__name__ == tokenizer_class,
-            f"pack {pack.code!r} loaded a {type(tokenizer).__name__}, expected {tokenizer_class}",
+            is_tokenizer_of(tokenizer, tokenizer_class),
+            f"pack {pack.code!r} loaded a {type(tokenizer).__name__}, expected a "
+            f"{tokenizer_class} (or a subclass, or its fast/slow twin)",
         )
     decoder = pack.load_decoder(str(directory))
     _require(
