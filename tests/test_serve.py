@@ -32,6 +32,10 @@ OPTION_SETS = {  # request fields -> the same options for `polycap caption`
         {"sample": True, "top_p": 0.9, "seed": 3, "max_length": 6},
         ["--sample", "--top-p", "0.9", "--seed", "3", "--max-length", "6"],
     ),
+    "penalised": (
+        {"repetition_penalty": 1.5, "no_repeat_ngram_size": 1, "max_length": 6},
+        ["--repetition-penalty", "1.5", "--no-repeat-ngram-size", "1", "--max-length", "6"],
+    ),
 }
 
 

@@ -38,6 +38,13 @@ def caption_command(
     num_captions: int = typer.Option(1, min=1, help="Distinct captions per image."),
     max_length: MaxLength = 30,
     seed: int | None = typer.Option(None, help="Seed for sampling."),
+    repetition_penalty: float = typer.Option(
+        1.0,
+        help="Penalise tokens the caption already holds (1.0 = off; e.g. 1.3), every strategy.",
+    ),
+    no_repeat_ngram_size: int = typer.Option(
+        0, min=0, help="No n-gram of this many tokens twice in a caption (0 = off; e.g. 3)."
+    ),
     bank: Path | None = typer.Option(
         None,
         "--bank",
@@ -63,6 +70,8 @@ def caption_command(
         num_captions=num_captions,
         max_length=max_length,
         seed=seed,
+        repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
     )
     paths = expand_image_paths(inputs)
     pipeline = CaptionPipeline.load(model, device=str(resolve_device(device)), bank=bank)

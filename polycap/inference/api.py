@@ -60,7 +60,8 @@ class Captioner:
         """Captions of ``images`` (see the module docstring).
 
         ``generation_options``: those of ``polycap caption`` (``beams``, ``max_length``,
-        ``sample``, ``top_k``, ``top_p``, ``temperature``, ``num_captions``, ``seed``). One
+        ``sample``, ``top_k``, ``top_p``, ``temperature``, ``num_captions``, ``seed``,
+        ``repetition_penalty``, ``no_repeat_ngram_size``). One
         caption per image gives a string per image, more give a list per image; one image (not
         in a list) gives just its result. Unreadable images raise
         :class:`polycap.errors.BadInput` naming the file.
