@@ -18,7 +18,9 @@ from polycap.data.images import expand_image_paths, skipped_rows
 
 
 def caption_command(
-    inputs: list[Path] = typer.Argument(..., help="Images and/or folders of images."),
+    inputs: list[Path] = typer.Argument(
+        ..., metavar="IMAGES...", help="Images and/or folders of images."
+    ),
     model: Path = typer.Option(
         ...,
         "--model",
