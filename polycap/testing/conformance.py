@@ -120,7 +120,8 @@ def load_pack(code: str, distribution: str | None = None) -> LanguagePack:
 
 
 def check_pack_fields(pack: LanguagePack) -> None:
-    """Code, name, decoder id, segmenter and tokenizer kind are filled in and valid."""
+    """Code, name, decoder id, segmenter and tokenizer kind are filled in and valid; the
+    retrieval prompt holds ``{captions}`` once and the caption separator is not empty."""
     from polycap.offline.tiny import TOKENIZER_KINDS
 
     _require(bool(_CODE.match(pack.code)), f"pack code {pack.code!r} is not a lower-case code")
@@ -134,6 +135,12 @@ def check_pack_fields(pack: LanguagePack) -> None:
         f"pack {pack.code!r}: tokenizer_kind {pack.tokenizer_kind!r} is not one of "
         f"{', '.join(TOKENIZER_KINDS)}",
     )
+    _require(
+        pack.retrieval_prompt.count("{captions}") == 1,
+        f"pack {pack.code!r}: retrieval_prompt {pack.retrieval_prompt!r} must hold "
+        "'{captions}' exactly once (where the retrieved captions go)",
+    )
+    _require(bool(pack.caption_separator), f"pack {pack.code!r}: caption_separator is empty")
 
 
 # -- tiny models -----------------------------------------------------------------------------
