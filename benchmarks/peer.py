@@ -46,6 +46,8 @@ def generate_ids(
         use_cache=config.use_cache,
         length_penalty=1.0,  # score / length, as polycap and ClipCap rank beams
         early_stopping=False,
+        repetition_penalty=getattr(config, "repetition_penalty", 1.0),
+        no_repeat_ngram_size=getattr(config, "no_repeat_ngram_size", 0),
     )
     if config.sample:
         settings.temperature = config.temperature

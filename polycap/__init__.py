@@ -19,9 +19,11 @@ __all__ = ["__version__", "load"]
 compat.install()
 
 
-def load(model: Any, device: str = "auto") -> Captioner:
-    """Load a checkpoint, run folder, exported folder, ONNX export or Hub id for captioning:
-    ``polycap.load("runs/ja").caption(["photo.jpg"], beams=3)``."""
+def load(model: Any, device: str = "auto", bank: Any = None) -> Captioner:
+    """Load a checkpoint, run folder, exported folder, ONNX export or Hub id for captioning
+    on ``device`` (``auto``: a GPU when there is one, as the CLI): ``polycap.load("runs/ja")
+    .caption(["photo.jpg"], beams=3)``; ``bank``: another bank for a retrieval-augmented
+    model."""
     from polycap.inference.api import load as load_model
 
-    return load_model(model, device=device)
+    return load_model(model, device=device, bank=bank)

@@ -1,11 +1,14 @@
 """What ``polycap plugins install / uninstall / new`` do; the CLI only parses and prints.
 
-- ``install``: curated short names (``ja``, ``ru``, ``zh``) become their distributions,
-  installed from the local ``languages/`` folder when polycap runs from a checkout (editable,
-  built with the setuptools already installed, so it works offline), else from the package
-  index; other names, paths and URLs go to pip as they are. pip runs as
-  ``sys.executable -m pip``. Afterwards a *fresh* Python process loads every plugin, and the
-  difference from before says what the install added, or which plugin fails to load.
+- ``install``: curated short names, the language packs (``ja``, ``ru``, ``zh``) and the
+  project's other plugins (``faiss``, ``hf-encoders``), become their distributions
+  (``polycap-ja``, ``polycap-faiss``, ...), installed from the checkout's ``languages/`` or
+  ``plugins/`` folder when polycap runs from a checkout (editable, built with the setuptools
+  already installed, so it works offline), else from the package index; other names, paths and
+  URLs go to pip as they are. pip runs as ``sys.executable -m pip``. Afterwards a *fresh*
+  Python process loads every plugin (without the current folder on its path, so a folder that
+  holds a ``polycap/`` checkout does not shadow the installed polycap), and the difference
+  from before says what the install added, or which plugin fails to load.
 - ``uninstall``: curated names, plugin names and distribution names → ``pip uninstall``.
 - ``new``: a ready-to-edit language pack from the templates in ``polycap/templates/pack``.
 """
@@ -36,10 +39,18 @@ from polycap.plugins import (
 from polycap.version import __version__, package_version
 
 CURATED: dict[str, str] = {"ja": "polycap-ja", "ru": "polycap-ru", "zh": "polycap-zh"}
+# the project's plugins that are not language packs (folders under plugins/ in a checkout)
+CURATED_PLUGINS: dict[str, str] = {"faiss": "polycap-faiss", "hf-encoders": "polycap-hf-encoders"}
 _SHORT_NAME = re.compile(r"^[A-Za-z]{2,3}$")
 _CODE = re.compile(r"^[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*$")
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
-_PROBE = "from polycap.plugin_install import probe_main; probe_main()"
+# ``python -c`` puts the current folder ('') first on sys.path: drop it, so that a folder with a
+# polycap/ checkout in it does not shadow the polycap being checked. (Not ``python -I``: that
+# would also drop PYTHONPATH and the user's site-packages, where polycap may be installed.)
+_PROBE = (
+    "import sys; sys.path[:] = [p for p in sys.path if p != '']; "
+    "from polycap.plugin_install import probe_main; probe_main()"
+)
 
 
 class PipFailed(PolycapError):
@@ -72,21 +83,43 @@ def checkout_languages() -> Path | None:
     return languages if languages.is_dir() else None
 
 
+def checkout_plugins() -> Path | None:
+    """``<checkout>/plugins`` when polycap runs from a source checkout, else ``None``."""
+    plugins = Path(__file__).resolve().parents[1] / "plugins"
+    return plugins if plugins.is_dir() else None
+
+
+def curated_names() -> dict[str, str]:
+    """Every curated short name -> its distribution (language packs and other plugins)."""
+    return {**CURATED, **CURATED_PLUGINS}
+
+
+def _curated(name: str) -> Target | None:
+    """A curated short name as a Target: its checkout folder, else its distribution."""
+    key = name.lower()
+    if key in CURATED:
+        folder = checkout_languages()
+    elif key in CURATED_PLUGINS:
+        folder = checkout_plugins()
+    else:
+        return None
+    if folder is not None and (folder / key / "pyproject.toml").is_file():
+        return Target(name, ["-e", str(folder / key)], "checkout")
+    return Target(name, [curated_names()[key]], "index")
+
+
 def resolve(name: str, editable: bool = False) -> Target:
     """Turn one ``plugins install`` argument into pip arguments (see the module docstring)."""
-    if name.lower() in CURATED:
-        code = name.lower()
-        languages = checkout_languages()
-        if languages is not None and (languages / code / "pyproject.toml").is_file():
-            return Target(name, ["-e", str(languages / code)], "checkout")
-        return Target(name, [CURATED[code]], "index")
+    curated = _curated(name)
+    if curated is not None:
+        return curated
     if _SHORT_NAME.match(name):
         message = f"No curated language pack {name!r}."
         close = difflib.get_close_matches(name.lower(), CURATED, n=1, cutoff=0.5)
         if close:
             message += f" Did you mean {close[0]!r}?"
         message += (
-            f" Curated: {', '.join(sorted(CURATED))}; other plugins install by "
+            f" Curated: {', '.join(sorted(curated_names()))}; other plugins install by "
             "distribution name (polycap-xx) or path."
         )
         raise UnknownName(message)
@@ -278,7 +311,7 @@ def installed_distribution(name: str) -> str | None:
 
 def distribution_for(name: str) -> str:
     """The installed distribution behind a curated name, plugin name or distribution name."""
-    candidates = [CURATED.get(name.lower(), name)]
+    candidates = [curated_names().get(name.lower(), name)]
     candidates += [
         ep.dist.name
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)

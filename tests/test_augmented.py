@@ -42,10 +42,11 @@ CONFIGS = {
     "greedy": GenerationConfig(max_length=MAX),
     "beam": GenerationConfig(max_length=MAX, beams=3, num_captions=2),
     "sample": GenerationConfig(max_length=MAX, sample=True, seed=1, num_captions=2),
+    "penalised": GenerationConfig(max_length=MAX, repetition_penalty=1.5, no_repeat_ngram_size=2),
 }
 
 
-@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+@pytest.mark.parametrize("strategy", ["greedy", "beam", "penalised"])
 @pytest.mark.parametrize("which", ["random", "trained"])
 def test_a_padded_batch_decodes_as_each_image_alone(models, which, strategy) -> None:
     model, features = models[which]
@@ -60,7 +61,7 @@ def test_a_padded_batch_decodes_as_each_image_alone(models, which, strategy) -> 
     assert len({tuple(rows[0]) for rows in batch}) > 1  # not all the same caption
 
 
-@pytest.mark.parametrize("strategy", ["greedy", "beam", "sample"])
+@pytest.mark.parametrize("strategy", ["greedy", "beam", "sample", "penalised"])
 def test_kv_cache_equals_no_cache_with_padding(models, strategy) -> None:
     model, features = models["random"]
     prompts = prompts_for(model, len(features), seed=2)
@@ -69,6 +70,20 @@ def test_kv_cache_equals_no_cache_with_padding(models, strategy) -> None:
     assert generate_augmented_ids(model, features, prompts, config) == generate_augmented_ids(
         model, features, prompts, uncached
     )
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam", "sample"])
+def test_no_repeated_ngrams_in_augmented_captions(models, strategy) -> None:
+    """The retrieval-augmented path applies the repetition settings too; only the caption's
+    own tokens count (a prompt token may be copied once)."""
+    model, features = models["random"]
+    prompts = prompts_for(model, len(features), seed=3)
+    plain = CONFIGS[strategy]
+    config = GenerationConfig(**{**plain.to_json(), "no_repeat_ngram_size": 1})
+    found = generate_augmented_ids(model, features, prompts, config)
+    assert all(len(set(ids)) == len(ids) for rows in found for ids in rows)
+    before = generate_augmented_ids(model, features, prompts, plain)
+    assert any(len(set(ids)) < len(ids) for rows in before for ids in rows)
 
 
 def test_teacher_forcing_with_padded_prompts_is_per_row(models) -> None:

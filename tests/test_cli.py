@@ -233,3 +233,27 @@ def test_explicit_beams_fewer_than_num_captions_is_an_error(capsys, checkpoint, 
     assert len(captions) == len(set(captions))
     if len(captions) < 5:  # never silently fewer
         assert "got fewer than 5 distinct captions" in result.err
+
+
+def test_caption_repetition_options_reach_the_decoder(capsys, checkpoint, images):
+    """--no-repeat-ngram-size 1: no token twice, so an untrained model's repeated words go;
+    the same options through the Python API give the same caption."""
+    import polycap
+
+    args = ["caption", str(images["good"]), "--model", str(checkpoint), "--json"]
+    args += ["--max-length", "16", "--device", "cpu"]
+    plain = run_cli(args, capsys)
+    assert plain.code == 0, plain.err
+    result = run_cli([*args, "--no-repeat-ngram-size", "1", "--repetition-penalty", "1.2"], capsys)
+    assert result.code == 0, result.err
+    [caption] = json.loads(result.out)["captions"][0]["captions"]
+    [before] = json.loads(plain.out)["captions"][0]["captions"]
+    words = caption.split()
+    assert len(words) == len(set(words)) and caption != before
+    api = polycap.load(checkpoint, device="cpu").caption(
+        images["good"], max_length=16, no_repeat_ngram_size=1, repetition_penalty=1.2
+    )
+    assert api == caption
+    bad = run_cli([*args, "--repetition-penalty", "0"], capsys)
+    assert bad.code == 2 and "Traceback" not in bad.err
+    assert "repetition_penalty must be positive" in bad.err

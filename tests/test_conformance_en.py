@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from polycap.testing import LanguagePackConformance
+import pytest
+
+from polycap.testing import LanguagePackConformance, check_loader, is_tokenizer_of
 
 
 class TestEnglishConformance(LanguagePackConformance):
@@ -20,3 +22,36 @@ class TestEnglishConformance(LanguagePackConformance):
         ("A dog's ball, on the grass!", ["a", "dog's", "ball", ",", "on", "the", "grass", "!"]),
         ("  THREE   blue squares ", ["three", "blue", "squares"]),
     )
+
+
+@pytest.fixture(scope="module")
+def english(tmp_path_factory):
+    """The English pack and a tiny tokenizer + decoder of its kind, saved locally."""
+    from polycap.plugins import get_registries
+    from polycap.testing import build_tiny_decoder, training_texts
+
+    pack = get_registries().languages.get("en")
+    texts = training_texts(pack, TestEnglishConformance.sample_texts)
+    return pack, build_tiny_decoder(pack, texts, tmp_path_factory.mktemp("en")), texts[0]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["GPT2Tokenizer", "GPT2TokenizerFast", "PreTrainedTokenizerFast", "TokenizersBackend"],
+)
+def test_the_tokenizer_check_holds_across_transformers_versions(name, english) -> None:
+    """A pack that names its tokenizer by its transformers 4 name (``PreTrainedTokenizerFast``,
+    ``GPT2TokenizerFast``) or its transformers 5 one (``TokenizersBackend``) passes with
+    either version installed: the check asks what the tokenizer is, not what it is called."""
+    pack, directory, text = english
+    check_loader(pack, directory, text, name)
+
+
+def test_the_tokenizer_check_still_refuses_another_kind(english) -> None:
+    pack, directory, text = english
+    tokenizer = pack.load_tokenizer(str(directory))
+    assert is_tokenizer_of(tokenizer, "PreTrainedTokenizerBase")
+    for wrong in ("BertTokenizer", "T5Tokenizer", "NoSuchTokenizer", "PreTrainedTokenizer"):
+        assert not is_tokenizer_of(tokenizer, wrong)
+    with pytest.raises(AssertionError, match="expected a BertTokenizer"):
+        check_loader(pack, directory, text, "BertTokenizer")

@@ -42,6 +42,21 @@ CONFIGS = [
     GenerationConfig(max_length=MAX),
     GenerationConfig(max_length=MAX, beams=3, num_captions=3),
 ]
+# repetition_penalty / no_repeat_ngram_size run in the same loops for ONNX Runtime
+PENALISED = [
+    GenerationConfig(max_length=MAX, repetition_penalty=1.5, no_repeat_ngram_size=2),
+    GenerationConfig(max_length=MAX, beams=3, num_captions=3, no_repeat_ngram_size=1),
+]
+
+
+@pytest.mark.parametrize("config", PENALISED, ids=["greedy", "beam"])
+def test_onnx_applies_the_repetition_settings_as_pytorch_does(exported, config) -> None:
+    model, runtime, features, _, _ = exported
+    ours = generate_ids(runtime, features, config)
+    assert ours == generate_ids(model, features, config)
+    if config.beams > 1:  # lower beams reuse tokens; the setting changes what they say
+        plain = GenerationConfig(**{**config.to_json(), "no_repeat_ngram_size": 0})
+        assert ours != generate_ids(runtime, features, plain)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=["greedy", "beam"])

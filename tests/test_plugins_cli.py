@@ -80,6 +80,43 @@ def test_curated_names_install_from_the_checkout(monkeypatch, tmp_path) -> None:
     assert plugin_install.resolve("RU").pip_args == ["polycap-ru"]
 
 
+def test_the_projects_plugins_install_by_short_name(monkeypatch) -> None:
+    """faiss and hf-encoders are the project's plugins: from plugins/ in a checkout, else their
+    distributions on the index; never ``pip install faiss`` (another project)."""
+    plugins = plugin_install.checkout_plugins()
+    assert plugins is not None
+    for name in ("faiss", "hf-encoders", "FAISS"):
+        target = plugin_install.resolve(name)
+        folder = plugins / name.lower()
+        assert (target.origin, target.pip_args) == ("checkout", ["-e", str(folder)])
+    calls: list[list[str]] = []
+    plugin_install.install(["faiss"], pip=calls.append, prober=lambda: Probe())
+    assert calls == [["install", "--no-build-isolation", "-e", str(plugins / "faiss")]]
+    monkeypatch.setattr(plugin_install, "checkout_plugins", lambda: None)
+    assert plugin_install.resolve("faiss").pip_args == ["polycap-faiss"]
+    assert plugin_install.resolve("hf-encoders").pip_args == ["polycap-hf-encoders"]
+    with pytest.raises(UnknownName, match="faiss, hf-encoders"):
+        plugin_install.resolve("xq")
+
+
+def test_the_projects_plugins_uninstall_by_short_name() -> None:
+    if plugin_install.installed_distribution("polycap-faiss") is None:
+        pytest.skip("polycap-faiss is not installed here")
+    calls: list[list[str]] = []
+    assert plugin_install.uninstall(["faiss"], pip=calls.append) == ["polycap-faiss"]
+
+
+def test_the_probe_is_not_shadowed_by_a_polycap_folder_here(monkeypatch, tmp_path) -> None:
+    """Run from a folder holding a polycap/ checkout (here: a broken one), the fresh process
+    still loads the installed polycap."""
+    (tmp_path / "polycap").mkdir()
+    (tmp_path / "polycap" / "__init__.py").write_text("raise ImportError('the wrong polycap')\n")
+    monkeypatch.chdir(tmp_path)
+    found = plugin_install.probe()
+    assert found.error is None, found.error
+    assert "ru" in found.by_name()
+
+
 def test_checkout_packs_build_offline_with_installed_setuptools() -> None:
     calls: list[list[str]] = []
     plugin_install.install(["ru"], pip=calls.append, prober=lambda: Probe())

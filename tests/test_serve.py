@@ -32,6 +32,10 @@ OPTION_SETS = {  # request fields -> the same options for `polycap caption`
         {"sample": True, "top_p": 0.9, "seed": 3, "max_length": 6},
         ["--sample", "--top-p", "0.9", "--seed", "3", "--max-length", "6"],
     ),
+    "penalised": (
+        {"repetition_penalty": 1.5, "no_repeat_ngram_size": 1, "max_length": 6},
+        ["--repetition-penalty", "1.5", "--no-repeat-ngram-size", "1", "--max-length", "6"],
+    ),
 }
 
 
@@ -112,7 +116,7 @@ def test_concurrent_requests_are_batched_and_each_gets_what_the_cli_gives(
 ) -> None:
     app = make_app(models, max_batch=8, batch_wait_ms=50)
     sampled_images = images[:3]
-    jobs = [(name, path) for name in ("greedy", "beam") for path in images]
+    jobs = [(name, path) for name in ("greedy", "beam", "penalised") for path in images]
     jobs += [("sampled", path) for path in sampled_images]
     random.Random(0).shuffle(jobs)
 
@@ -128,21 +132,22 @@ def test_concurrent_requests_are_batched_and_each_gets_what_the_cli_gives(
     replies = run(all_at_once())
     expected = {
         name: cli_captions(run_cli, capsys, checkpoint, images, *OPTION_SETS[name][1])
-        for name in ("greedy", "beam")
+        for name in ("greedy", "beam", "penalised")
     }
     expected["sampled"] = {}  # a seed's samples depend on the batch: the CLI one image at a time
     for path in sampled_images:
         expected["sampled"].update(
             cli_captions(run_cli, capsys, checkpoint, [path], *OPTION_SETS["sampled"][1])
         )
-    batch_sizes = {"greedy": [], "beam": [], "sampled": []}
+    batch_sizes = {"greedy": [], "beam": [], "penalised": [], "sampled": []}
     for (name, path), reply in zip(jobs, replies, strict=True):
         assert reply.status_code == 200, reply.text
         body = reply.json()
         assert body["captions"] == expected[name][path.name], (name, path.name)
         batch_sizes[name].append(body["batch_size"])
     assert max(batch_sizes["greedy"]) > 1 and max(batch_sizes["beam"]) > 1  # really batched
-    assert max(batch_sizes["greedy"] + batch_sizes["beam"]) <= 8
+    assert max(batch_sizes["penalised"]) > 1  # repetition settings batch like any others
+    assert max(batch_sizes["greedy"] + batch_sizes["beam"] + batch_sizes["penalised"]) <= 8
     assert batch_sizes["sampled"] == [1, 1, 1]  # seeded sampling decodes alone
     assert len({tuple(c) for c in expected["greedy"].values()}) > 1  # images differ
     batcher = app.state.service.batcher

@@ -171,3 +171,32 @@ def test_train_column_options(setup, tmp_path, capsys) -> None:
     lines = [line for line in result.err.splitlines() if "Loading weights" not in line]
     assert result.code == 2 and len(lines) == 1, result.err
     assert "no column 'captions' (--caption-column); columns are: image, text, n" in lines[0]
+
+
+@pytest.mark.parametrize("kind", ["parquet", "webdataset"])
+def test_cache_dir_holds_the_embedded_images_too(setup, tmp_path, capsys, kind) -> None:
+    """--cache-dir: the features and the images stored from the data's bytes go there, nothing
+    to the default cache; the next command without it uses the default again."""
+    from polycap.data.captions import set_cache_root
+
+    rows = [*setup["rows"][:5], (CORRUPT, "a broken picture")]
+    if kind == "parquet":
+        data = write_parquet(rows, tmp_path / "train.parquet")
+    else:
+        data = write_shard(rows, tmp_path / "train.tar")
+    default = embedded_images_dir()
+    before = set(default.rglob("*")) if default.exists() else set()
+    cache = tmp_path / "my-cache"
+    args = ["encode", "--data", str(data), "--encoder", setup["encoder"]]
+    args += ["--pretrained", setup["pretrained"], "--device", "cpu", "--json"]
+    try:
+        result = run_cli([*args, "--cache-dir", str(cache)], capsys)
+        assert result.code == 0, result.err
+        stored = sorted((cache / "embedded-images").rglob("*.png"))
+        assert {p.read_bytes() for p in stored} == {data for data, _ in rows}
+        after = set(default.rglob("*")) if default.exists() else set()
+        assert after == before  # nothing written to the default cache
+        assert json.loads(result.out)["skipped"]  # the corrupt row, read from the cache dir
+    finally:
+        set_cache_root(None)
+    assert embedded_images_dir() == default

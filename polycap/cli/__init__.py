@@ -30,10 +30,31 @@ app = typer.Typer(
     name="polycap",
     help="Multilingual image captioning: CLIP prefix + a causal LM per language, as plugins.",
     no_args_is_help=True,
-    add_completion=False,
+    # `polycap --install-completion` / `--show-completion`: bash, zsh, fish, PowerShell
+    add_completion=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    # click's plain help layout: option names are never cut at 80 columns (cli/help.py)
+    rich_markup_mode=None,
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from polycap.version import __version__
+
+        typer.echo(f"polycap {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_show_version, help="Print the version."
+    ),
+) -> None:
+    """Multilingual image captioning: CLIP prefix + a causal LM per language, as plugins."""
+
+
 app.command("train")(train.train_command)
 app.command("encode")(encode.encode_command)
 app.command("caption")(caption.caption_command)
@@ -57,6 +78,13 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
+def command() -> None:
+    """Run the command line (``app`` with its help as plain text, :mod:`polycap.cli.help`)."""
+    from polycap.cli.help import plain_help
+
+    plain_help(typer.main.get_command(app))(prog_name="polycap")
+
+
 def main() -> None:
     """Entry point: user errors become one line and exit code 2, never a traceback."""
     from polycap.cli.output import fail
@@ -66,7 +94,7 @@ def main() -> None:
 
     try:
         get_host().register_commands(app)
-        app()
+        command()
     except PolycapError as error:
         fail(str(error), error.exit_code)
     except OSError as error:

@@ -8,7 +8,7 @@ Without a place to write to, the captions are printed (a table, or JSON). With `
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -39,6 +39,7 @@ COLLECTION = "Collections"
 def caption_command(
     inputs: list[Path] = typer.Argument(
         None,
+        metavar="IMAGES...",
         help="Images, folders of images (searched recursively with a collection option), "
         "Parquet tables, webdataset .tar shards.",
     ),
@@ -61,6 +62,13 @@ def caption_command(
     num_captions: int = typer.Option(1, min=1, help="Distinct captions per image."),
     max_length: MaxLength = 30,
     seed: int | None = typer.Option(None, help="Seed for sampling."),
+    repetition_penalty: float = typer.Option(
+        1.0,
+        help="Penalise tokens the caption already holds (1.0 = off; e.g. 1.3), every strategy.",
+    ),
+    no_repeat_ngram_size: int = typer.Option(
+        0, min=0, help="No n-gram of this many tokens twice in a caption (0 = off; e.g. 3)."
+    ),
     bank: Path | None = typer.Option(
         None,
         "--bank",
@@ -146,6 +154,8 @@ def caption_command(
         num_captions=num_captions,
         max_length=max_length,
         seed=seed,
+        repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
     )
     selection = Selection(inputs or [], include or [], exclude or [], from_list)
     targets = Targets(output, sidecar, sidecar_ext, write_metadata, overwrite, keep_times, report)
@@ -162,21 +172,7 @@ def caption_command(
     result = pipeline.caption_files(
         paths, generation, batch_size=batch_size, progress=not json_output
     )
-    if json_output:
-        print_json(
-            {
-                "model": str(model),
-                "language": captioner.config["language"],
-                "captions": [
-                    {"image": str(p), "captions": c, **_retrieved(result, i)}
-                    for i, (p, c) in enumerate(zip(result.paths, result.captions))
-                ],
-                "skipped": skipped_rows(result.skipped),
-            }
-        )
-    else:
-        rows = [(p.name, "\n".join(c)) for p, c in zip(result.paths, result.captions)]
-        print_table(f"Captions ({captioner.config['language']})", ["image", "caption"], rows)
+    _show_captions(result, str(model), captioner.config["language"], json_output)
     report_skipped(result.skipped)
     short = sum(1 for captions in result.captions if len(captions) < num_captions)
     if short and num_captions > 1:
@@ -189,6 +185,25 @@ def caption_command(
         raise typer.Exit(2)
     if not json_output:
         console.print(f"{len(result.paths)} image(s) captioned.")
+
+
+def _show_captions(result: Any, model: str, language: str, json_output: bool) -> None:
+    """The captions as a table, or JSON."""
+    if json_output:
+        print_json(
+            {
+                "model": model,
+                "language": language,
+                "captions": [
+                    {"image": str(p), "captions": c, **_retrieved(result, i)}
+                    for i, (p, c) in enumerate(zip(result.paths, result.captions))
+                ],
+                "skipped": skipped_rows(result.skipped),
+            }
+        )
+    else:
+        rows = [(p.name, "\n".join(c)) for p, c in zip(result.paths, result.captions)]
+        print_table(f"Captions ({language})", ["image", "caption"], rows)
 
 
 def _listed(selection: Selection) -> list[Path]:

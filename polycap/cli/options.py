@@ -14,6 +14,7 @@ import typer
 
 from polycap.data.captions import (
     allow_images_outside,
+    set_cache_root,
     set_caption_language,
     set_caption_split,
     set_table_columns,
@@ -123,6 +124,7 @@ Device = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1 … (au
 def _check_cache_dir(value: Path | None) -> Path | None:
     if value is not None:
         check_writable_folder(value.expanduser(), "--cache-dir")
+    set_cache_root(value)  # images embedded in Parquet/webdataset data are stored there too
     return value
 
 
@@ -131,7 +133,8 @@ CacheDir = Annotated[
     typer.Option(
         "--cache-dir",
         callback=_check_cache_dir,
-        help="Image feature cache (default ~/.cache/polycap).",
+        help="Image feature cache, and where images embedded in Parquet/webdataset data are "
+        "stored (default ~/.cache/polycap/features, or $POLYCAP_CACHE_DIR).",
     ),
 ]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.table import Table
 
-from polycap.cli.output import console, err_console, fail, print_json, print_table
+from polycap.cli.output import console, err_console, fail, print_json
 
 app = typer.Typer(help="Language packs and other plugins.", no_args_is_help=True)
 
@@ -27,28 +28,77 @@ def list_command(
     if json_output:
         print_json(records)
         return
-    columns = ["name", "distribution", "version", "hooks", "provides", "error"]
-    print_table(
-        "polycap plugins",
-        columns,
-        [
-            (
-                r["name"],
-                r["distribution"],
-                r["version"],
-                ", ".join(r["hooks"]),
-                ", ".join(r["provides"]),
-                r["error"] or "",
-            )
-            for r in records
-        ],
+    rows = plugin_rows(records)
+    columns = ["plugin", "version", "provides"]
+    if any(row[3] for row in rows):
+        columns.append("error")
+    table = Table(title="polycap plugins")
+    table.add_column("plugin", no_wrap=True)
+    table.add_column("version", no_wrap=True)
+    table.add_column("provides", ratio=1)
+    if len(columns) == 4:
+        table.add_column("error", ratio=1)
+    for row in rows:
+        table.add_row(*row[: len(columns)])
+    console.print(table)
+    console.print(
+        "Hooks, entry-point names and more: polycap plugins list --json",
+        style="dim",
+        highlight=False,
     )
+
+
+BUILT_IN = "polycap (built in)"
+
+
+def plugin_rows(records: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    """(plugin, version, provides, error) per plugin for the table: the built-in plugins as one
+    row, each other plugin as its name over its distribution, what it provides grouped by kind
+    (``metric: bleu, chrf, ...``)."""
+    built_in = [r for r in records if r["distribution"] == BUILT_IN]
+    others = [r for r in records if r["distribution"] != BUILT_IN]
+    rows = [
+        (
+            r["name"] if r["name"] == r["distribution"] else f"{r['name']}\n{r['distribution']}",
+            r["version"],
+            grouped_provides(r["provides"]),
+            r["error"] or "",
+        )
+        for r in others
+    ]
+    if built_in:
+        provides = [item for r in built_in for item in r["provides"]]
+        errors = [f"{r['name']}: {r['error']}" for r in built_in if r["error"]]
+        version = built_in[0]["version"]
+        rows.append((BUILT_IN, version, grouped_provides(provides), "; ".join(errors)))
+    return rows
+
+
+def grouped_provides(items: list[str]) -> str:
+    """``["metric bleu", "metric chrf", "encoder hf"]`` -> ``"encoder: hf\nmetric: bleu, chrf"``
+    (one line per kind, kinds in registry order)."""
+    from polycap.plugins import REGISTRY_HOOKS
+
+    kinds = sorted((kind for _hook, kind in REGISTRY_HOOKS.values()), key=len, reverse=True)
+    grouped: dict[str, list[str]] = {}
+    for item in items:
+        kind = next((k for k in kinds if item.startswith(k + " ")), "")
+        grouped.setdefault(kind, []).append(item[len(kind) :].strip())
+    order = [kind for _hook, kind in REGISTRY_HOOKS.values()] + [""]
+    lines = [
+        f"{kind + ': ' if kind else ''}{', '.join(grouped[kind])}"
+        for kind in order
+        if kind in grouped
+    ]
+    return "\n".join(lines) or "nothing registered"
 
 
 @app.command("install")
 def install_command(
     names: list[str] = typer.Argument(
-        ..., metavar="NAME", help="Curated pack (ja, ru, zh), distribution name, path or URL."
+        ...,
+        metavar="NAME",
+        help="Curated name (ja, ru, zh, faiss, hf-encoders), distribution name, path or URL.",
     ),
     upgrade: bool = typer.Option(False, "--upgrade", "-U", help="Upgrade if installed."),
     editable: bool = typer.Option(False, "--editable", "-e", help="Install paths editable."),
@@ -60,7 +110,8 @@ def install_command(
 ) -> None:
     """Install plugins with pip, then check in a fresh process what they added.
 
-    Curated names (ja, ru, zh) come from languages/ in a checkout, else from the index.
+    Curated names (ja, ru, zh; faiss, hf-encoders) come from languages/ or plugins/ in a
+    checkout, else from the package index (polycap-ja, polycap-faiss, ...).
     """
     from polycap.plugin_install import PipOptions, PluginBroken, Target, install
 

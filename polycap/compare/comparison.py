@@ -193,9 +193,10 @@ class Comparison:
         references, retrieved and generated captions and their per-image scores (``marks``:
         method -> image key -> badge -> ok; a caption with all its badges ok is marked right,
         else wrong). See :mod:`polycap.compare.report`."""
-        from polycap.compare.report import comparison_report
 
         methods = " vs ".join(m.name for m in self.methods).capitalize()
+        from polycap.compare.report import comparison_report
+
         return comparison_report(self, title or f"{methods} ({self.language})", marks).write(path)
 
 

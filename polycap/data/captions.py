@@ -276,12 +276,23 @@ def table_columns() -> tuple[str | None, str | None]:
     return _columns["image"], _columns["caption"]
 
 
+_cache_root: dict[str, Path | None] = {"root": None}
+
+
+def set_cache_root(cache_dir: Path | None) -> None:
+    """The cache folder chosen for this process (the CLI's ``--cache-dir``); None: the default
+    (:func:`polycap.data.encoding.default_cache_dir`). Images embedded in data go there too."""
+    _cache_root["root"] = Path(cache_dir).expanduser() if cache_dir is not None else None
+
+
 def embedded_images_dir() -> Path:
     """Where images stored inside data (bytes columns, tar members) are written once, by
-    content hash: ``<feature cache dir>/embedded-images``."""
+    content hash: ``<cache dir>/embedded-images``, the cache dir being ``--cache-dir`` when
+    given (:func:`set_cache_root`), else the default feature cache."""
     from polycap.data.encoding import default_cache_dir
 
-    return default_cache_dir() / "embedded-images"
+    root = _cache_root["root"]
+    return (root if root is not None else default_cache_dir()) / "embedded-images"
 
 
 def resolve_image(name: str, base: Path) -> Path:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from polycap.compare.comparison import CompareSettings
 from polycap.compare.compositional import SPLIT_METRICS, compare_on_split, training_bank
 from polycap.errors import BadInput
+from polycap.eval import charts
 from polycap.eval.report import ReportRow, write_report
 from polycap.inference.pipeline import CaptionPipeline, encoder_for, generation_config
 from polycap.offline import tiny
@@ -251,7 +252,6 @@ def _write_report(
 ) -> Path:
     """report.html: each test image with its caption (marked right when it names the true
     colour and shape) and truth, the scores on top."""
-    from polycap.offline.synthetic import score_captions
 
     unseen = set(split.heldout_pairs)
     rows = []
@@ -281,7 +281,6 @@ def _write_report(
 def _charts(groups: tuple[dict[str, float], dict[str, float] | None]) -> list[Any] | None:
     """Colour, shape and pair accuracy (%) of seen and unseen pairs as bars; None without
     matplotlib (the report then says how to get charts)."""
-    from polycap.eval import charts
 
     if not charts.available():
         return None

@@ -63,6 +63,8 @@ GENERATION_DEFAULTS: dict[str, Any] = {
     "num_captions": 1,
     "max_length": 30,
     "seed": None,
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
 }
 
 

@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from polycap.errors import BadInput
+from polycap.model.lm_keywords import lm_keywords
+from polycap.retrieval.bank import Bank
+from polycap.retrieval.search import DEFAULT_CHUNK, retrieve
 
 if TYPE_CHECKING:
     import torch
@@ -91,7 +94,6 @@ def retrieval_setup(model: Any) -> RetrievalSetup | None:
 def open_bank(model: Any, bank: str | Path | None = None) -> Bank:
     """``bank`` (another one: domain transfer) or the bank the model recorded, opened and
     checked against the model's language and image encoder."""
-    from polycap.retrieval.bank import Bank
 
     setup = retrieval_setup(model)
     if setup is None:
@@ -152,7 +154,6 @@ def neighbour_captions(
 ) -> list[list[str]]:
     """The ``k`` captions of each row's nearest bank images (image kNN, nearest first), minus
     each row's own image and references when ``exclude`` is given."""
-    from polycap.retrieval.search import DEFAULT_CHUNK, retrieve
 
     extra = EXTRA_NEIGHBOURS if exclude is not None else 0
     if exclude is not None:
@@ -248,7 +249,6 @@ class PaddedCachedLM:
     reference the cached path is tested against)."""
 
     def __init__(self, lm: Any, mask: torch.Tensor | None, use_cache: bool = True) -> None:
-        from polycap.model.lm_keywords import lm_keywords
 
         self.lm = lm
         self.keywords = lm_keywords(lm)

@@ -43,6 +43,13 @@ class GenerationConfig:
     or ``"static"`` (fixed-shape buffers, every row keeps its slot to the end: what
     ``torch.compile``/CUDA graphs need; the GPU path); ``compile``: run the static-cache step
     through ``torch.compile(mode="reduce-overhead")`` (CUDA graphs on a GPU).
+    ``repetition_penalty`` (1.0 = off; e.g. 1.3) divides the positive scores and multiplies the
+    negative ones of every token the caption already holds, and ``no_repeat_ngram_size`` (0 =
+    off; e.g. 3) forbids any n-gram of that size twice in one caption: transformers' own
+    ``RepetitionPenaltyLogitsProcessor`` and ``NoRepeatNGramLogitsProcessor``, applied where
+    ``generate`` applies them (before temperature/top-k/top-p; to log-probabilities in beam
+    search), in every strategy. Only the caption's own tokens count, not the prefix or a
+    retrieval prompt (as ``generate`` with ``inputs_embeds``).
     """
 
     max_length: int = 30
@@ -56,6 +63,8 @@ class GenerationConfig:
     use_cache: bool = True
     cache: str = "dynamic"
     compile: bool = False
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -74,6 +83,14 @@ class GenerationConfig:
             raise BadInput(f"top_p must be in (0, 1], not {self.top_p}")
         if not self.temperature > 0.0:
             raise BadInput(f"temperature must be positive, not {self.temperature}")
+        if not self.repetition_penalty > 0.0:
+            raise BadInput(
+                f"repetition_penalty must be positive (1.0 = off), not {self.repetition_penalty}"
+            )
+        if self.no_repeat_ngram_size < 0:
+            raise BadInput(
+                f"no_repeat_ngram_size must be 0 (off) or positive, not {self.no_repeat_ngram_size}"
+            )
         if self.cache not in ("dynamic", "static"):
             raise BadInput(f"cache must be 'dynamic' or 'static', not {self.cache!r}")
         if self.compile and self.cache != "static":
@@ -393,6 +410,13 @@ class _Loop:
         self.end = end
         self.pad = pad
         self.hook = logits_hook
+        self.processors = repetition_processors(config)
+
+    def process(self, history: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """``scores`` after the repetition processors, given each row's tokens so far."""
+        for processor in self.processors:
+            scores = processor(history, scores)
+        return scores
 
     # -- greedy and sampling: independent rows ----------------------------------------------
     def greedy_pick(self, logits: torch.Tensor, active: torch.Tensor, total: int) -> torch.Tensor:
@@ -416,6 +440,8 @@ class _Loop:
         active_list = list(range(n))
         logits, past = self.decoder.start(prefix)
         for step in range(max_length):
+            if self.processors:
+                logits = self.process(out[active, :step], logits.float())
             if self.hook is not None:
                 logits = self.hook(step, active, logits.float())
             chosen = pick(logits, active, n)
@@ -542,6 +568,8 @@ class _Loop:
         b = len(state.active_images)
         vocab = logits.shape[-1]
         logp = torch.log_softmax(logits.float(), dim=-1)
+        if self.processors:
+            logp = self.process(state.tokens, logp)
         if self.hook is not None:
             logp = self.hook(step, state.image_rows.repeat_interleave(width), logp)
         logp = torch.where(state.finished[..., None], filler, logp.view(b, width, vocab))
@@ -638,6 +666,23 @@ def fill_holes(done: list[bool]) -> list[int]:
         if done[i]:
             order[i] = next(tail)
     return order
+
+
+def repetition_processors(config: GenerationConfig) -> list[Any]:
+    """transformers' logits processors for ``config``'s ``repetition_penalty`` and
+    ``no_repeat_ngram_size``, in the order ``generate`` runs them (none when both are off).
+    Each is called as ``processor(history, scores)``, ``history`` ``[rows, step]`` the tokens
+    each row has generated so far."""
+    found: list[Any] = []
+    if config.repetition_penalty != 1.0:
+        from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+        found.append(RepetitionPenaltyLogitsProcessor(float(config.repetition_penalty)))
+    if config.no_repeat_ngram_size > 0:
+        from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
+
+        found.append(NoRepeatNGramLogitsProcessor(int(config.no_repeat_ngram_size)))
+    return found
 
 
 def filter_logits(scores: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:

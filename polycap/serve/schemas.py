@@ -30,6 +30,12 @@ class CaptionOptions(BaseModel):
     temperature: float = Field(1.0, ge=0.01, le=100.0, description="Sampling temperature.")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Seed for sampling.")
     max_length: int = Field(30, ge=1, le=1024, description="Most tokens per caption.")
+    repetition_penalty: float = Field(
+        1.0, gt=0.0, le=100.0, description="Penalise tokens the caption already has (1.0 = off)."
+    )
+    no_repeat_ngram_size: int = Field(
+        0, ge=0, le=1024, description="No n-gram of this size twice in a caption (0 = off)."
+    )
 
     def generation(self) -> Any:
         """The GenerationConfig ``polycap caption`` builds from the same options."""

@@ -16,6 +16,7 @@ from polycap.testing.conformance import (
     check_pack_fields,
     check_plugin_metadata,
     check_round_trip,
+    is_tokenizer_of,
     load_pack,
     training_texts,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "check_pack_fields",
     "check_plugin_metadata",
     "check_round_trip",
+    "is_tokenizer_of",
     "load_pack",
     "training_texts",
 ]

@@ -120,7 +120,8 @@ def load_pack(code: str, distribution: str | None = None) -> LanguagePack:
 
 
 def check_pack_fields(pack: LanguagePack) -> None:
-    """Code, name, decoder id, segmenter and tokenizer kind are filled in and valid."""
+    """Code, name, decoder id, segmenter and tokenizer kind are filled in and valid; the
+    retrieval prompt holds ``{captions}`` once and the caption separator is not empty."""
     from polycap.offline.tiny import TOKENIZER_KINDS
 
     _require(bool(_CODE.match(pack.code)), f"pack code {pack.code!r} is not a lower-case code")
@@ -134,6 +135,12 @@ def check_pack_fields(pack: LanguagePack) -> None:
         f"pack {pack.code!r}: tokenizer_kind {pack.tokenizer_kind!r} is not one of "
         f"{', '.join(TOKENIZER_KINDS)}",
     )
+    _require(
+        pack.retrieval_prompt.count("{captions}") == 1,
+        f"pack {pack.code!r}: retrieval_prompt {pack.retrieval_prompt!r} must hold "
+        "'{captions}' exactly once (where the retrieved captions go)",
+    )
+    _require(bool(pack.caption_separator), f"pack {pack.code!r}: caption_separator is empty")
 
 
 # -- tiny models -----------------------------------------------------------------------------
@@ -233,6 +240,35 @@ def check_end_of_caption(pack: LanguagePack, tokenizer: Any, text: str, other: s
     )
 
 
+# the same classes under their transformers 4 and transformers 5 names
+_RENAMED = {
+    "PreTrainedTokenizerFast": "TokenizersBackend",
+    "TokenizersBackend": "PreTrainedTokenizerFast",
+    "PreTrainedTokenizer": "PythonBackend",
+    "PythonBackend": "PreTrainedTokenizer",
+}
+
+
+def is_tokenizer_of(tokenizer: Any, name: str) -> bool:
+    """Whether ``tokenizer`` is a ``name`` as the installed transformers defines it: an
+    instance of that class (or of a subclass), its fast or slow twin (``GPT2Tokenizer`` /
+    ``GPT2TokenizerFast``: transformers 5 keeps one class under both names, 4 has two), or a
+    class renamed between versions (``PreTrainedTokenizerFast`` is ``TokenizersBackend`` in
+    transformers 5). Never a comparison of class names alone."""
+    import transformers
+
+    if name in _RENAMED:  # the generic bases: slow and fast are different kinds
+        names = {name, _RENAMED[name]}
+    else:
+        base = name.removesuffix("Fast")
+        names = {name, base, base + "Fast"}
+    for candidate in names:
+        cls = getattr(transformers, candidate, None)
+        if isinstance(cls, type) and isinstance(tokenizer, cls):
+            return True
+    return any(cls.__name__ in names for cls in type(tokenizer).__mro__)
+
+
 def check_loader(
     pack: LanguagePack, directory: Path, text: str, tokenizer_class: str | None = None
 ) -> None:
@@ -243,8 +279,9 @@ def check_loader(
     tokenizer = pack.load_tokenizer(str(directory))
     if tokenizer_class is not None:
         _require(
-            type(tokenizer).__name__ == tokenizer_class,
-            f"pack {pack.code!r} loaded a {type(tokenizer).__name__}, expected {tokenizer_class}",
+            is_tokenizer_of(tokenizer, tokenizer_class),
+            f"pack {pack.code!r} loaded a {type(tokenizer).__name__}, expected a "
+            f"{tokenizer_class} (or a subclass, or its fast/slow twin)",
         )
     decoder = pack.load_decoder(str(directory))
     _require(

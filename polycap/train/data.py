@@ -14,9 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from polycap.data.images import describe_skipped
+from polycap.data.captions import split_by_image
+from polycap.data.encoding import load_encoder
+from polycap.data.features import encode_to_store
+from polycap.data.images import describe_skipped, set_max_pixels
 from polycap.errors import BadInput
+from polycap.model.augmented import RetrievalSetup, left_padded, training_prompts
 from polycap.parts import EncoderSpec
+from polycap.retrieval.bank import Bank
+from polycap.retrieval.search import check_encoder
 from polycap.util.batching import pad_right
 from polycap.util.run_folder import FEATURES
 
@@ -75,7 +81,6 @@ def prompt_inputs(
     prompt of each caption's image; nothing for a plain captioner."""
     if prompts is None:
         return {}
-    from polycap.model.augmented import left_padded
 
     ids, mask = left_padded([prompts[tokens.feature_rows[i]] for i in batch], pad_id)
     return {"prompt_ids": ids.to(device), "prompt_mask": mask.to(device)}
@@ -115,7 +120,6 @@ def read_captions(settings: TrainSettings) -> Any:
         set_table_columns,
         table_columns,
     )
-    from polycap.data.images import set_max_pixels
 
     if settings.image_column is not None or settings.caption_column is not None:
         image, caption = table_columns()
@@ -142,9 +146,6 @@ def prepare_data(
 ) -> PreparedData:
     """Load captions, encode each image once, split by image, tokenize (and, with a retrieval
     bank, add each image's prompt). ``say`` reports what was found."""
-    from polycap.data.captions import split_by_image
-    from polycap.data.encoding import load_encoder
-    from polycap.data.features import encode_to_store
 
     captions = read_captions(settings)
     encoder = load_encoder(settings.encoder, pretrained=settings.pretrained, device=str(device))
@@ -189,9 +190,6 @@ def add_prompts(
     say: Callable[[str], None],
 ) -> None:
     """Retrieval prompts for every encoded image (its own entry and references excluded)."""
-    from polycap.model.augmented import RetrievalSetup, training_prompts
-    from polycap.retrieval.bank import Bank
-    from polycap.retrieval.search import check_encoder
 
     bank = Bank.open(settings.retrieval_bank)
     if bank.language != pack.code:

@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from polycap.data.encoding import default_cache_dir
 from polycap.errors import BadInput, PolycapError, first_line
+from polycap.plugins import get_registries
 from polycap.train.checkpoints import (  # noqa: F401 - kept importable from here
     Checkpoints,
     Fitting,
@@ -64,6 +66,9 @@ from polycap.train.trackers import (
 )
 from polycap.util.atomic import check_writable_folder
 from polycap.util.batching import bucketed_batches, padded_batches
+from polycap.util.devices import resolve_device
+from polycap.util.distributed import timeout_seconds
+from polycap.util.progress import rich_progress
 from polycap.util.run_folder import CHECKPOINT_PREFIX, TRAINER_STATE, RunFolder
 
 if TYPE_CHECKING:
@@ -128,7 +133,6 @@ class Trainer:
     def __init__(
         self, config: TrainSettings, registries: Registries | None = None, console: Any = None
     ) -> None:
-        from polycap.plugins import get_registries
 
         self.config = config
         self.registries = registries or get_registries()
@@ -254,7 +258,6 @@ class Trainer:
 
     def take_folder(self, resume: bool, overwrite: bool) -> None:
         """On the main process: check writability, clean leftovers, claim the run folder."""
-        from polycap.data.encoding import default_cache_dir
 
         if self.main:
             check_writable_folder(self.config.output, "--output")
@@ -382,7 +385,6 @@ class Trainer:
         return len(batches) - first
 
     def progress_bar(self) -> Any:
-        from polycap.util.progress import rich_progress
 
         return rich_progress(self.console, enabled=self.config.progress and self.main)
 
@@ -512,9 +514,6 @@ def make_accelerator(config: TrainSettings) -> Any:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import InitProcessGroupKwargs
-
-    from polycap.util.devices import resolve_device
-    from polycap.util.distributed import timeout_seconds
 
     device = resolve_device(config.device)
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
