@@ -50,18 +50,13 @@ class ClipCapMapper:
 
 
 def read_state_dict(path: Path) -> dict[str, Any]:
-    """The tensors of a ``torch.save``-d state dict (wrapped or ``module.``-prefixed too)."""
-    import pickle
-
+    """The tensors of a ``torch.save``-d state dict (wrapped or ``module.``-prefixed too),
+    read weights-only (:func:`polycap.util.safe_load.load_torch_weights`)."""
     import torch
 
-    if not path.is_file():
-        raise BadInput(f"{path}: no such file")
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
-        first = first_line(error)
-        raise BadInput(f"{path}: not a PyTorch state dict ({first[:200]})") from None
+    from polycap.util.safe_load import load_torch_weights
+
+    data = load_torch_weights(path)
     for key in WRAPPER_KEYS:
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
