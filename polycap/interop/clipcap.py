@@ -222,6 +222,7 @@ class ImportOptions:
     encoder: str | None = None
     pretrained: str | None = None
     heads: int = DEFAULT_HEADS
+    force: bool = False  # replace another polycap model at ``output`` (never a foreign folder)
 
 
 def import_clipcap(
@@ -239,11 +240,13 @@ def import_clipcap(
     for the embedding size: ViT-B-32 for 512, RN50x4 for 640). The LM is bundled.
     ``fields``: :class:`ImportOptions` fields by keyword (``lm=...``), over ``options``.
     """
+    from polycap.interop.targets import check_target
     from polycap.model.captioner import Captioner, lm_width
 
     opts = replace(options or ImportOptions(), **fields)
     lm, stop_token = opts.lm, opts.stop_token
     path = Path(weights)
+    check_target(Path(output), "clipcap", opts.force)
     mapper_state, lm_state = split_state(path, read_state_dict(path))
     if registries is None:
         from polycap.plugins import get_registries

@@ -23,11 +23,13 @@ def export_hf(
     evaluation: dict[str, Any] | None = None,
     name: str | None = None,
     license: str = "other",
+    force: bool = False,
 ) -> Path:
-    """Write ``model`` (a loaded Captioner) as a self-contained folder with a model card."""
-    from polycap.interop.onnx_export import refuse_foreign_folder
+    """Write ``model`` (a loaded Captioner) as a self-contained folder with a model card.
+    ``directory`` is replaced only when it is empty or an earlier HF export, or with ``force``
+    another polycap model (:func:`polycap.interop.targets.check_target`)."""
+    from polycap.interop.targets import check_target
     from polycap.model.captioner import (
-        CONFIG_FILE,
         ENCODER_DIR,
         LM_DIR,
         TOKENIZER_DIR,
@@ -35,7 +37,7 @@ def export_hf(
     )
 
     directory = Path(directory)
-    refuse_foreign_folder(directory, CONFIG_FILE)
+    check_target(directory, "hf", force)
     saved = copy.deepcopy(model.config)
     bundled = [f"{LM_DIR}/", f"{TOKENIZER_DIR}/"]
     weights = encoder_weights_file(model.config, getattr(model, "directory", None))
@@ -43,6 +45,7 @@ def export_hf(
         bundled.append(f"{ENCODER_DIR}/{weights.name}")
     card = _card_text(model.config, training, evaluation, name or directory.name, license, bundled)
     model.config["save_lm"] = True  # the LM travels with it, whatever the training did
+    model.config["exported_as"] = "hf"  # what may replace it later without --force
     try:
         return model.save(
             directory,
