@@ -95,15 +95,38 @@ def load_captions(
 
 def _refuse_outside(path: Path, records: list[CaptionRecord], root: Path) -> None:
     """BadInput naming the first record whose image is not inside ``root`` (images a format
-    stored from bytes, in :func:`embedded_images_dir`, are inside by construction)."""
+    stored from bytes, in :func:`embedded_images_dir`, are inside by construction), by its
+    name or, through a symbolic link inside the folder, by where it really is."""
     root = Path(os.path.normpath(os.path.abspath(root)))
     embedded = embedded_images_dir().absolute()
+    real_root = Path(os.path.realpath(root))
+    real_embedded = Path(os.path.realpath(embedded))
+    folders: dict[Path, Path] = {}
     for record in records:
-        if not record.image.is_relative_to(root) and not record.image.is_relative_to(embedded):
+        image = record.image
+        if image.is_relative_to(embedded):
+            continue
+        inside = image.is_relative_to(root)
+        if inside:
+            real = _real_path(image, folders)
+            inside = real.is_relative_to(real_root) or real.is_relative_to(real_embedded)
+            if not inside:
+                image = Path(f"{record.image} -> {real}")
+        if not inside:
             raise BadInput(
                 f"{path}: record {record.image_id!r} names an image outside the image folder "
-                f"{root} ({record.image}); pass --allow-outside-images if that is intended"
+                f"{root} ({image}); pass --allow-outside-images if that is intended"
             )
+
+
+def _real_path(image: Path, folders: dict[Path, Path]) -> Path:
+    """Where ``image`` really is (symbolic links followed); each folder resolved once."""
+    if os.path.islink(image):
+        return Path(os.path.realpath(image))
+    parent = image.parent
+    if parent not in folders:
+        folders[parent] = Path(os.path.realpath(parent))
+    return folders[parent] / image.name
 
 
 def _source_format(path: Path, name: str | None) -> CaptionFormat | None:
