@@ -241,6 +241,12 @@ def export_onnx(
     from polycap.model.generation import GenerationConfig
 
     directory = Path(directory)
+    if model.config.get("retrieval"):
+        raise BadInput(
+            "a retrieval-augmented model does not export to ONNX (its prompts come from a "
+            "caption bank at each caption; the ONNX graphs decode from the image alone): "
+            "export it with --to hf, which bundles the bank"
+        )
     check_target(directory, "onnx", force)
     say = say or (lambda message: None)
     generation = generation or GenerationConfig()

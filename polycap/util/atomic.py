@@ -125,6 +125,12 @@ def copy_file(source: Path, target: Path) -> Path:
     return Path(target)
 
 
+def copy_tree(source: Path, target: Path) -> Path:
+    """An independent copy of the folder ``source`` at ``target`` (:func:`copy_file` for each
+    file; symbolic links are copied as the files they lead to)."""
+    return Path(shutil.copytree(source, target, copy_function=copy_file))
+
+
 # -- writability, checked before long work ---------------------------------------------------
 
 
