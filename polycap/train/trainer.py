@@ -37,6 +37,7 @@ from polycap.train.trackers import (
 )
 from polycap.util.atomic import check_writable_folder
 from polycap.util.batching import bucketed_batches, pad_right, padded_batches
+from polycap.util.distributed import watch_launcher
 from polycap.util.run_folder import CHECKPOINT_PREFIX, FEATURES, TRAINER_STATE, RunFolder
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -335,6 +336,7 @@ class Trainer:
         self.registries = registries or get_registries()
         self.pack = self.registries.languages.get(config.language)
         self.accelerator = make_accelerator(config)
+        watch_launcher()  # launched workers stop when their launcher dies
         self.main = self.accelerator.is_main_process
         self.processes = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
@@ -418,6 +420,7 @@ class Trainer:
 
         if self.main:
             check_writable_folder(self.config.output, "--output")
+            self.folder.lock()  # one run per folder, before its leftovers are cleaned
             cache = self.config.cache_dir
             if cache is not None:
                 check_writable_folder(Path(cache), "--cache-dir")
@@ -883,4 +886,7 @@ def train(
 ) -> TrainResult:
     """Run one training job; see :class:`TrainConfig`."""
     trainer = Trainer(config, registries=registries, console=console)
-    return trainer.run(resume=resume, overwrite=overwrite)
+    try:
+        return trainer.run(resume=resume, overwrite=overwrite)
+    finally:
+        trainer.folder.unlock()

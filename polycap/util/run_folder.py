@@ -12,7 +12,9 @@
     features/             the images' features (polycap.data.features store; reused when the
                           images and encoder are the same)
 
-Temporary folders a killed save leaves (``.checkpoint-….tmp-…``, ``.final.old-…``) are cleaned
+A run holds the folder's lock (``.polycap-run.lock``, :mod:`polycap.util.run_lock`) while it
+goes: a second run into it is refused with the first one's pid. Temporary folders a killed save
+leaves (``.checkpoint-….tmp-…``, ``.final.old-…``) are cleaned
 when the next run starts; a swap interrupted between its two renames is completed backwards
 (the old folder put back), so the last good checkpoint is never lost.
 """
@@ -151,6 +153,18 @@ class RunFolder:
         return ", ".join(parts) or "its files"
 
     # -- taking the folder ----------------------------------------------------------------------
+    def lock(self) -> None:
+        """Hold the folder for this run (:mod:`polycap.util.run_lock`); BadInput naming the
+        holder's pid when another run is writing into it."""
+        from polycap.util.run_lock import acquire
+
+        acquire(self.path)
+
+    def unlock(self) -> None:
+        from polycap.util.run_lock import release
+
+        release(self.path)
+
     def clean_stale(self) -> list[Path]:
         """Remove temporary folders left by a killed save; put back an old folder whose swap
         was cut between its renames. Returns what was removed or restored."""
