@@ -125,3 +125,77 @@ def test_a_launched_worker_stops_when_its_launcher_is_killed() -> None:
     finally:
         if _alive(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+def _killed_writers_leftovers(target: Path) -> list[Path]:
+    """What a writer of ``target`` killed midway leaves: a temporary folder half written."""
+    from polycap.util.atomic import temporary_folder
+
+    work = temporary_folder(target)
+    (work / "half.npy").write_bytes(b"\0" * 100)
+    return [work]
+
+
+def test_encode_and_index_remove_a_killed_writers_temporary_folders(
+    tiny_clip, english, tmp_path
+) -> None:
+    from PIL import Image
+
+    from polycap.data.captions import CaptionSet
+    from polycap.data.encoding import load_encoder
+    from polycap.data.features import encode_to_store
+    from polycap.parts import CaptionRecord
+    from polycap.retrieval.bank import build_bank
+
+    encoder = load_encoder(tiny_clip.name, pretrained=tiny_clip.weights)
+    image = tmp_path / "red.png"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(image)
+    store = tmp_path / "store"
+    left = _killed_writers_leftovers(store)
+    encode_to_store(encoder, [image], store, progress=False)
+    assert not any(path.exists() for path in left) and (store / "meta.json").is_file()
+    bank = tmp_path / "bank"
+    left = _killed_writers_leftovers(bank) + _killed_writers_leftovers(tmp_path / ".bank.features")
+    records = CaptionSet([CaptionRecord(image, "a red square", "red")], None)
+    build_bank(records, encoder, bank, english, progress=False)
+    assert not any(path.exists() for path in left) and (bank / "meta.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".bank")) == [
+        ".bank.lock"
+    ]
+
+
+def test_a_second_writer_is_refused_and_leaves_the_first_ones_folders(tiny_clip, tmp_path):
+    from polycap.data.encoding import load_encoder
+    from polycap.data.features import encode_to_store
+
+    encoder = load_encoder(tiny_clip.name, pretrained=tiny_clip.weights)
+    store = tmp_path / "store"
+    left = _killed_writers_leftovers(store)  # the live writer's folder, here
+    holder = hold_target(store)
+    try:
+        with pytest.raises(BadInput, match=f"another process is writing it .process {holder.pid}"):
+            encode_to_store(encoder, [tmp_path / "x.png"], store, progress=False)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert all(path.is_dir() for path in left)
+
+
+HOLD_TARGET = """
+import sys, time
+from polycap.util.run_lock import writing
+with writing(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def hold_target(target: Path) -> subprocess.Popen:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_TARGET, str(target)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    assert holder.stdout.readline().strip() == "held"
+    return holder

@@ -34,8 +34,9 @@ from polycap.errors import BadInput, UnknownName
 from polycap.parts import EncoderSpec, Searcher
 from polycap.retrieval.backends import IndexChoice, get_backend
 from polycap.retrieval.bank_check import check_bank_files, check_meta
-from polycap.util.atomic import atomic_folder
+from polycap.util.atomic import atomic_folder, remove_leftovers
 from polycap.util.files import LineFile, read_meta, write_lines
+from polycap.util.run_lock import writing
 from polycap.util.safe_load import load_array
 
 if TYPE_CHECKING:
@@ -249,6 +250,22 @@ def build_bank(
     index = options.index.resolve()
     contents = _contents(captions, pack)
     procs = processes()
+    if procs.distributed:  # the processes share the work; leftovers stay (see run_lock)
+        return _build(encoder, out, (contents, index, procs), options, started)
+    with writing(out):  # one writer; a killed one's temporary folders go
+        remove_leftovers(out)
+        return _build(encoder, out, (contents, index, procs), options, started)
+
+
+def _build(
+    encoder: ImageEncoder,
+    out: Path,
+    plan: tuple[_Contents, Any, Any],
+    options: BankOptions,
+    started: float,
+) -> BankStats:
+    """:func:`build_bank` once the target is checked: encode, write, swap into place."""
+    contents, index, procs = plan
     # images first, by every process (each encodes its share); the rest by one per machine
     store_dir = out.parent / f".{out.name}.features"
     encoded = _encode_images(encoder, contents.images, store_dir, options, procs)

@@ -89,6 +89,31 @@ def swap_into_place(work: Path, target: Path) -> Path:
     return target
 
 
+def remove_leftovers(target: Path) -> list[Path]:
+    """Remove what a killed writer of ``target`` left beside it: its temporary folders
+    (``.<name>.tmp-…``), and an old folder renamed aside (``.<name>.old-…``), put back when
+    the swap was cut before the new one arrived. Only while holding ``target``'s lock
+    (:func:`polycap.util.run_lock.writing`): another live writer's folders look the same."""
+    import glob
+
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    name = glob.escape(target.name)
+    removed = []
+    for leftover in sorted(target.parent.glob(f".{name}.old-*")):
+        if leftover.is_dir() and not target.exists():
+            os.replace(leftover, target)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+        removed.append(leftover)
+    for leftover in sorted(target.parent.glob(f".{name}.tmp-*")):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed.append(leftover)
+    return removed
+
+
 @contextmanager
 def atomic_folder(target: Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; on success it becomes ``target``."""

@@ -6,6 +6,10 @@ ends in any way (SIGKILL included), so a killed run never leaves a stale lock. T
 the holder (pid, host, when), for the one line a second ``train --resume`` into the folder
 gets. A process that already holds the lock of a folder takes it again at once (one Python
 session training twice). Where ``fcntl`` is missing (Windows), there is no lock.
+
+:func:`writing` does the same for one output beside its siblings (``.bank.lock`` for
+``bank/``), held while ``polycap index`` / ``encode`` write it: the leftovers of a killed
+writer (:func:`polycap.util.atomic.remove_leftovers`) are removed only under it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
@@ -21,32 +27,54 @@ from polycap.errors import BadInput
 
 LOCK_FILE = ".polycap-run.lock"
 
-_held: dict[str, IO[str]] = {}  # real folder path -> the open, locked lock file
+_held: dict[str, IO[str]] = {}  # real lock file path -> the open, locked lock file
 
 
 def acquire(folder: Path) -> bool:
     """Lock ``folder`` for this process (made if missing); BadInput naming the holder when
     another live process holds it. Returns False where locks are not available."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return _take(folder / LOCK_FILE, f"--output {folder}: another run is writing into this folder")
+
+
+def release(folder: Path) -> None:
+    """Give up this process's lock of ``folder`` (nothing when it holds none)."""
+    _give_back(Path(folder) / LOCK_FILE)
+
+
+@contextmanager
+def writing(target: Path) -> Iterator[None]:
+    """Hold ``.<name>.lock`` beside ``target`` while this process writes ``target`` (a bank,
+    a feature store): a second writer is one line naming this one; leftovers of a killed
+    writer may be removed while it is held."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = target.parent / f".{target.name}.lock"
+    taken = _take(lock, f"{target}: another process is writing it")
+    try:
+        yield
+    finally:
+        if taken:
+            _give_back(lock)
+
+
+def _take(lock: Path, busy: str) -> bool:
     try:
         import fcntl
     except ImportError:
         return False
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    key = os.path.realpath(folder)
+    key = os.path.realpath(lock)
     if key in _held:
         return True
-    handle = open(folder / LOCK_FILE, "a+", encoding="utf-8")  # noqa: SIM115 - held open
+    handle = open(lock, "a+", encoding="utf-8")  # noqa: SIM115 - held open
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.seek(0)
         holder = _describe(handle.read())
         handle.close()
-        raise BadInput(
-            f"--output {folder}: another run is writing into this folder ({holder}); "
-            "wait for it to end, or stop it, then resume"
-        ) from None
+        raise BadInput(f"{busy} ({holder}); wait for it to end, or stop it, then retry") from None
     handle.seek(0)
     handle.truncate()
     record = {
@@ -60,9 +88,8 @@ def acquire(folder: Path) -> bool:
     return True
 
 
-def release(folder: Path) -> None:
-    """Give up this process's lock of ``folder`` (nothing when it holds none)."""
-    handle = _held.pop(os.path.realpath(folder), None)
+def _give_back(lock: Path) -> None:
+    handle = _held.pop(os.path.realpath(lock), None)
     if handle is not None:
         handle.close()  # closing the last descriptor releases the flock
 
