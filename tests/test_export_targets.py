@@ -133,3 +133,19 @@ def test_overwrite_never_deletes_a_user_final_folder(tmp_path) -> None:
             folder.claim({}, resume=False, overwrite=True, write=write)
     assert (tmp_path / "final" / "thesis.tex").read_text() == "mine"
     assert (tmp_path / "checkpoint-00000004").is_dir()
+
+
+def test_the_python_api_refuses_nan_features(made) -> None:
+    """issue 20: ``polycap.load(m).caption(nan features)`` is BadInput, not an empty caption."""
+    import torch
+
+    import polycap
+
+    model = polycap.load(str(made["checkpoint"]), device="cpu")
+    features = torch.full((2, 64), float("nan"))
+    with pytest.raises(BadInput, match="NaN or infinite"):
+        model.caption(features)
+    features = torch.randn(2, 64)
+    features[1, 3] = float("inf")
+    with pytest.raises(BadInput, match="NaN or infinite"):
+        model.caption(features)

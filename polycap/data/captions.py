@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from polycap.errors import BadInput, warn
 from polycap.parts import CaptionFormat as CaptionFormat  # re-exported: their former home
@@ -150,7 +151,7 @@ def choose_format(path: Path, name: str | None = None) -> CaptionFormat:
 
     registry = get_registries().caption_formats
     if name is not None:
-        return registry.get(name)
+        return _named_format(path, name, registry)
     formats = [item for _, item in registry.items()]
     suffix = path.suffix.lower()
     by_suffix = [fmt for fmt in formats if suffix in fmt.suffixes]
@@ -169,6 +170,28 @@ def choose_format(path: Path, name: str | None = None) -> CaptionFormat:
         f"{path}: unknown caption file format (suffix {suffix or 'none'!r}); "
         f"pass a format: {', '.join(registry.names())}"
     )
+
+
+def _named_format(path: Path, name: str, registry: Any) -> CaptionFormat:
+    """The format ``--format name``; BadInput naming the mismatch when the file is plainly
+    another registered format (that one's sniff says so, the named one's does not)."""
+    chosen = registry.get(name)
+    if not path.is_file() or _sniffs(chosen, path):
+        return chosen
+    for other_name, other in registry.items():
+        if other is not chosen and _sniffs(other, path):
+            raise BadInput(
+                f"{path}: --format {name} given, but the file is {other_name} "
+                f"(by its content); drop --format or pass --format {other_name}"
+            )
+    return chosen
+
+
+def _sniffs(fmt: CaptionFormat, path: Path) -> bool:
+    try:
+        return bool(fmt.sniff(path))
+    except Exception:  # noqa: BLE001 - a plugin's sniff failing says "not mine"
+        return False
 
 
 def _drop_missing_images(path: Path, records: list[CaptionRecord]) -> CaptionSet:
