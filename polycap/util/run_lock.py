@@ -4,8 +4,9 @@
 the run's main process for as long as the run goes; the kernel releases it when that process
 ends in any way (SIGKILL included), so a killed run never leaves a stale lock. The file names
 the holder (pid, host, when), for the one line a second ``train --resume`` into the folder
-gets. A process that already holds the lock of a folder takes it again at once (one Python
-session training twice). Where ``fcntl`` is missing (Windows), there is no lock.
+gets; the file is removed when the run gives the lock back (a killed run's stays, unlocked,
+and is taken over). A process that already holds the lock of a folder takes it again at once
+(one Python session training twice). Where ``fcntl`` is missing (Windows), there is no lock.
 
 :func:`writing` does the same for one output beside its siblings (``.bank.lock`` for
 ``bank/``), held while ``polycap index`` / ``encode`` write it: the leftovers of a killed
@@ -18,7 +19,7 @@ import json
 import os
 import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
@@ -67,14 +68,20 @@ def _take(lock: Path, busy: str) -> bool:
     key = os.path.realpath(lock)
     if key in _held:
         return True
-    handle = open(lock, "a+", encoding="utf-8")  # noqa: SIM115 - held open
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = _describe(handle.read())
-        handle.close()
-        raise BadInput(f"{busy} ({holder}); wait for it to end, or stop it, then retry") from None
+    while True:
+        handle = open(lock, "a+", encoding="utf-8")  # noqa: SIM115 - held open
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = _describe(handle.read())
+            handle.close()
+            raise BadInput(
+                f"{busy} ({holder}); wait for it to end, or stop it, then retry"
+            ) from None
+        if _same_file(handle, lock):
+            break
+        handle.close()  # its holder removed it as we opened it: take the new one
     handle.seek(0)
     handle.truncate()
     record = {
@@ -88,9 +95,20 @@ def _take(lock: Path, busy: str) -> bool:
     return True
 
 
+def _same_file(handle: IO[str], path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False
+
+
 def _give_back(lock: Path) -> None:
+    """Remove the lock file, then release it (in that order: a process that opened it
+    meanwhile sees it was removed and takes a new one), so nothing stays behind."""
     handle = _held.pop(os.path.realpath(lock), None)
     if handle is not None:
+        with suppress(OSError):
+            os.unlink(lock)
         handle.close()  # closing the last descriptor releases the flock
 
 
