@@ -268,3 +268,39 @@ def test_the_compositional_split_compares_three_methods(model_dir, plain_dir, tr
     )
     assert list(result.pair_scores) == ["retrieval", "generation", "retrieval-augmented"]
     assert "retrieved captions in its prompt" in result.report.read_text(encoding="utf-8")
+
+
+def test_hf_export_bundles_the_bank_and_captions_without_the_original(
+    model_dir, trained, capsys, tmp_path
+) -> None:
+    """issue 20: the export carries its bank (a copy, named relative), so it captions on
+    another machine exactly as the checkpoint does here."""
+    images = [str(trained["split"].image_dir / n) for n in trained["split"].test_images[:3]]
+    expected = run_cli(["caption", *images, "--model", str(model_dir), "--json"], capsys)
+    assert expected.code == 0, expected.err
+    out = tmp_path / "shared"
+    result = run_cli(["export", str(model_dir), "--to", "hf", str(out)], capsys)
+    assert result.code == 0, result.err
+    record = json.loads((out / "polycap.json").read_text())["retrieval"]
+    assert record["bank"] == "bank" and (out / "bank" / "meta.json").is_file()
+    assert (out / "bank" / "image.npy").stat().st_nlink == 1
+    bank = trained["root"] / "bank"
+    away = trained["root"] / "bank-away"
+    bank.rename(away)
+    try:
+        moved = tmp_path / "elsewhere" / "model"
+        shutil.copytree(out, moved)
+        again = run_cli(["caption", *images, "--model", str(moved), "--json"], capsys)
+    finally:
+        away.rename(bank)
+    assert again.code == 0, again.err
+    assert json.loads(again.out)["captions"] == json.loads(expected.out)["captions"]
+
+
+def test_onnx_export_of_an_augmented_model_is_refused_in_one_line(model_dir, capsys, tmp_path):
+    out = tmp_path / "onnx"
+    result = run_cli(["export", str(model_dir), "--to", "onnx", str(out)], capsys)
+    assert result.code == 2 and "Traceback" not in result.err
+    lines = [line for line in result.err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "retrieval-augmented" in result.err and "--to hf" in result.err
+    assert not out.exists()

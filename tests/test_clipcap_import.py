@@ -151,7 +151,7 @@ def test_bad_files_are_one_line_errors(base_lm: Path, tmp_path: Path, capsys) ->
     good = {"clip_project.weight": torch.zeros(64, 16), "clip_project.bias": torch.zeros(64)}
     torch.save(good, tmp_path / "linear.pt")
     cases = {
-        "junk.pt": "not a PyTorch state dict",
+        "junk.pt": "a text file, not weights",
         "other.pt": "unknown key 'encoder.weight'",
         "shape.pt": "not a multiple of the LM width 32",
         "missing.pt": "no such file",

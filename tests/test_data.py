@@ -384,3 +384,13 @@ def test_coco_duplicate_image_ids_name_both_entries(tmp_path: Path) -> None:
     assert str(error.value) == (
         f"{path}: images[0] ('a.png') and images[2] ('c.png') have the same id 7"
     )
+
+
+def test_a_named_format_that_is_not_the_files_says_so(tmp_path: Path) -> None:
+    """issue 20: ``--format csv`` on a JSON file names the mismatch, not a missing column."""
+    (tmp_path / "c.json").write_text('[{"image": "a.png", "caption": "x"}]')
+    (tmp_path / "c.csv").write_text("image,caption\na.png,x\n")
+    with pytest.raises(BadInput, match="--format csv given, but the file is captions-json"):
+        load_captions(tmp_path / "c.json", format="csv")
+    with pytest.raises(BadInput, match="--format captions-json given, but the file is csv"):
+        load_captions(tmp_path / "c.csv", format="captions-json")

@@ -161,6 +161,9 @@ def test_bad_pretrained(tiny_clip: TinyClip, tmp_path: Path) -> None:
         load_encoder(tiny_clip.name, pretrained=tmp_path / "nope.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(BadInput, match="junk.pt: a text file, not weights"):
+        load_encoder(tiny_clip.name, pretrained=junk)
+    junk.write_bytes(b"\x00\x01 not a checkpoint")
     with pytest.raises(BadInput, match=f"cannot load open_clip model '{tiny_clip.name}'"):
         load_encoder(tiny_clip.name, pretrained=junk)
 

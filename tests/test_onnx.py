@@ -133,3 +133,78 @@ def test_a_broken_export_is_one_clear_line(exported, tmp_path: Path) -> None:
     (broken / "polycap-onnx.json").write_text("{")
     with pytest.raises(BadInput, match="not valid JSON"):
         OnnxCaptioner(broken, registries=registries)
+
+
+def _edit(manifest: dict, case: str) -> str:
+    """Damage ``manifest`` as ``case`` says; returns what the error must say."""
+    if case == "no past":
+        del manifest["past"]
+        return "no 'past'"
+    if case == "no decoder graph":
+        del manifest["graphs"]["decoder"]
+        return "no 'graphs.decoder'"
+    if case == "prefix length a string":
+        manifest["prefix_length"] = "2"
+        return "'prefix_length' is '2'"
+    if case == "prefix length a float":
+        manifest["prefix_length"] = 2.5
+        return "'prefix_length' is 2.5"
+    if case == "past layers missing":
+        del manifest["past"]["layers"]
+        return "no 'past.layers'"
+    if case == "graph outside":
+        manifest["graphs"]["decoder"] = "../../outside/decoder.onnx"
+        return "outside the export's folder"
+    if case == "graph absolute":
+        manifest["graphs"]["mapper"] = "/etc/passwd"
+        return "outside the export's folder"
+    if case == "tokenizer outside":
+        manifest["tokenizer"] = "../.."
+        return "outside the export's folder"
+    raise AssertionError(case)
+
+
+MANIFEST_CASES = [
+    "no past",
+    "no decoder graph",
+    "prefix length a string",
+    "prefix length a float",
+    "past layers missing",
+    "graph outside",
+    "graph absolute",
+    "tokenizer outside",
+]
+
+
+@pytest.mark.parametrize("case", MANIFEST_CASES)
+def test_a_damaged_manifest_is_one_line_naming_it(exported, tmp_path: Path, case) -> None:
+    import shutil
+
+    from polycap.interop.onnx_runtime import OnnxCaptioner
+
+    _, _, _, _, folder = exported
+    broken = tmp_path / "a" / "b" / "broken"
+    shutil.copytree(folder, broken)
+    (tmp_path / "outside").mkdir()
+    shutil.copy(folder / "decoder.onnx", tmp_path / "outside" / "decoder.onnx")  # loadable
+    manifest = json.loads((broken / "polycap-onnx.json").read_text())
+    says = _edit(manifest, case)
+    (broken / "polycap-onnx.json").write_text(json.dumps(manifest))
+    with pytest.raises(BadInput) as caught:
+        OnnxCaptioner(broken, registries=make_registries(english_pack()))
+    message = str(caught.value)
+    assert "polycap-onnx.json" in message and says in message and "\n" not in message
+
+
+def test_a_graph_linked_out_of_the_folder_is_refused(exported, tmp_path: Path) -> None:
+    import shutil
+
+    from polycap.interop.onnx_runtime import OnnxCaptioner
+
+    _, _, _, _, folder = exported
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    shutil.move(broken / "decoder.onnx", tmp_path / "decoder.onnx")
+    (broken / "decoder.onnx").symlink_to(tmp_path / "decoder.onnx")
+    with pytest.raises(BadInput, match="outside the export's folder"):
+        OnnxCaptioner(broken, registries=make_registries(english_pack()))

@@ -12,6 +12,7 @@ from polycap.data.encoding import file_digest
 from polycap.errors import BadInput, first_line
 from polycap.hookspecs import Register, hookimpl
 from polycap.parts import ImageEncoder
+from polycap.util.safe_load import not_weights
 
 SCHEMAS = ("hf-hub:", "local-dir:")
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -39,7 +40,11 @@ def load_open_clip(model: str, pretrained: str | None, device: str = "cpu") -> O
         weights_hash = _local_dir_hash(model) if schema == "local-dir:" else None
     try:
         clip, _, preprocess = open_clip.create_model_and_transforms(
-            model, pretrained=pretrained, device=device, pretrained_text=pretrained is not None
+            model,
+            pretrained=pretrained,
+            device=device,
+            pretrained_text=pretrained is not None,
+            **_weights_only(open_clip),
         )
     except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as error:
         message = first_line(error)
@@ -48,6 +53,15 @@ def load_open_clip(model: str, pretrained: str | None, device: str = "cpu") -> O
         ) from error
     clip.eval()
     return OpenClipEncoder(model, pretrained, device, clip, preprocess, weights_hash, schema)
+
+
+def _weights_only(open_clip: Any) -> dict[str, bool]:
+    """``weights_only=True`` (tensors only: a weights file never runs code) where this
+    open_clip takes it; older ones read weights files with torch's own default."""
+    import inspect
+
+    parameters = inspect.signature(open_clip.create_model_and_transforms).parameters
+    return {"weights_only": True} if "weights_only" in parameters else {}
 
 
 def _register_polycap_configs(model: str) -> None:
@@ -81,6 +95,9 @@ def _check_pretrained(open_clip: Any, model: str, pretrained: str | None) -> str
         return None
     path = Path(pretrained).expanduser()
     if path.is_file():
+        reason = not_weights(path)
+        if reason is not None:
+            raise BadInput(f"{pretrained}: {reason}; expected open_clip weights")
         return file_digest(path)
     if path.exists() or "/" in pretrained or path.suffix in WEIGHT_SUFFIXES:
         raise BadInput(f"{pretrained}: no such weights file")

@@ -54,6 +54,12 @@ def export_command(
     quantize: bool = typer.Option(
         False, "--int8", help="onnx: dynamic int8 quantisation of the graphs (smaller, faster)."
     ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Replace another polycap model at OUT (a run's final/, a checkpoint); "
+        "a folder polycap did not write is never replaced.",
+    ),
 ) -> None:
     """Export a model: [bold]polycap export runs/ja --to hf shared/ja[/] (or [bold]--to onnx[/]).
 
@@ -61,16 +67,19 @@ def export_command(
     weights bundled) with a model card (README.md); [bold]--to onnx[/] writes the image
     encoder, mapper and decoder (with its KV cache) as ONNX graphs and a manifest.
     [bold]polycap caption --model FOLDER[/] and [bold]polycap.load(FOLDER)[/] take either.
+    OUT is replaced only when it is empty or an earlier export of the same kind.
     """
     from polycap.cli.options import chosen_output
     from polycap.inference.pipeline import load_captioner, resolve_model_dir
     from polycap.interop.hub import resolve_model_source
     from polycap.interop.model_card import CardLicense
+    from polycap.interop.targets import check_target
 
     target = chosen_output(output, out)
     if to is Target.onnx and (eval_file or push_to_hub or license or license_name or license_link):
         raise BadInput("--eval, --license* and --push-to-hub go with --to hf")
     card_license = CardLicense.parse(license, license_name, license_link)
+    check_target(target, to.value, force)  # before the model is loaded
     if to is Target.hf and (no_encoder or quantize):
         raise BadInput("--no-encoder and --int8 go with --to onnx")
     evaluation = None
@@ -81,9 +90,10 @@ def export_command(
     source = resolve_model_dir(resolve_model_source(model))
     captioner = load_captioner(source, device="cpu")
     if to is Target.hf:
-        _export_hf(captioner, source, target, evaluation, push_to_hub, private, card_license)
+        hub = (push_to_hub, private)
+        _export_hf(captioner, source, target, evaluation, hub, card_license, force)
     else:
-        _export_onnx(captioner, target, no_encoder, quantize)
+        _export_onnx(captioner, target, no_encoder, quantize, force)
 
 
 def _export_hf(
@@ -91,17 +101,19 @@ def _export_hf(
     source: Path,
     target: Path,
     evaluation: dict | None,
-    push_to_hub: str | None,
-    private: bool,
+    hub: tuple[str | None, bool],
     license: CardLicense,
+    force: bool,
 ) -> None:
     from polycap.interop.hub import push
     from polycap.interop.sharing import export_hf
     from polycap.model.captioner import read_config
 
+    push_to_hub, private = hub
     training = read_config(source).get("training")
+    name = push_to_hub or target.name
     written = export_hf(
-        captioner, target, training, evaluation, name=push_to_hub or target.name, license=license
+        captioner, target, training, evaluation, name=name, license=license, force=force
     )
     console.print(f"wrote {written} (model card: {written / 'README.md'})")
     if push_to_hub:
@@ -109,11 +121,13 @@ def _export_hf(
         console.print(f"uploaded to {url}")
 
 
-def _export_onnx(captioner: object, target: Path, no_encoder: bool, quantize: bool) -> None:
+def _export_onnx(
+    captioner: object, target: Path, no_encoder: bool, quantize: bool, force: bool
+) -> None:
     from polycap.inference.pipeline import encoder_for
     from polycap.interop.onnx_export import export_onnx
 
     encoder = None if no_encoder else encoder_for(captioner)
     say = lambda step: console.print(f"exporting: {step}")  # noqa: E731
-    written = export_onnx(captioner, target, encoder, say=say, int8=quantize)
+    written = export_onnx(captioner, target, encoder, say=say, int8=quantize, force=force)
     console.print(f"wrote {written}: run it with polycap caption IMAGES --model {written}")

@@ -33,10 +33,17 @@ def clipcap_command(
     pretrained: str | None = typer.Option(None, help="Its weights tag or file (default: openai)."),
     heads: int = typer.Option(8, min=1, help="Transformer mapper: attention heads (official: 8)."),
     json_output: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Replace another polycap model at --output (a run's final/, a checkpoint); "
+        "a folder polycap did not write is never replaced.",
+    ),
 ) -> None:
     """Convert an official ClipCap checkpoint: [bold]polycap import clipcap coco_weights.pt -o
     models/coco[/]. Features are fed raw (no normalisation) and captions end at the stop token,
-    as in the official code; greedy and beam captions match its generate2 / generate_beam."""
+    as in the official code; greedy and beam captions match its generate2 / generate_beam.
+    --output is replaced only when it is empty or an earlier ClipCap import."""
     from polycap.interop.clipcap import import_clipcap
 
     model_dir = import_clipcap(
@@ -48,6 +55,7 @@ def clipcap_command(
         encoder=encoder,
         pretrained=pretrained,
         heads=heads,
+        force=force,
     )
     if json_output:
         print_json({"model": str(model_dir)})

@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from polycap.errors import BadInput, warn
 from polycap.parts import CaptionFormat as CaptionFormat  # re-exported: their former home
@@ -108,15 +109,38 @@ def load_captions(
 
 def _refuse_outside(path: Path, records: list[CaptionRecord], root: Path) -> None:
     """BadInput naming the first record whose image is not inside ``root`` (images a format
-    stored from bytes, in :func:`embedded_images_dir`, are inside by construction)."""
+    stored from bytes, in :func:`embedded_images_dir`, are inside by construction), by its
+    name or, through a symbolic link inside the folder, by where it really is."""
     root = Path(os.path.normpath(os.path.abspath(root)))
     embedded = embedded_images_dir().absolute()
+    real_root = Path(os.path.realpath(root))
+    real_embedded = Path(os.path.realpath(embedded))
+    folders: dict[Path, Path] = {}
     for record in records:
-        if not record.image.is_relative_to(root) and not record.image.is_relative_to(embedded):
+        image = record.image
+        if image.is_relative_to(embedded):
+            continue
+        inside = image.is_relative_to(root)
+        if inside:
+            real = _real_path(image, folders)
+            inside = real.is_relative_to(real_root) or real.is_relative_to(real_embedded)
+            if not inside:
+                image = Path(f"{record.image} -> {real}")
+        if not inside:
             raise BadInput(
                 f"{path}: record {record.image_id!r} names an image outside the image folder "
-                f"{root} ({record.image}); pass --allow-outside-images if that is intended"
+                f"{root} ({image}); pass --allow-outside-images if that is intended"
             )
+
+
+def _real_path(image: Path, folders: dict[Path, Path]) -> Path:
+    """Where ``image`` really is (symbolic links followed); each folder resolved once."""
+    if os.path.islink(image):
+        return Path(os.path.realpath(image))
+    parent = image.parent
+    if parent not in folders:
+        folders[parent] = Path(os.path.realpath(parent))
+    return folders[parent] / image.name
 
 
 def _source_format(path: Path, name: str | None) -> CaptionFormat | None:
@@ -140,7 +164,7 @@ def choose_format(path: Path, name: str | None = None) -> CaptionFormat:
 
     registry = get_registries().caption_formats
     if name is not None:
-        return registry.get(name)
+        return _named_format(path, name, registry)
     formats = [item for _, item in registry.items()]
     suffix = path.suffix.lower()
     by_suffix = [fmt for fmt in formats if suffix in fmt.suffixes]
@@ -159,6 +183,28 @@ def choose_format(path: Path, name: str | None = None) -> CaptionFormat:
         f"{path}: unknown caption file format (suffix {suffix or 'none'!r}); "
         f"pass a format: {', '.join(registry.names())}"
     )
+
+
+def _named_format(path: Path, name: str, registry: Any) -> CaptionFormat:
+    """The format ``--format name``; BadInput naming the mismatch when the file is plainly
+    another registered format (that one's sniff says so, the named one's does not)."""
+    chosen = registry.get(name)
+    if not path.is_file() or _sniffs(chosen, path):
+        return chosen
+    for other_name, other in registry.items():
+        if other is not chosen and _sniffs(other, path):
+            raise BadInput(
+                f"{path}: --format {name} given, but the file is {other_name} "
+                f"(by its content); drop --format or pass --format {other_name}"
+            )
+    return chosen
+
+
+def _sniffs(fmt: CaptionFormat, path: Path) -> bool:
+    try:
+        return bool(fmt.sniff(path))
+    except Exception:  # noqa: BLE001 - a plugin's sniff failing says "not mine"
+        return False
 
 
 def _drop_missing_images(path: Path, records: list[CaptionRecord]) -> CaptionSet:

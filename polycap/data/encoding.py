@@ -187,7 +187,7 @@ def _read_one(
     index: int, path: Path, encoder: ImageEncoder, cache: FeatureCache | None
 ) -> tuple[_Loaded, torch.Tensor | None]:
     """Read, hash, look up, else decode and preprocess one image (runs in worker threads)."""
-    from polycap.data.images import decode_image
+    from polycap.data.images import check_header, decode_image, unreadable_reason
 
     try:
         data = path.read_bytes()
@@ -196,14 +196,17 @@ def _read_one(
         return _Loaded(index, path, error=reason), None
     digest = hashlib.sha256(data).hexdigest()
     if cache is not None:
+        try:
+            check_header(data, path)  # --max-pixels holds for cached images too
+        except BadInput as error:
+            return _Loaded(index, path, digest, error=unreadable_reason(error)), None
         cached = cache.get(digest)
         if cached is not None:
             return _Loaded(index, path, digest), cached
     try:
         image = decode_image(data, path, device=str(encoder.device))
     except BadInput as error:
-        reason = str(error).split("not a readable image ", 1)[-1].strip("()")
-        return _Loaded(index, path, digest, error=reason), None
+        return _Loaded(index, path, digest, error=unreadable_reason(error)), None
     return _Loaded(index, path, digest, pixels=encoder.preprocess(image)), None
 
 

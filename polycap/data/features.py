@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from polycap.errors import BadInput
-from polycap.util.atomic import swap_into_place, temporary_folder
+from polycap.util.atomic import remove_leftovers, swap_into_place, temporary_folder
 from polycap.util.files import LineFile, LineWriter, read_meta
+from polycap.util.run_lock import writing
 
 if TYPE_CHECKING:
     import numpy as np
@@ -411,7 +412,6 @@ def encode_to_store(
     call this with the same ``paths``; each gets the same result. ``fields``:
     :class:`EncodeOptions` fields by keyword (``batch_size=...``), over ``options``.
     """
-    from polycap.data.encoding import encode_images
     from polycap.util.distributed import processes
 
     started = time.perf_counter()
@@ -421,6 +421,24 @@ def encode_to_store(
     out = Path(out) if out is not None else None
     if out is not None and out.exists() and not (out / META).is_file() and any(out.iterdir()):
         raise BadInput(f"{out}: exists and is not a feature store; refusing to replace it")
+    if out is not None and not procs.distributed:
+        with writing(out):  # one writer; a killed one's temporary folders go
+            remove_leftovers(out)
+            return _encode_into(encoder, images, out, opts, procs, started)
+    return _encode_into(encoder, images, out, opts, procs, started)
+
+
+def _encode_into(
+    encoder: ImageEncoder,
+    images: _ImageList,
+    out: Path | None,
+    opts: EncodeOptions,
+    procs: Processes,
+    started: float,
+) -> StoreResult:
+    """:func:`encode_to_store` once ``out`` is checked: reuse, or encode and swap in."""
+    from polycap.data.encoding import encode_images
+
     reused = _reused(out, encoder, images, procs) if out is not None and opts.reuse else None
     if reused is not None:
         return reused

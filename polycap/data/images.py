@@ -5,7 +5,10 @@ to 8 bits (not clipped to white); float images in [0, 1] are scaled to [0, 255];
 greyscale, bilevel and CMYK images become RGB (Pillow's conversions; ICC profiles are not
 applied); transparent pixels are composited onto white, as an image viewer on a page shows them.
 Images with more pixels than :func:`max_pixels` (a decompression-bomb guard; the CLI's
-``--max-pixels``) are refused before they are decoded.
+``--max-pixels``) are refused before they are decoded, and so are images whose decoding would
+hold more bytes than an 8-bit RGB image of that many pixels (deep 16/32-bit pixels count by
+their bytes: :func:`decoded_bytes`). Deep pixels are scaled to 8 bits in strips, never as a
+float copy of the whole image.
 
 Ordinary (3-channel) JPEGs are decoded with ``torchvision.io.decode_jpeg`` (its bundled
 libjpeg-turbo gives the same pixels as Pillow's); everything else, and any JPEG torchvision
@@ -30,6 +33,11 @@ IMAGE_SUFFIXES = frozenset(
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default bomb limit (about 9459 x 9459)
 BACKGROUND = (255, 255, 255)  # what transparent pixels are shown on
 ORIENTATION_TAG = 0x0112  # EXIF "Orientation"
+
+STRIP_PIXELS = 1 << 20  # pixels converted at a time from 16/32-bit to 8 bits
+# bytes per pixel Pillow holds for a decoded image of each mode (multi-band modes take 4)
+MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+RGB_BYTES = 4  # the RGB result, as Pillow stores it
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 JPEG_DECODERS = ("torchvision", "torchvision-gpu", "pil")
@@ -64,7 +72,8 @@ def load_image(path: str | Path) -> Image.Image:
     except IsADirectoryError:
         raise BadInput(f"{path}: not a readable image (is a directory)") from None
     except OSError as error:
-        raise BadInput(f"{path}: not a readable image ({error.strerror or error})") from None
+        reason = link_problem(path) or error.strerror or str(error)
+        raise BadInput(f"{path}: not a readable image ({reason})") from None
     return decode_image(data, path)
 
 
@@ -104,12 +113,7 @@ def decode_image(
     limit = max_pixels() if limit is None else limit
     try:
         image = Image.open(io.BytesIO(data))
-        width, height = image.size
-        if width * height > limit:
-            raise TooManyPixels(
-                f"{path}: not a readable image ({width}x{height} = {width * height:,} pixels, "
-                f"more than the limit of {limit:,}; raise it with --max-pixels)"
-            )
+        _check_size(image, path, limit)
         if image.mode == "RGB" and data[:3] == JPEG_MAGIC and jpeg_decoder() != "pil":
             decoded = _decode_jpeg(data, device)
             if decoded is not None:
@@ -120,6 +124,57 @@ def decode_image(
         raise
     except Exception as error:  # PIL raises many kinds (OSError, SyntaxError, ValueError, ...)
         raise BadInput(f"{path}: not a readable image ({_reason(error)})") from None
+
+
+def check_header(data: bytes, path: str | Path = "<bytes>", limit: int | None = None) -> None:
+    """The size checks of :func:`decode_image` on the header alone (nothing decoded): for
+    images whose features come from a cache, so ``--max-pixels`` holds for them too."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+    limit = max_pixels() if limit is None else limit
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Exception as error:  # PIL raises many kinds
+        raise BadInput(f"{path}: not a readable image ({_reason(error)})") from None
+    _check_size(image, path, limit)
+
+
+def unreadable_reason(error: BadInput) -> str:
+    """The reason inside ``"<path>: not a readable image (<reason>)"``, whole (its own
+    parentheses kept)."""
+    text = str(error)
+    marker = "not a readable image ("
+    if marker in text and text.endswith(")"):
+        return text.split(marker, 1)[1][:-1]
+    return text
+
+
+def decoded_bytes(mode: str, pixels: int) -> int:
+    """Bytes that decoding an image of ``mode`` into RGB holds at its peak: the decoded pixels
+    plus the RGB result (the 8-bit strips of :func:`_to_8_bits` are one more byte a pixel)."""
+    decoded = MODE_BYTES.get(mode, 4)
+    extra = 1 if mode.startswith(("I", "F")) else 0
+    return pixels * (decoded + extra + RGB_BYTES)
+
+
+def _check_size(image: Image.Image, path: str | Path, limit: int) -> None:
+    """TooManyPixels for more pixels than ``limit``, or for an image whose decoding would hold
+    more bytes than an 8-bit RGB image of ``limit`` pixels does (deep or wide pixels)."""
+    width, height = image.size
+    pixels = width * height
+    if pixels > limit:
+        raise TooManyPixels(
+            f"{path}: not a readable image ({width}x{height} = {pixels:,} pixels, "
+            f"more than the limit of {limit:,}; raise it with --max-pixels)"
+        )
+    needed, allowed = decoded_bytes(image.mode, pixels), decoded_bytes("RGB", limit)
+    if needed > allowed:
+        raise TooManyPixels(
+            f"{path}: not a readable image ({width}x{height} {image.mode} pixels need "
+            f"{needed / 2**20:,.0f} MiB to decode, more than the {allowed / 2**20:,.0f} MiB "
+            "that --max-pixels allows; raise it with --max-pixels)"
+        )
 
 
 def _decode_jpeg(data: bytes, device: str) -> Image.Image | None:
@@ -163,21 +218,41 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _to_8_bits(image: Image.Image) -> Image.Image:
-    """16/32-bit integer and float greyscale -> 8-bit "L" (PIL's own convert clips them)."""
+    """16/32-bit integer and float greyscale -> 8-bit "L" (PIL's own convert clips them),
+    converted in strips of :data:`STRIP_PIXELS`: the extra memory is the 8-bit result plus one
+    strip, never a float copy of the whole image."""
     if not (image.mode.startswith("I") or image.mode.startswith("F")):
         return image
     import numpy as np
     from PIL import Image
 
-    values = np.asarray(image).astype(np.float64)
+    width, height = image.size
+    rows = max(1, STRIP_PIXELS // max(width, 1))
+    strips = [(top, min(height, top + rows)) for top in range(0, height, rows)]
+    scale = _scale_to_8_bits(image, strips)
+    result = np.empty((height, width), dtype=np.uint8)
+    for top, bottom in strips:
+        values = np.asarray(image.crop((0, top, width, bottom)), dtype=np.float64) * scale
+        values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
+        result[top:bottom] = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return Image.fromarray(result, mode="L")
+
+
+def _scale_to_8_bits(image: Image.Image, strips: list[tuple[int, int]]) -> float:
+    """The factor to 8 bits: floats in [0, 1] times 255, 16-bit ranges / 257, else 1."""
+    import numpy as np
+
+    if image.mode.startswith("I;16"):
+        return 1 / 257.0
+    low, high = np.inf, -np.inf
+    for top, bottom in strips:
+        values = np.asarray(image.crop((0, top, image.size[0], bottom)))
+        finite = values[np.isfinite(values)] if image.mode.startswith("F") else values
+        if finite.size:
+            low, high = min(low, float(finite.min())), max(high, float(finite.max()))
     if image.mode.startswith("F"):
-        finite = values[np.isfinite(values)]
-        if finite.size and finite.min() >= 0.0 and finite.max() <= 1.0:
-            values = values * 255.0  # floats in [0, 1]: the usual convention
-    elif image.mode.startswith("I;16") or values.max(initial=0) > 255:
-        values = values / 257.0  # 16-bit range (65535 -> 255)
-    values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+        return 255.0 if low >= 0.0 and high <= 1.0 else 1.0  # floats in [0, 1]: the usual way
+    return 1 / 257.0 if high > 255 else 1.0  # 16-bit range (65535 -> 255)
 
 
 def _reason(error: Exception) -> str:
@@ -225,12 +300,40 @@ def expand_image_paths(inputs: Iterable[str | Path]) -> list[Path]:
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
             if not found:
-                suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
-                raise BadInput(f"{path}: no image files in this folder (looked for {suffixes})")
+                raise BadInput(_no_images(path))
             for image_path in found:
                 add(image_path)
         elif path.exists():
             add(path)
         else:
-            raise BadInput(f"{path}: no such file or folder")
+            raise BadInput(f"{path}: {link_problem(path) or 'no such file or folder'}")
     return result
+
+
+def link_problem(path: Path) -> str | None:
+    """What is wrong with ``path`` as a symbolic link: a loop, or a link to nothing."""
+    import errno
+    import os
+
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a symbolic link loop (it leads back to itself)"
+        if os.path.islink(path):
+            return f"a broken symbolic link (to {os.readlink(path)}, which does not exist)"
+    return None
+
+
+def _no_images(folder: Path) -> str:
+    """The line for a folder without image files, naming links that lead nowhere."""
+    suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+    message = f"{folder}: no image files in this folder (looked for {suffixes})"
+    broken = [
+        f"{entry.name} is {problem}"
+        for entry in sorted(folder.iterdir())
+        if entry.is_symlink() and (problem := link_problem(entry))
+    ]
+    if broken:
+        message += f"; {'; '.join(broken[:3])}" + (" ..." if len(broken) > 3 else "")
+    return message

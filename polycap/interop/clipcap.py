@@ -50,18 +50,13 @@ class ClipCapMapper:
 
 
 def read_state_dict(path: Path) -> dict[str, Any]:
-    """The tensors of a ``torch.save``-d state dict (wrapped or ``module.``-prefixed too)."""
-    import pickle
-
+    """The tensors of a ``torch.save``-d state dict (wrapped or ``module.``-prefixed too),
+    read weights-only (:func:`polycap.util.safe_load.load_torch_weights`)."""
     import torch
 
-    if not path.is_file():
-        raise BadInput(f"{path}: no such file")
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
-        first = first_line(error)
-        raise BadInput(f"{path}: not a PyTorch state dict ({first[:200]})") from None
+    from polycap.util.safe_load import load_torch_weights
+
+    data = load_torch_weights(path)
     for key in WRAPPER_KEYS:
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
@@ -227,6 +222,7 @@ class ImportOptions:
     encoder: str | None = None
     pretrained: str | None = None
     heads: int = DEFAULT_HEADS
+    force: bool = False  # replace another polycap model at ``output`` (never a foreign folder)
 
 
 def import_clipcap(
@@ -244,11 +240,13 @@ def import_clipcap(
     for the embedding size: ViT-B-32 for 512, RN50x4 for 640). The LM is bundled.
     ``fields``: :class:`ImportOptions` fields by keyword (``lm=...``), over ``options``.
     """
+    from polycap.interop.targets import check_target
     from polycap.model.captioner import Captioner, lm_width
 
     opts = replace(options or ImportOptions(), **fields)
     lm, stop_token = opts.lm, opts.stop_token
     path = Path(weights)
+    check_target(Path(output), "clipcap", opts.force)
     mapper_state, lm_state = split_state(path, read_state_dict(path))
     if registries is None:
         from polycap.plugins import get_registries

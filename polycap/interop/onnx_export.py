@@ -229,15 +229,25 @@ def export_onnx(
     generation: Any = None,
     say: Any = None,
     int8: bool = False,
+    force: bool = False,
 ) -> Path:
     """Write ``model`` (a Captioner) and ``encoder`` (None: features only) as an ONNX export
     into ``directory``, atomically; returns the folder. ``int8``: dynamic int8 quantisation of
-    the graphs' weights (:func:`quantize_int8`)."""
+    the graphs' weights (:func:`quantize_int8`). ``directory`` is replaced only when it is
+    empty or an earlier ONNX export, or with ``force`` another polycap model
+    (:func:`polycap.interop.targets.check_target`)."""
     from polycap.data.encoding import file_digest
+    from polycap.interop.targets import check_target
     from polycap.model.generation import GenerationConfig
 
     directory = Path(directory)
-    refuse_foreign_folder(directory, MANIFEST)
+    if model.config.get("retrieval"):
+        raise BadInput(
+            "a retrieval-augmented model does not export to ONNX (its prompts come from a "
+            "caption bank at each caption; the ONNX graphs decode from the image alone): "
+            "export it with --to hf, which bundles the bank"
+        )
+    check_target(directory, "onnx", force)
     say = say or (lambda message: None)
     generation = generation or GenerationConfig()
     model = model.float().eval()
@@ -321,12 +331,3 @@ def quantize_int8(directory: Path, graphs: list[str]) -> None:
             quantized.replace(path)
     finally:
         root.setLevel(level)
-
-
-def refuse_foreign_folder(directory: Path, marker: str) -> None:
-    """BadInput when ``directory`` exists, is not empty and has no ``marker`` file (it is not
-    an earlier export of the same kind, which may be replaced)."""
-    if directory.exists() and not directory.is_dir():
-        raise BadInput(f"{directory}: exists and is not a folder")
-    if directory.is_dir() and any(directory.iterdir()) and not (directory / marker).is_file():
-        raise BadInput(f"{directory}: exists and is not empty; refusing to overwrite it")

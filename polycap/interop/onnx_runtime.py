@@ -18,11 +18,13 @@ from typing import Any
 
 from polycap.errors import BadInput, first_line
 from polycap.interop.onnx_export import FORMAT, FORMAT_VERSION, MANIFEST
+from polycap.interop.onnx_manifest import check_manifest
 from polycap.parts import ImageEncoder
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
-    """The export's manifest, checked; BadInput naming the file and the problem."""
+    """The export's manifest, checked (:mod:`polycap.interop.onnx_manifest`: keys, types,
+    paths inside the folder); BadInput naming the file and the problem."""
     path = Path(directory) / MANIFEST
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -37,7 +39,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
             f"{path}: format version {manifest['format_version']} is newer than this polycap "
             f"reads ({FORMAT_VERSION}); upgrade polycap"
         )
-    return manifest
+    return check_manifest(path, manifest)
 
 
 def _session(path: Path, threads: int | None = None) -> Any:

@@ -99,11 +99,12 @@ def open_bank(model: Any, bank: str | Path | None = None) -> Bank:
     if setup is None:
         raise BadInput("the model is not retrieval-augmented (trained without --retrieval-bank)")
     if bank is None:
-        if not Path(setup.bank).exists():
+        recorded = recorded_bank(model, setup)
+        if not recorded.exists():
             raise BadInput(
                 f"{setup.bank}: the bank the model was trained with is gone; pass --bank"
             )
-        opened = Bank.open(setup.bank)
+        opened = Bank.open(recorded)
         if bank_identity(opened) != setup.identity:
             raise BadInput(
                 f"{setup.bank}: not the bank the model was trained with (it was rebuilt); "
@@ -112,6 +113,21 @@ def open_bank(model: Any, bank: str | Path | None = None) -> Bank:
     else:
         opened = Bank.open(bank)
     return check_bank(model, opened)
+
+
+def recorded_bank(model: Any, setup: RetrievalSetup) -> Path:
+    """The recorded bank's folder: an absolute path as it is; a relative one (a bank bundled
+    in an exported model) inside the model's folder, never outside it."""
+    import os
+
+    path = Path(setup.bank)
+    directory = getattr(model, "directory", None)
+    if path.is_absolute() or directory is None:
+        return path
+    real_root = os.path.realpath(directory)
+    if os.path.commonpath([real_root, os.path.realpath(Path(directory) / path)]) != real_root:
+        raise BadInput(f"{directory}: its bank {setup.bank!r} lies outside the model's folder")
+    return Path(directory) / path
 
 
 def check_bank(model: Any, opened: Bank) -> Bank:

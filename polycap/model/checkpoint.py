@@ -10,8 +10,8 @@ A checkpoint is a directory::
     tokenizer/            the tokenizer files (save_pretrained)
     lm/                   the LM (save_pretrained, safetensors) when it was trained or bundled;
                           otherwise polycap.json names the hub id / path it is loaded from
-    encoder/              the image encoder's weights file, when it was a local file (a hard
-                          link or a copy), so the checkpoint loads from any folder or machine
+    encoder/              the image encoder's weights file, when it was a local file (a copy,
+                          never a hard link), so the checkpoint loads from any folder or machine
 
 Saving is atomic: everything is written to a temporary directory beside the target, which
 then replaces the target by rename. A reader sees the old checkpoint or the new, never half.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 from torch import nn
 
 from polycap.errors import BadInput, UnknownName
-from polycap.util.atomic import atomic_folder
+from polycap.util.atomic import atomic_folder, copy_file
 from polycap.util.decoders import lm_width
 
 if TYPE_CHECKING:
@@ -380,18 +379,15 @@ def _bundle_encoder_weights(
     config: dict[str, Any], directory: Path | None, target: Path
 ) -> dict[str, Any]:
     """Put the encoder's local weights file into the checkpoint being written at ``target``
-    (a hard link, else a copy), so the checkpoint loads on another machine; returns the
-    encoder record with ``bundled`` set (the file's path inside the checkpoint)."""
+    (an independent copy: editing either never changes the other), so the checkpoint loads
+    on another machine; returns the encoder record with ``bundled`` set (the file's path
+    inside the checkpoint)."""
     record = dict(config["encoder"])
     weights = encoder_weights_file(config, directory)
     if weights is None:
         record.pop("bundled", None)
         return record
     (target / ENCODER_DIR).mkdir(exist_ok=True)
-    copy = target / ENCODER_DIR / weights.name
-    try:
-        os.link(weights, copy)
-    except OSError:  # another file system, or links not allowed
-        shutil.copyfile(weights, copy)
+    copy_file(weights, target / ENCODER_DIR / weights.name)  # a copy, never a hard link
     record["bundled"] = f"{ENCODER_DIR}/{weights.name}"
     return record

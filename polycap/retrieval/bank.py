@@ -14,7 +14,9 @@ A bank is a folder::
     image_captions.ids.npy    int64 caption ids
 
 Embeddings are written in chunks into ``np.lib.format.open_memmap`` files and read back with
-``np.load(mmap_mode="r")``: a bank of millions of captions is never a Python list of rows.
+``np.load(mmap_mode="r", allow_pickle=False)`` (:mod:`polycap.util.safe_load`), after
+:mod:`polycap.retrieval.bank_check` has checked every file against ``meta.json``: a bank
+of millions of captions is never a Python list of rows.
 The folder is built next to its destination and renamed into place when complete.
 """
 
@@ -31,8 +33,11 @@ from typing import TYPE_CHECKING, Any
 from polycap.errors import BadInput, UnknownName
 from polycap.parts import EncoderSpec, Searcher
 from polycap.retrieval.backends import IndexChoice, get_backend
-from polycap.util.atomic import atomic_folder
+from polycap.retrieval.bank_check import check_bank_files, check_meta
+from polycap.util.atomic import atomic_folder, remove_leftovers
 from polycap.util.files import LineFile, read_meta, write_lines
+from polycap.util.run_lock import writing
+from polycap.util.safe_load import load_array
 
 if TYPE_CHECKING:
     from polycap.data.captions import CaptionSet
@@ -68,6 +73,7 @@ class Bank:
                 f"{path}: not a caption bank (no {META}; build one with 'polycap index')"
             )
         meta = read_meta(meta_file, "bank", BANK_FORMAT, BANK_VERSION)
+        check_meta(path, meta)
         bank = cls(path, meta)
         if bank.n_captions == 0:
             raise BadInput(f"{path}: the bank is empty (0 captions); index a caption set into it")
@@ -82,12 +88,14 @@ class Bank:
             needed += [
                 "image.npy",
                 "images.txt",
+                "images.offsets.npy",
                 "image_captions.ptr.npy",
                 "image_captions.ids.npy",
             ]
         for name in needed:
             if not (self.path / name).is_file():
                 raise BadInput(f"{self.path}: bank is incomplete ({name} is missing)")
+        check_bank_files(self.path, self.meta, self.has_text)
 
     # -- sizes and identity
     @property
@@ -113,22 +121,20 @@ class Bank:
     # -- data
     def text_matrix(self) -> Any:
         """[T, D] memory-mapped, L2-normalised caption embeddings."""
-        import numpy as np
 
         if not self.has_text:
             raise BadInput(
                 f"{self.path}: bank has no text embeddings "
                 f"({self.meta.get('text_note') or 'none were built'}); use --mode image"
             )
-        return np.load(self.path / "text.npy", mmap_mode="r")
+        return load_array(self.path / "text.npy")
 
     def image_matrix(self) -> Any:
         """[M, D] memory-mapped, L2-normalised image embeddings."""
-        import numpy as np
 
         if not self.n_images:
             raise BadInput(f"{self.path}: bank has no image embeddings; use --mode text")
-        return np.load(self.path / "image.npy", mmap_mode="r")
+        return load_array(self.path / "image.npy")
 
     def captions(self, ids: Sequence[int]) -> list[str]:
         """Caption texts by id."""
@@ -140,18 +146,16 @@ class Bank:
 
     def image_caption_ids(self) -> tuple[Any, Any]:
         """(ptr [M+1], ids): image j's caption ids are ``ids[ptr[j]:ptr[j+1]]``."""
-        import numpy as np
 
         return (
-            np.load(self.path / "image_captions.ptr.npy", mmap_mode="r"),
-            np.load(self.path / "image_captions.ids.npy", mmap_mode="r"),
+            load_array(self.path / "image_captions.ptr.npy"),
+            load_array(self.path / "image_captions.ids.npy"),
         )
 
     def caption_hashes(self) -> Any:
         """Sorted int64 hashes of every caption (see ``polycap.eval.metrics.diversity``)."""
-        import numpy as np
 
-        return np.load(self.path / "captions.hashes.npy")
+        return load_array(self.path / "captions.hashes.npy", mmap=False)
 
     def iter_captions(self) -> Iterable[str]:
         """All captions, streamed from disk."""
@@ -246,6 +250,22 @@ def build_bank(
     index = options.index.resolve()
     contents = _contents(captions, pack)
     procs = processes()
+    if procs.distributed:  # the processes share the work; leftovers stay (see run_lock)
+        return _build(encoder, out, (contents, index, procs), options, started)
+    with writing(out):  # one writer; a killed one's temporary folders go
+        remove_leftovers(out)
+        return _build(encoder, out, (contents, index, procs), options, started)
+
+
+def _build(
+    encoder: ImageEncoder,
+    out: Path,
+    plan: tuple[_Contents, Any, Any],
+    options: BankOptions,
+    started: float,
+) -> BankStats:
+    """:func:`build_bank` once the target is checked: encode, write, swap into place."""
+    contents, index, procs = plan
     # images first, by every process (each encodes its share); the rest by one per machine
     store_dir = out.parent / f".{out.name}.features"
     encoded = _encode_images(encoder, contents.images, store_dir, options, procs)
@@ -359,11 +379,10 @@ def _build_indexes(
     work: Path, kinds: list[str], backend: Any, index_type: str, options: BankOptions
 ) -> dict[str, Any]:
     """The backend's index over each written matrix (``text``, ``image``): meta's ``index``."""
-    import numpy as np
 
     records: dict[str, Any] = {"backend": backend.name}
     for kind in kinds:
-        matrix = np.load(work / f"{kind}.npy", mmap_mode="r")
+        matrix = load_array(work / f"{kind}.npy")
         records[kind] = backend.build(matrix, work, kind, index_type, options.index.options)
         del matrix
     return records

@@ -67,7 +67,7 @@ from polycap.train.trackers import (
 from polycap.util.atomic import check_writable_folder
 from polycap.util.batching import bucketed_batches, padded_batches
 from polycap.util.devices import resolve_device
-from polycap.util.distributed import timeout_seconds
+from polycap.util.distributed import timeout_seconds, watch_launcher
 from polycap.util.progress import rich_progress
 from polycap.util.run_folder import CHECKPOINT_PREFIX, TRAINER_STATE, RunFolder
 
@@ -139,6 +139,7 @@ class Trainer:
         self.selection = check_settings(config, self.registries)  # before any work
         self.pack = self.registries.languages.get(config.language)
         self.accelerator = make_accelerator(config)
+        watch_launcher()  # launched workers stop when their launcher dies
         self.main = self.accelerator.is_main_process
         self.processes = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
@@ -261,6 +262,7 @@ class Trainer:
 
         if self.main:
             check_writable_folder(self.config.output, "--output")
+            self.folder.lock()  # one run per folder, before its leftovers are cleaned
             cache = self.config.cache_dir
             if cache is not None:
                 check_writable_folder(Path(cache), "--cache-dir")
@@ -552,4 +554,7 @@ def train(
 ) -> TrainResult:
     """Run one training job; see :class:`TrainSettings`."""
     trainer = Trainer(config, registries=registries, console=console)
-    return trainer.run(resume=resume, overwrite=overwrite)
+    try:
+        return trainer.run(resume=resume, overwrite=overwrite)
+    finally:
+        trainer.folder.unlock()

@@ -89,6 +89,31 @@ def swap_into_place(work: Path, target: Path) -> Path:
     return target
 
 
+def remove_leftovers(target: Path) -> list[Path]:
+    """Remove what a killed writer of ``target`` left beside it: its temporary folders
+    (``.<name>.tmp-…``), and an old folder renamed aside (``.<name>.old-…``), put back when
+    the swap was cut before the new one arrived. Only while holding ``target``'s lock
+    (:func:`polycap.util.run_lock.writing`): another live writer's folders look the same."""
+    import glob
+
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    name = glob.escape(target.name)
+    removed = []
+    for leftover in sorted(target.parent.glob(f".{name}.old-*")):
+        if leftover.is_dir() and not target.exists():
+            os.replace(leftover, target)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+        removed.append(leftover)
+    for leftover in sorted(target.parent.glob(f".{name}.tmp-*")):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed.append(leftover)
+    return removed
+
+
 @contextmanager
 def atomic_folder(target: Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; on success it becomes ``target``."""
@@ -99,6 +124,36 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+# -- copies ----------------------------------------------------------------------------------
+
+FICLONE = 0x40049409  # Linux ioctl: the target shares the source's blocks copy-on-write
+
+
+def copy_file(source: Path, target: Path) -> Path:
+    """An independent copy of ``source`` at ``target``: never a hard link, so writing into
+    either never changes the other. Where the file system can (btrfs, XFS), the copy shares
+    blocks copy-on-write (a reflink: instant, no extra space until one side changes)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: a plain copy
+        fcntl = None  # type: ignore[assignment]
+    if fcntl is not None:
+        with open(source, "rb") as src, open(target, "wb") as dst:
+            try:
+                fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+                return Path(target)
+            except OSError:  # not supported here: copy the bytes below
+                pass
+    shutil.copyfile(source, target)
+    return Path(target)
+
+
+def copy_tree(source: Path, target: Path) -> Path:
+    """An independent copy of the folder ``source`` at ``target`` (:func:`copy_file` for each
+    file; symbolic links are copied as the files they lead to)."""
+    return Path(shutil.copytree(source, target, copy_function=copy_file))
 
 
 # -- writability, checked before long work ---------------------------------------------------

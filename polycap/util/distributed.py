@@ -6,7 +6,8 @@ there (``WORLD_SIZE`` > 1), :func:`processes` joins the process group through Ac
 never starts is one clear line after ``POLYCAP_DIST_TIMEOUT`` seconds (default 1800, as for
 training), not a hang. When torch.distributed is already initialised (by the trainer's
 ``Accelerator``), that group is used as it is. Without a launcher there is one process and
-nothing is initialised.
+nothing is initialised. A launched process ends itself when its launcher dies
+(:func:`watch_launcher`), so a killed ``torchrun`` leaves no orphans.
 
 Splitting work and gathering results are Accelerate's (``split_between_processes``,
 ``gather_object``, ``wait_for_everyone``); polycap adds only the one-line failure message.
@@ -123,6 +124,38 @@ class Processes:
         )
 
 
+WATCH_SECONDS = 1.0  # how often a launched process checks that its launcher is alive
+_watching: dict[str, bool] = {}
+
+
+def watch_launcher() -> None:
+    """In a process started by a launcher (``torchrun``, ``accelerate launch``): a daemon
+    thread that ends this process when the launcher dies (SIGKILL included: this process is
+    then re-parented, its parent pid changes), so that killing the launcher never leaves
+    workers training as orphans. Started once; nothing without a launcher."""
+    if launched_world_size() <= 1 or _watching:
+        return
+    import sys
+    import threading
+    import time
+
+    launcher = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            time.sleep(WATCH_SECONDS)
+        print(
+            f"Error: the launcher (process {launcher}) of this process ({os.getpid()}) "
+            "died; stopping (resume the run with --resume)",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(3)
+
+    _watching["started"] = True
+    threading.Thread(target=watch, name="polycap-launcher-watch", daemon=True).start()
+
+
 def launched_world_size() -> int:
     """The world size a launcher announced in the environment (1 when there is none)."""
     for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
@@ -143,6 +176,7 @@ def processes() -> Processes:
         return _from_group()
     if launched_world_size() <= 1:
         return Processes()
+    watch_launcher()
     from datetime import timedelta
 
     import torch

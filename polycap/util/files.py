@@ -71,10 +71,10 @@ class LineFile:
     """Random access to the lines of a file written by :func:`write_lines`."""
 
     def __init__(self, path: Path) -> None:
-        import numpy as np
+        from polycap.util.safe_load import load_array
 
         self.path = path
-        self.offsets = np.load(_offsets_path(path), mmap_mode="r")
+        self.offsets = load_array(_offsets_path(path))
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

@@ -12,7 +12,9 @@
     features/             the images' features (polycap.data.features store; reused when the
                           images and encoder are the same)
 
-Temporary folders a killed save leaves (``.checkpoint-….tmp-…``, ``.final.old-…``) are cleaned
+A run holds the folder's lock (``.polycap-run.lock``, :mod:`polycap.util.run_lock`) while it
+goes: a second run into it is refused with the first one's pid. Temporary folders a killed save
+leaves (``.checkpoint-….tmp-…``, ``.final.old-…``) are cleaned
 when the next run starts; a swap interrupted between its two renames is completed backwards
 (the old folder put back), so the last good checkpoint is never lost.
 """
@@ -151,6 +153,18 @@ class RunFolder:
         return ", ".join(parts) or "its files"
 
     # -- taking the folder ----------------------------------------------------------------------
+    def lock(self) -> None:
+        """Hold the folder for this run (:mod:`polycap.util.run_lock`); BadInput naming the
+        holder's pid when another run is writing into it."""
+        from polycap.util.run_lock import acquire
+
+        acquire(self.path)
+
+    def unlock(self) -> None:
+        from polycap.util.run_lock import release
+
+        release(self.path)
+
     def clean_stale(self) -> list[Path]:
         """Remove temporary folders left by a killed save; put back an old folder whose swap
         was cut between its renames. Returns what was removed or restored."""
@@ -172,11 +186,36 @@ class RunFolder:
             cleaned.append(leftover)
         return cleaned
 
+    def _models(self) -> list[Path]:
+        """The model folders a run writes here (checkpoint-N, final, best) that exist."""
+        checkpoints = [
+            path
+            for path in self.path.glob(f"{CHECKPOINT_PREFIX}*")
+            if path.name[len(CHECKPOINT_PREFIX) :].isdigit()
+        ]
+        return [path for path in [*checkpoints, self.final, self.best] if path.exists()]
+
+    def check_clearable(self) -> list[Path]:
+        """The model folders :meth:`clear` would remove; BadInput when one holds something
+        else than a polycap model (a user's own ``final/``), which polycap never deletes."""
+        models = self._models()
+        for path in models:
+            if path.is_dir() and any(path.iterdir()) and not (path / "polycap.json").is_file():
+                raise BadInput(
+                    f"--overwrite {self.path}: {path.name}/ is not a polycap model (no "
+                    "polycap.json); polycap does not delete it: move it away or choose "
+                    "another --output"
+                )
+            if not path.is_dir():
+                raise BadInput(f"--overwrite {self.path}: {path.name} is a file, not a model")
+        return models
+
     def clear(self) -> None:
         """Remove a previous run's files (only polycap's own: run.json, checkpoints, final,
-        best, tracker logs)."""
+        best, tracker logs); refused before anything goes when :meth:`check_clearable` is."""
+        models = self.check_clearable()
         logs = self.path / "logs"  # polycap.train.trackers.LOG_DIR
-        for path in [*self.path.glob(f"{CHECKPOINT_PREFIX}*"), self.final, self.best, logs]:
+        for path in [*models, logs]:
             if path.is_dir():
                 shutil.rmtree(path)
         (self.path / RUN_FILE).unlink(missing_ok=True)
@@ -197,6 +236,7 @@ class RunFolder:
                     f"--output {self.path}: holds another run ({self.describe()}); "
                     "use --resume to continue it or --overwrite to replace it"
                 )
+            self.check_clearable()
             if not write:
                 return []
             self.clear()
