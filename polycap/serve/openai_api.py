@@ -104,7 +104,10 @@ async def complete(service: Service, request: ChatCompletionRequest) -> dict[str
     for name in ("stream", "logprobs"):
         if getattr(request, name):
             raise RequestError(400, f"{name}: not supported by this server", param=name)
-    generation = service.generation(model, _options(request))
+    try:
+        generation = service.generation(model, _options(request))
+    except RequestError as error:
+        raise _in_openai_terms(error) from None
     url, where = _image_url(request)
     image = await image_from_url(url, where, service.settings)
     check_images([image], service.settings)
@@ -156,11 +159,18 @@ def _options(request: ChatCompletionRequest) -> CaptionOptions:
     except ValidationError as error:
         first = error.errors()[0] if error.errors() else {}
         name = str((first.get("loc") or ("",))[0])
-        param = OPTION_NAMES.get(name, name) or None
-        message = describe_validation_error(error)
-        for ours, theirs in OPTION_NAMES.items():
-            message = message.replace(ours, theirs)
-        raise RequestError(400, message, param=param) from None
+        raise _in_openai_terms(RequestError(400, describe_validation_error(error), name)) from None
+
+
+def _in_openai_terms(error: RequestError) -> RequestError:
+    """``error`` with our option names (``max_length``, ``num_captions``) as OpenAI's."""
+    message, param = error.message, error.param
+    for ours, theirs in OPTION_NAMES.items():
+        message = message.replace(ours, theirs)
+        param = theirs if param == ours else param
+    if param is None and message.split(":", 1)[0] in OPTION_NAMES.values():
+        param = message.split(":", 1)[0]
+    return RequestError(400, message, param=param or None, code=error.code)
 
 
 def _image_url(request: ChatCompletionRequest) -> tuple[str, str]:
