@@ -50,6 +50,13 @@ from polycap.serve.settings import ServeSettings
 from polycap.serve.uploads import RequestError, clip, read_upload
 
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 415, 422)}
+DOCS_ASSETS = "/static-offline-docs"  # Swagger UI and ReDoc files, from fastapi-offline
+# The docs pages may load nothing from elsewhere: ReDoc's sidebar shows a logo from a CDN,
+# which this policy stops before the browser asks for it.
+DOCS_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'"
+)
 MAX_ERROR_CHARS = 2000  # the longest error line sent (client values are clipped before that)
 
 
@@ -122,13 +129,50 @@ def create_app(models: dict[str, ServedModel], settings: ServeSettings | None = 
         description="Image captions (and retrieved captions) from polycap models, and an "
         "OpenAI-compatible chat completions API.",
         lifespan=lifespan,
+        docs_url=None,  # ours below: the same pages, with a policy that keeps them local
+        redoc_url=None,
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge from validator.swagger.io
     )
     app.state.service = service
     _add_error_handlers(app)
+    _add_docs(app)
     _add_native_routes(app, service)
     add_openai_routes(app, service)
     _add_schemas(app, ChatCompletionRequest)
     return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc``, with their assets from the server itself."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        page = get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            swagger_ui_parameters=app.swagger_ui_parameters,
+        )
+        page.headers["Content-Security-Policy"] = DOCS_POLICY
+        return page
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        page = get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
+        page.headers["Content-Security-Policy"] = DOCS_POLICY
+        return page
 
 
 def _add_native_routes(app: FastAPI, service: Service) -> None:
