@@ -105,8 +105,7 @@ def serve_command(
         )
     where = f"[{host}]" if ":" in host else host
     console.print(
-        f"page at http://{where}:{port}/ · API docs at /docs · OpenAI-compatible API at "
-        f"http://{where}:{port}/v1 · Ctrl+C stops",
-        highlight=False,
+        f"page at http://{where}:{port}/ · API docs at /docs · Ctrl+C stops", highlight=False
     )
+    console.print(f"OpenAI-compatible API at http://{where}:{port}/v1", highlight=False)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -113,7 +113,7 @@ async def complete(service: Service, request: ChatCompletionRequest) -> dict[str
     check_images([image], service.settings)
     pixels = await _prepare(service, image, model, where)
     captions, _ = await service.caption_pixels(model, pixels, generation)
-    lengths = [model.count_tokens(caption) for caption in captions]
+    lengths = [min(model.count_tokens(c), generation.max_length) for c in captions]
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "created": int(time.time()),
