@@ -182,7 +182,10 @@ def _add_native_routes(app: FastAPI, service: Service) -> None:
         return HTMLResponse(html)
 
     @app.get(
-        "/health", response_model=HealthResponse, summary="Liveness: ok when the models are loaded"
+        "/health",
+        response_model=HealthResponse,
+        summary="Liveness: ok when the models are loaded",
+        tags=["polycap"],
     )
     async def health() -> dict[str, Any]:
         return {"status": "ok", "languages": list(service.models)}
@@ -190,6 +193,7 @@ def _add_native_routes(app: FastAPI, service: Service) -> None:
     @app.get(
         "/info",
         response_model=InfoResponse,
+        tags=["polycap"],
         summary="Models, languages, encoders, banks, settings and versions",
     )
     async def info() -> dict[str, Any]:
@@ -199,6 +203,7 @@ def _add_native_routes(app: FastAPI, service: Service) -> None:
         "/caption",
         response_model=CaptionResponse | CaptionsResponse,
         responses=ERRORS,
+        tags=["polycap"],
         summary="Caption one image ('image') or several ('images'): multipart or JSON base64",
         openapi_extra=_body_doc(CaptionJSON),
     )
@@ -210,6 +215,7 @@ def _add_native_routes(app: FastAPI, service: Service) -> None:
         "/retrieve",
         response_model=RetrieveResponse | RetrievesResponse,
         responses=ERRORS,
+        tags=["polycap"],
         summary="Captions from the bank of the model's language, nearest first",
         openapi_extra=_body_doc(RetrieveJSON),
     )
