@@ -188,7 +188,7 @@ def test_retrieve_matches_the_cli(models, bank, images, capsys) -> None:
     assert [row["caption_id"] for row in got] == [row["caption_id"] for row in expected]
 
 
-def test_health_info_and_openapi(models, checkpoint) -> None:
+def test_health_info_and_openapi(models, checkpoint, bank) -> None:
     app = make_app(models)
 
     async def ask():
@@ -201,8 +201,16 @@ def test_health_info_and_openapi(models, checkpoint) -> None:
     assert health.json() == {"status": "ok", "languages": ["en"]}
     body = info.json()
     assert body["models"][0]["language"] == "en"
-    assert body["models"][0]["model"] == str(checkpoint)
+    assert body["models"][0]["model"] == f"{checkpoint.parent.name}/checkpoint"  # a name
+    assert body["models"][0]["id"] == "polycap-en"
     assert body["models"][0]["encoder"]["name"] == "polycap-tiny-vit"
+    assert body["models"][0]["bank"] == {
+        "name": "bank",
+        "captions": body["models"][0]["bank"]["captions"],
+        "images": body["models"][0]["bank"]["images"],
+        "text_embeddings": True,
+        "encoder": "polycap-tiny-vit",
+    }
     assert body["models"][0]["bank"]["captions"] > 0
     assert {"polycap", "torch", "transformers", "fastapi"} <= set(body["versions"])
     content = openapi.json()["paths"]["/caption"]["post"]["requestBody"]["content"]

@@ -57,6 +57,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory):
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, read below
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
     driver.set_page_load_timeout(60)
     try:
@@ -116,3 +117,33 @@ def test_the_page_captions_an_uploaded_image(browser, server, tmp_path: Path) ->
     captions = cards[images[0].name].find_element(By.CSS_SELECTOR, "ol.captions")
     assert captions.get_attribute("lang") == "en"
     assert error.startswith("corrupt.png: not a readable image")
+
+
+@pytest.mark.parametrize(
+    ("path", "rendered"),
+    [("/docs", ".swagger-ui .opblock"), ("/redoc", ".redoc-wrap .api-content")],
+)
+def test_the_api_docs_render_offline(browser, server, path: str, rendered: str) -> None:
+    """Swagger UI and ReDoc load their scripts and styles from the server itself (no CDN):
+    the machine has no internet, and every resource the page asked for is the server's, but
+    for ReDoc's sidebar logo, which the pages' Content-Security-Policy refuses before it is
+    fetched (the console says so)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _ = server
+    browser.get(url + path)
+    found = WebDriverWait(browser, 60).until(
+        lambda b: b.find_elements(By.CSS_SELECTOR, rendered) or False
+    )
+    assert found[0].is_displayed()
+    assert "/v1/chat/completions" in browser.find_element(By.TAG_NAME, "body").text
+    loaded = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    assert any(name.startswith(f"{url}/static-offline-docs/") for name in loaded), loaded
+    console = " ".join(entry["message"] for entry in browser.get_log("browser"))
+    for name in loaded:
+        if not name.startswith(url):
+            blocked = f"Loading the image '{name}' violates the following Content Security"
+            assert blocked in console and "has been blocked" in console, (name, console)

@@ -30,6 +30,16 @@ class ServedModel:
     bank_encoder: Any = None
 
     @property
+    def model_id(self) -> str:
+        """The model's id in the OpenAI-compatible API: ``polycap-<language>``."""
+        return f"polycap-{self.language}"
+
+    @property
+    def name(self) -> str:
+        """The model as clients see it: its folder's name, never the server's path."""
+        return public_name(self.source)
+
+    @property
     def captioner(self) -> Any:
         return self.pipeline.model
 
@@ -51,6 +61,13 @@ class ServedModel:
         ``polycap caption`` uses)."""
         return self.pipeline.caption_pixels(pixels, generation).captions
 
+    def count_tokens(self, text: str) -> int:
+        """How many tokens ``text`` is in the model's tokenizer (0 when it has none)."""
+        tokenizer = getattr(self.captioner, "tokenizer", None)
+        if tokenizer is None or not text:
+            return 0
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
     def retrieve(self, pixels: list[Any], options: dict[str, Any]) -> list[list[Any]]:
         """Retrieved captions for a batch of images preprocessed for the bank's encoder."""
         import torch
@@ -66,7 +83,7 @@ class ServedModel:
         bank = None
         if self.bank is not None:
             bank = {
-                "path": str(self.bank.path),
+                "name": public_name(self.bank.path),
                 "captions": self.bank.n_captions,
                 "images": self.bank.n_images,
                 "text_embeddings": self.bank.has_text,
@@ -74,16 +91,33 @@ class ServedModel:
             }
         return {
             "language": self.language,
-            "model": str(self.source),
+            "id": self.model_id,
+            "model": self.name,
             "encoder": {
-                key: config["encoder"].get(key) for key in ("backend", "name", "pretrained")
+                key: public_name(config["encoder"].get(key))
+                for key in ("backend", "name", "pretrained")
             },
-            "lm": config.get("lm"),
+            "lm": public_name(config.get("lm")),
             "mapper": config.get("mapper", {}).get("kind"),
             "prefix_length": self.captioner.prefix_length,
             "longest_caption": self.longest_caption,
             "bank": bank,
         }
+
+
+def public_name(value: Any) -> Any:
+    """A file or folder as a client may see it: its name (a checkpoint's with its run
+    folder's, ``ja/final``), never the server's absolute path. Names that are not local paths
+    (Hub ids, encoder names) and non-strings pass unchanged."""
+    if value is None or not isinstance(value, (str, Path)):
+        return value
+    path = Path(value)
+    if not (path.is_absolute() or path.exists()):
+        return str(value)
+    path = path.resolve()
+    if path.name == "final" or path.name.startswith("checkpoint"):
+        return f"{path.parent.name}/{path.name}"
+    return path.name
 
 
 def split_spec(spec: str) -> tuple[str | None, Path]:

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from polycap.serve.uploads import clip
+
 MAX_SEED = 2**63 - 1
 
 
@@ -45,9 +47,13 @@ class CaptionOptions(BaseModel):
 
 
 class CaptionJSON(CaptionOptions):
-    """``POST /caption`` with a JSON body: the image as base64 (a data URL is fine)."""
+    """``POST /caption`` with a JSON body: the image as base64 (a data URL is fine), or
+    several images (answered per image)."""
 
-    image: str = Field(..., description="The image file's bytes, base64-encoded.")
+    image: str | None = Field(None, description="The image file's bytes, base64-encoded.")
+    images: list[str] | None = Field(
+        None, description="Several images, base64 each, instead of 'image': an answer each."
+    )
 
 
 class RetrieveOptions(BaseModel):
@@ -67,7 +73,8 @@ class RetrieveOptions(BaseModel):
 class RetrieveJSON(RetrieveOptions):
     """``POST /retrieve`` with a JSON body."""
 
-    image: str = Field(..., description="The image file's bytes, base64-encoded.")
+    image: str | None = Field(None, description="The image file's bytes, base64-encoded.")
+    images: list[str] | None = Field(None, description="Several images instead of 'image'.")
 
 
 def describe_validation_error(error: ValidationError | Any, schema: Any = None) -> str:
@@ -79,10 +86,11 @@ def describe_validation_error(error: ValidationError | Any, schema: Any = None) 
     first = problems[0]
     where = [str(part) for part in first.get("loc", ()) if part not in ("body", "query")]
     name = ".".join(where) or "request"
+    name = clip(name)
     if first.get("type") == "extra_forbidden":
         known = f" (known: {', '.join(schema.model_fields)})" if schema is not None else ""
         return f"unknown option {name!r}{known}"
     if first.get("type") == "missing":
         return f"missing {name!r}"
-    message = str(first.get("msg", "invalid value")).replace("\n", " ")
+    message = clip(str(first.get("msg", "invalid value")), 200)
     return f"{name}: {message}"
