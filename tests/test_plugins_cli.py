@@ -262,8 +262,9 @@ def test_new_pack_writes_a_clean_pack(tmp_path) -> None:
                 "100",
                 "--select",
                 "E,F,W,I,B,UP,SIM",
-                str(made.directory),
+                ".",
             ],
+            cwd=made.directory,  # as the pack's author runs it: its own module is first-party
             capture_output=True,
             text=True,
             check=False,
