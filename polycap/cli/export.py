@@ -84,9 +84,13 @@ def _export_hf(
     from polycap.interop.sharing import export_hf
     from polycap.model.captioner import read_config
 
+    from polycap.inference.pipeline import encoder_for
+
     training = read_config(source).get("training")
+    name = push_to_hub or target.name
+    encoder = encoder_for(captioner)
     written = export_hf(
-        captioner, target, training, evaluation, name=push_to_hub or target.name, license=license
+        captioner, target, training, evaluation, name=name, license=license, encoder=encoder
     )
     console.print(f"wrote {written} (model card: {written / 'README.md'})")
     if push_to_hub:

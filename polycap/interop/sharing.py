@@ -1,10 +1,14 @@
 """``polycap export``: a trained captioner as a self-contained Hugging Face folder or as ONNX.
 
 The Hugging Face folder is a polycap checkpoint that needs nothing from the machine it was
-made on: the LM is bundled (``lm/``), the tokenizer too (``tokenizer/``), and encoder weights
-that were a local file are copied into ``encoder/`` and named relative to the folder (open_clip
-weight tags such as ``openai`` stay tags: open_clip downloads or finds them itself). A model
-card (``README.md`` with YAML metadata for the Hub) is written from the checkpoint's records.
+made on: the LM is bundled (``decoder/``, a stock transformers folder with its tokenizer), the
+tokenizer too (``tokenizer/``), and encoder weights that were a local file are copied into
+``encoder/`` and named relative to the folder (open_clip weight tags such as ``openai`` stay
+tags: open_clip downloads or finds them itself). It is also a transformers model:
+:mod:`polycap.interop.hf_standalone` adds ``config.json``, the remote code, the image
+processor and the image encoder's own files. A model card (``README.md`` with YAML metadata for
+the Hub) is written from the checkpoint's records. No record keeps an absolute path of the
+building machine (:mod:`polycap.interop.portable`).
 """
 
 from __future__ import annotations
@@ -23,34 +27,67 @@ def export_hf(
     evaluation: dict[str, Any] | None = None,
     name: str | None = None,
     license: str = "other",
+    encoder: Any = None,
 ) -> Path:
-    """Write ``model`` (a loaded Captioner) as a self-contained folder with a model card."""
+    """Write ``model`` (a loaded Captioner) as a self-contained folder with a model card;
+    ``encoder``: its loaded image encoder (default: loaded from the model's record)."""
+    from polycap.interop.hf_standalone import DECODER_DIR, write_standalone
     from polycap.interop.onnx_export import refuse_foreign_folder
-    from polycap.model.captioner import (
-        CONFIG_FILE,
-        ENCODER_DIR,
-        LM_DIR,
-        TOKENIZER_DIR,
-        encoder_weights_file,
-    )
+    from polycap.interop.portable import portable
+    from polycap.model.captioner import CONFIG_FILE, ENCODER_DIR, TOKENIZER_DIR
+    from polycap.model.captioner import encoder_weights_file
 
     directory = Path(directory)
     refuse_foreign_folder(directory, CONFIG_FILE)
+    encoder = encoder if encoder is not None else _recorded_encoder(model)
+    training = portable(training)
     saved = copy.deepcopy(model.config)
-    bundled = [f"{LM_DIR}/", f"{TOKENIZER_DIR}/"]
+    bundled = [f"{DECODER_DIR}/", f"{TOKENIZER_DIR}/"]
     weights = encoder_weights_file(model.config, getattr(model, "directory", None))
     if weights is not None:
         bundled.append(f"{ENCODER_DIR}/{weights.name}")
-    card = _card_text(model.config, training, evaluation, name or directory.name, license, bundled)
+    record = portable(model.config)
+    card = _card_text(record, training, evaluation, name or directory.name, license, bundled)
     model.config["save_lm"] = True  # the LM travels with it, whatever the training did
+    model.config["lm_dir"] = DECODER_DIR
+
+    def extra(target: Path) -> None:
+        (target / CARD).write_text(card, encoding="utf-8")
+        write_standalone(model, encoder, target)
+
     try:
-        return model.save(
-            directory,
-            training=training,
-            extra=lambda target: (target / CARD).write_text(card, encoding="utf-8"),
-        )
+        written = model.save(directory, training=training, extra=extra)
     finally:
         model.config = saved
+    _make_record_portable(written / CONFIG_FILE)
+    return written
+
+
+def _make_record_portable(path: Path) -> None:
+    """Rewrite the export's polycap.json without absolute paths (the encoder weights by their
+    bundled copy)."""
+    import json
+
+    from polycap.interop.portable import portable_checkpoint_record
+    from polycap.util.atomic import write_json
+
+    record = json.loads(path.read_text(encoding="utf-8"))
+    write_json(path, portable_checkpoint_record(record), indent=2)
+
+
+def _recorded_encoder(model: Any) -> Any:
+    """The image encoder ``model`` records (its bundled weights when it has them)."""
+    import dataclasses
+
+    from polycap.model.captioner import encoder_weights_file
+    from polycap.parts import EncoderSpec
+    from polycap.plugins import get_registries
+
+    spec = EncoderSpec.from_json(model.config["encoder"])
+    weights = encoder_weights_file(model.config, getattr(model, "directory", None))
+    if weights is not None:
+        spec = dataclasses.replace(spec, pretrained=str(weights))
+    return spec.load(get_registries(), "cpu")
 
 
 def _card_text(config: dict[str, Any], *args: Any) -> str:

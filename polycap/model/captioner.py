@@ -6,8 +6,10 @@ A checkpoint is a directory::
                           language, LM source, flags, training record (written last)
     mapper.safetensors    the mapper's weights
     tokenizer/            the tokenizer files (save_pretrained)
-    lm/                   the LM (save_pretrained, safetensors) when it was trained or bundled;
-                          otherwise polycap.json names the hub id / path it is loaded from
+    lm/                   the LM (save_pretrained, safetensors) when it was trained or bundled
+                          (another folder when polycap.json names it as ``lm_dir``: a Hugging
+                          Face export's ``decoder/``); otherwise polycap.json names the hub id /
+                          path it is loaded from
     encoder/              the image encoder's weights file, when it was a local file (a hard
                           link or a copy), so the checkpoint loads from any folder or machine
 
@@ -363,7 +365,8 @@ class Captioner(nn.Module):
                 save_file(stats, str(target / FEATURE_STATS_FILE), metadata={"format": "pt"})
             self.tokenizer.save_pretrained(str(target / TOKENIZER_DIR))
             if self.config.get("save_lm") or self.train_lm:
-                self.lm.save_pretrained(str(target / LM_DIR), safe_serialization=True)
+                lm_dir = target / self.config.get("lm_dir", LM_DIR)
+                self.lm.save_pretrained(str(lm_dir), safe_serialization=True)
             if extra is not None:
                 extra(target)
             record = {
@@ -466,7 +469,7 @@ def _tokenizer_and_lm(
     if not tokenizer_dir.is_dir():
         raise BadInput(f"{tokenizer_dir}: missing (the checkpoint is incomplete)")
     tokenizer = pack.load_tokenizer(str(tokenizer_dir))
-    lm_dir = directory / LM_DIR
+    lm_dir = directory / config.get("lm_dir", LM_DIR)
     if config.get("save_lm") or config["train_lm"]:
         if not lm_dir.is_dir():
             raise BadInput(f"{lm_dir}: missing (the checkpoint is incomplete)")
