@@ -4,7 +4,7 @@ Beside the polycap checkpoint, :func:`write_standalone` puts:
 
     config.json                 ``model_type: polycap`` + ``auto_map`` (the remote code below)
     configuration_polycap.py    modeling_polycap.py  image_processing_polycap.py
-    processing_polycap.py       preprocess_polycap.py   (from polycap/interop/standalone/)
+    processing_polycap.py       steps_polycap.py   (from polycap/interop/standalone/)
     preprocessor_config.json    the image processor: open_clip's eval transform settings, or
                                 the transformers encoder's own image processor
     processor_config.json       the processor: image processor + tokenizer, caption text rule
@@ -34,7 +34,7 @@ REMOTE_CODE = (
     "modeling_polycap.py",
     "image_processing_polycap.py",
     "processing_polycap.py",
-    "preprocess_polycap.py",
+    "steps_polycap.py",
     "vllm_client.py",
 )
 DECODER_DIR = "decoder"
@@ -59,9 +59,15 @@ def write_standalone(model: Any, encoder: Any, target: Path) -> None:
     model.tokenizer.save_pretrained(str(target))
     encoder_record = _write_encoder(encoder, target)
     _write_json(target / "config.json", _config(model, encoder_record))
-    rule = getattr(model.pack, "caption_text", None) or DEFAULT_CAPTION_TEXT
+    rule = caption_text_rule(model.pack)
     processor = {"processor_class": "PolycapProcessor", "auto_map": {"AutoProcessor": PROCESSOR}}
     _write_json(target / "processor_config.json", {**processor, "caption_text": rule})
+
+
+def caption_text_rule(pack: Any) -> dict[str, Any]:
+    """How decoded text becomes a caption of ``pack``'s language outside polycap (its
+    ``caption_text`` when it has one: Unicode form, lower-casing, CJK spacing)."""
+    return dict(getattr(pack, "caption_text", None) or DEFAULT_CAPTION_TEXT)
 
 
 def _config(model: Any, encoder_record: dict[str, Any]) -> dict[str, Any]:

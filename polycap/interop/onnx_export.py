@@ -11,6 +11,8 @@ An export is a folder::
     decoder.onnx          (prefix [N, P, D], input_ids [N, T], past [L, 2, N, H, S, d]) ->
                           (logits [N, V] for the next token, present [L, 2, N, H, S+P+T, d])
     tokenizer/            the tokenizer (save_pretrained)
+    run_onnx.py           captions image files without polycap (numpy, onnxruntime,
+    steps_polycap.py      tokenizers, Pillow): :mod:`polycap.interop.onnx_standalone`
 
 The decoder is one graph for both phases: the first call feeds the prefix with no tokens and an
 empty past; each later call feeds one token per row (an empty prefix) and the past it got back,
@@ -234,6 +236,8 @@ def export_onnx(
     into ``directory``, atomically; returns the folder. ``int8``: dynamic int8 quantisation of
     the graphs' weights (:func:`quantize_int8`)."""
     from polycap.data.encoding import file_digest
+    from polycap.interop.hf_standalone import caption_text_rule
+    from polycap.interop.onnx_standalone import add_standalone
     from polycap.model.generation import GenerationConfig
 
     directory = Path(directory)
@@ -260,6 +264,8 @@ def export_onnx(
         encoder_graph = ENCODER_GRAPH if encoder is not None else None
         encoder_info = {"preprocess": preprocess, "graph_sha256": digest}
         manifest = _manifest(model, encoder_graph, encoder_info, layout, generation, int8)
+        rule = caption_text_rule(model.pack)
+        manifest |= add_standalone(work, manifest["graphs"], preprocess, rule)
         write_json(work / MANIFEST, manifest)
     return directory
 
@@ -274,10 +280,11 @@ def _manifest(
 ) -> dict[str, Any]:
     """The export's manifest: graphs, encoder spec + ``encoder_info`` (preprocess, graph
     digest), tokenizer, special ids, past-cache ``layout``, generation defaults, checkpoint."""
+    from polycap.interop.portable import portable
     from polycap.parts import EncoderSpec
     from polycap.version import __version__
 
-    spec = EncoderSpec.from_json(model.config["encoder"]).to_json(cache_key=False)
+    spec = portable(EncoderSpec.from_json(model.config["encoder"]).to_json(cache_key=False))
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -299,7 +306,7 @@ def _manifest(
         "past": {"shape": "[layers, 2, batch, heads, length, head_dim]", **layout},
         "quantization": "dynamic int8 weights" if int8 else None,
         "generation": asdict(generation),
-        "checkpoint": model.config,
+        "checkpoint": portable(model.config),
     }
 
 

@@ -3,7 +3,7 @@
 Remote code of a ``polycap export --to hf`` folder; it must not import polycap. The settings
 are open_clip's ``preprocess_cfg`` (``size``, ``mean``, ``std``, ``interpolation``,
 ``resize_mode``), saved in ``preprocessor_config.json``; the work is done by
-``preprocess_polycap`` (Pillow and numpy).
+``steps_polycap`` (Pillow and numpy).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 from transformers import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
-from .preprocess_polycap import preprocess_batch
+from .steps_polycap import preprocess_batch
 
 SETTINGS = ("size", "mean", "std", "interpolation", "resize_mode")
 

@@ -9,15 +9,11 @@ between CJK characters, runs of spaces folded) applied as polycap applies it.
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from typing import Any
 
 from transformers import ProcessorMixin
 
-CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\u3000-\u303f\uff01-\uff60"
-BETWEEN_CJK = re.compile(f"(?<=[{CJK}]) +(?=[{CJK}])")
-SPACES = re.compile(r"\s+")
+from .steps_polycap import clean_caption
 
 
 class PolycapProcessor(ProcessorMixin):
@@ -35,13 +31,7 @@ class PolycapProcessor(ProcessorMixin):
 
     def clean(self, text: str) -> str:
         """One decoded caption as polycap writes it."""
-        rule = self.caption_text
-        text = unicodedata.normalize(rule.get("unicode", "NFC"), text.replace("\u2581", " "))
-        if rule.get("lowercase"):
-            text = text.lower()
-        if rule.get("join_cjk"):
-            text = BETWEEN_CJK.sub("", text)
-        return SPACES.sub(" ", text).strip()
+        return clean_caption(text, self.caption_text)
 
     def batch_decode(self, ids: Any, skip_special_tokens: bool = True, **kwargs: Any) -> list[str]:
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=skip_special_tokens, **kwargs)

@@ -68,7 +68,7 @@ def prefixes(folder: Path, paths: list[str]) -> tuple[Any, Any, Any]:
     from transformers import AutoModel, AutoProcessor
 
     sys.path.insert(0, str(folder))
-    from preprocess_polycap import read_image
+    from steps_polycap import read_image
 
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     model = AutoModel.from_pretrained(folder, trust_remote_code=True)

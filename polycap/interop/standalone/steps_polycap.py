@@ -1,13 +1,22 @@
-"""open_clip's evaluation transform in Pillow and numpy (no torch, no torchvision).
+"""The steps around a polycap model, in Pillow and numpy: images in, caption text out.
 
-Shipped in polycap's exports (Hugging Face and ONNX) and used by their image processors; it
-must not import polycap. ``settings`` is open_clip's ``preprocess_cfg``: ``size`` (an int or
-``[height, width]``), ``mode`` (``RGB``), ``mean``, ``std``, ``interpolation`` (``bicubic`` or
-``bilinear``) and ``resize_mode`` (``shortest`` for a square size, or ``squash``).
+Shipped in polycap's exports (Hugging Face and ONNX) and used by their processors and by
+``run_onnx.py``; it must not import polycap.
+
+Images: open_clip's evaluation transform (no torch, no torchvision). ``settings`` is open_clip's
+``preprocess_cfg``: ``size`` (an int or ``[height, width]``), ``mean``, ``std``,
+``interpolation`` (``bicubic`` or ``bilinear``) and ``resize_mode`` (``shortest`` for a square
+size, or ``squash``).
+
+Text: :func:`clean_caption` applies a language's caption rule (``caption_text``: Unicode form,
+lower-casing, spaces removed between CJK characters) to decoded text, as polycap's language
+packs do, and folds runs of white space.
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from typing import Any
 
 import numpy as np
@@ -66,3 +75,19 @@ def preprocess(image: Image.Image, settings: dict[str, Any]) -> np.ndarray:
 def preprocess_batch(images: list[Image.Image], settings: dict[str, Any]) -> np.ndarray:
     """Pictures -> ``[B, 3, H, W]`` float32."""
     return np.stack([preprocess(image, settings) for image in images])
+
+
+CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\u3000-\u303f\uff01-\uff60"
+BETWEEN_CJK = re.compile(f"(?<=[{CJK}]) +(?=[{CJK}])")
+SPACES = re.compile(r"\s+")
+
+
+def clean_caption(text: str, rule: dict[str, Any]) -> str:
+    """Decoded text -> the caption as polycap writes it (``rule``: ``unicode`` form, default
+    NFC; ``lowercase``; ``join_cjk``: no spaces between CJK characters)."""
+    text = unicodedata.normalize(rule.get("unicode", "NFC"), text.replace("\u2581", " "))
+    if rule.get("lowercase"):
+        text = text.lower()
+    if rule.get("join_cjk"):
+        text = BETWEEN_CJK.sub("", text)
+    return SPACES.sub(" ", text).strip()
