@@ -80,11 +80,10 @@ def _export_hf(
     private: bool,
     license: str,
 ) -> None:
+    from polycap.inference.pipeline import encoder_for
     from polycap.interop.hub import push
     from polycap.interop.sharing import export_hf
     from polycap.model.captioner import read_config
-
-    from polycap.inference.pipeline import encoder_for
 
     training = read_config(source).get("training")
     name = push_to_hub or target.name

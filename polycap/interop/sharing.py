@@ -34,8 +34,12 @@ def export_hf(
     from polycap.interop.hf_standalone import DECODER_DIR, write_standalone
     from polycap.interop.onnx_export import refuse_foreign_folder
     from polycap.interop.portable import portable
-    from polycap.model.captioner import CONFIG_FILE, ENCODER_DIR, TOKENIZER_DIR
-    from polycap.model.captioner import encoder_weights_file
+    from polycap.model.captioner import (
+        CONFIG_FILE,
+        ENCODER_DIR,
+        TOKENIZER_DIR,
+        encoder_weights_file,
+    )
 
     directory = Path(directory)
     refuse_foreign_folder(directory, CONFIG_FILE)

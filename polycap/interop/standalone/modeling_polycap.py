@@ -32,7 +32,9 @@ class MLPMapper(nn.Module):
         super().__init__()
         self.prefix_length, self.lm_dim = prefix_length, lm_dim
         self.net = nn.Sequential(
-            nn.Linear(clip_dim, hidden_size), nn.Tanh(), nn.Linear(hidden_size, lm_dim * prefix_length)
+            nn.Linear(clip_dim, hidden_size),
+            nn.Tanh(),
+            nn.Linear(hidden_size, lm_dim * prefix_length),
         )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -277,7 +279,9 @@ def _cache_keyword(decoder: Any) -> str:
     """``cache`` (transformers 5.x) or ``past_key_values`` (before)."""
     import inspect
 
-    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    return (
+        "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    )
 
 
 def _cache(out: Any) -> Any:

@@ -18,7 +18,11 @@ from .steps_polycap import clean_caption
 
 class PolycapProcessor(ProcessorMixin):
     def __init__(
-        self, image_processor: Any = None, tokenizer: Any = None, caption_text: Any = None, **kwargs: Any
+        self,
+        image_processor: Any = None,
+        tokenizer: Any = None,
+        caption_text: Any = None,
+        **kwargs: Any,
     ) -> None:
         self.caption_text = caption_text or {}
         super().__init__(image_processor, tokenizer, **kwargs)
@@ -38,4 +42,6 @@ class PolycapProcessor(ProcessorMixin):
         return [self.clean(text) for text in texts]
 
     def decode(self, ids: Any, skip_special_tokens: bool = True, **kwargs: Any) -> str:
-        return self.clean(self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens, **kwargs))
+        return self.clean(
+            self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens, **kwargs)
+        )
