@@ -109,7 +109,7 @@ def test_hf_folder_captions_from_another_folder_without_the_original_models(
     from_moved = caption_json(capsys, moved, made["images"])
     assert all(len(c) == 1 and c[0] for c in from_moved)
     config = json.loads((moved / "polycap.json").read_text())
-    assert config["save_lm"] is True and (moved / "lm" / "config.json").is_file()
+    assert config["save_lm"] is True and (moved / config["lm_dir"] / "config.json").is_file()
     assert (moved / config["encoder"]["bundled"]).is_file()
     assert config["training"] == {"epochs": 3, "lr": 0.001}
 
@@ -128,7 +128,7 @@ def test_model_card_states_the_model_training_and_scores(made, hf_folder) -> Non
     name, score = next(iter(evaluation["scores"].items()))
     assert "model-index:" in front and f'{{type: "{name}", value: {score}}}' in front
     assert "open_clip `polycap-tiny-vit`" in body and "| prefix length | 2 |" in body
-    assert "| mapper | mlp" in body and "`lm/` (bundled" in body
+    assert "| mapper | mlp" in body and "`decoder/` (bundled" in body
     assert "| epochs | 3 |" in body and "| lr | 0.001 |" in body
     assert f"| {name} | {score:.2f} |" in body
     assert f"`{evaluation['segmenter']}`" in body

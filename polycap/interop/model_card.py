@@ -164,8 +164,9 @@ def _weights(encoder: dict[str, Any], bundled: list[str]) -> str:
 def _decoder(config: dict[str, Any], bundled: list[str]) -> str:
     source = config.get("lm") or "?"
     shown = Path(source).name if Path(source).is_absolute() else source
-    if any(b.startswith("lm") for b in bundled):
-        return f"`lm/` (bundled; from `{shown}`)"
+    folder = next((b for b in bundled if b in ("lm/", "decoder/")), None)
+    if folder:
+        return f"`{folder}` (bundled; from `{shown}`)"
     return f"`{shown}`"
 
 
