@@ -336,3 +336,27 @@ def test_run_folders_and_reports_honour_the_umask(umask, tmp_path, capsys) -> No
         report = write_report(tmp_path / f"report-{mask:o}.html", "scores", [])
         assert _modes(run.path) == {("dir", folder_mode), ("file", file_mode)}
         assert report.stat().st_mode & 0o777 == file_mode
+
+
+def test_the_exported_beam_search_is_polycaps(trained, made) -> None:
+    """The remote code's beam search (ranked by log-probability over length at every step, as
+    polycap and ClipCap rank) against polycap's own, at several widths: on a trained model
+    whose captions end at different lengths, and on a random one with a frequent stop token
+    (flat distributions: beams that have ended compete with longer ones, where the ranking
+    differs from transformers' own beam search)."""
+    import torch
+
+    from polycap.interop.standalone.modeling_polycap import beam_search
+    from polycap.language import cut_at_end
+    from polycap.model.generation import GenerationConfig, generate_ids
+
+    flat = tiny_captioner(ENGLISH, CAPTIONS, made["root"] / "flat", stop_token=",")
+    random_features = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
+    for model, features in ((trained[0], trained[1]), (flat, random_features)):
+        ends = (int(model.end_token_id), int(model.pad_token_id))
+        for width in (2, 3, 5):
+            config = GenerationConfig(12, beams=width)
+            expected = [c[0] for c in generate_ids(model, features, config)]
+            with torch.inference_mode():
+                found = beam_search(model.lm, model.prefix(features), width, 12, ends).tolist()
+            assert [cut_at_end(row, ends[0]) for row in found] == expected, width
