@@ -112,7 +112,8 @@ def _write_encoder(encoder: Any, target: Path) -> dict[str, Any]:
         return {"backend": "open_clip", **record}
     if encoder.backend == "hf":
         encoder.clip.save_pretrained(str(folder), safe_serialization=True)
-        encoder.processor.save_pretrained(str(target))
+        encoder.processor.save_pretrained(str(folder))  # polycap's hf backend loads both
+        encoder.processor.save_pretrained(str(target))  # AutoProcessor's image processor
         return {"backend": "transformers", **record}
     raise BadInput(
         f"encoder backend {encoder.backend!r} has no transformers form (open_clip and hf do)"

@@ -69,28 +69,25 @@ def export_hf(
 
 def _make_record_portable(path: Path) -> None:
     """Rewrite the export's polycap.json without absolute paths (the encoder weights by their
-    bundled copy)."""
+    bundled copy; a transformers encoder by its folder in the export, ``bundled_model``)."""
     import json
 
+    from polycap.interop.hf_standalone import IMAGE_ENCODER_DIR
     from polycap.interop.portable import portable_checkpoint_record
     from polycap.util.atomic import write_json
 
-    record = json.loads(path.read_text(encoding="utf-8"))
-    write_json(path, portable_checkpoint_record(record), indent=2)
+    record = portable_checkpoint_record(json.loads(path.read_text(encoding="utf-8")))
+    if (path.parent / IMAGE_ENCODER_DIR / "config.json").is_file():  # a transformers encoder:
+        record["encoder"]["bundled_model"] = IMAGE_ENCODER_DIR  # its folder, inside the export
+    write_json(path, record, indent=2)
 
 
 def _recorded_encoder(model: Any) -> Any:
-    """The image encoder ``model`` records (its bundled weights when it has them)."""
-    import dataclasses
-
-    from polycap.model.captioner import encoder_weights_file
-    from polycap.parts import EncoderSpec
+    """The image encoder ``model`` records (its bundled copies when it has them)."""
+    from polycap.model.captioner import recorded_encoder_spec
     from polycap.plugins import get_registries
 
-    spec = EncoderSpec.from_json(model.config["encoder"])
-    weights = encoder_weights_file(model.config, getattr(model, "directory", None))
-    if weights is not None:
-        spec = dataclasses.replace(spec, pretrained=str(weights))
+    spec = recorded_encoder_spec(model.config, getattr(model, "directory", None))
     return spec.load(get_registries(), "cpu")
 
 

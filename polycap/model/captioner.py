@@ -702,6 +702,20 @@ def encoder_weights_file(config: dict[str, Any], directory: Path | None) -> Path
     return None
 
 
+def recorded_encoder_spec(config: dict[str, Any], directory: Path | None) -> EncoderSpec:
+    """The encoder a checkpoint records, loading from its own copies where it has them: the
+    weights file in ``encoder/`` (``bundled``), or the encoder's model folder (``bundled_model``,
+    e.g. a transformers CLIP folder in a Hugging Face export's ``image_encoder/``)."""
+    spec = EncoderSpec.from_json(config["encoder"])
+    weights = encoder_weights_file(config, directory)
+    if weights is not None:
+        return dataclasses.replace(spec, pretrained=str(weights))
+    folder = config["encoder"].get("bundled_model")
+    if folder and directory is not None and (directory / folder).is_dir():
+        return dataclasses.replace(spec, name=str(directory / folder))
+    return spec
+
+
 def _bundle_encoder_weights(
     config: dict[str, Any], directory: Path | None, target: Path
 ) -> dict[str, Any]:
