@@ -43,6 +43,7 @@ def bench_section(options: Any) -> Any:
 
     from benchmarks import workload
     from benchmarks.report import Section
+    from polycap.inference.pipeline import encoder_for
     from polycap.interop.onnx_export import export_onnx
     from polycap.interop.onnx_runtime import OnnxCaptioner
     from polycap.interop.sharing import export_hf
@@ -55,7 +56,7 @@ def bench_section(options: Any) -> Any:
         options.say(f"building the GPT-2 {options.decoder} captioner (random weights)")
         model = workload.build_captioner(options.decoder, 512, workdir)
         sizes = {}
-        export_hf(model, workdir / "hf")
+        export_hf(model, workdir / "hf", encoder=encoder_for(model))
         sizes["hf"] = folder_size(workdir / "hf")
         options.say("exporting to ONNX (fp32, then int8)")
         started = time.perf_counter()

@@ -110,7 +110,7 @@ def test_hf_folder_captions_from_another_folder_without_the_original_models(
     from_moved = caption_json(capsys, moved, made["images"])
     assert all(len(c) == 1 and c[0] for c in from_moved)
     config = json.loads((moved / "polycap.json").read_text())
-    assert config["save_lm"] is True and (moved / "lm" / "config.json").is_file()
+    assert config["save_lm"] is True and (moved / config["lm_dir"] / "config.json").is_file()
     assert (moved / config["encoder"]["bundled"]).is_file()
     assert config["training"] == {"epochs": 3, "lr": 0.001}
 

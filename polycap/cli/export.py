@@ -105,6 +105,7 @@ def _export_hf(
     license: CardLicense,
     force: bool,
 ) -> None:
+    from polycap.inference.pipeline import encoder_for
     from polycap.interop.hub import push
     from polycap.interop.sharing import export_hf
     from polycap.model.captioner import read_config
@@ -112,8 +113,16 @@ def _export_hf(
     push_to_hub, private = hub
     training = read_config(source).get("training")
     name = push_to_hub or target.name
+    encoder = encoder_for(captioner)
     written = export_hf(
-        captioner, target, training, evaluation, name=name, license=license, force=force
+        captioner,
+        target,
+        training,
+        evaluation,
+        name=name,
+        license=license,
+        force=force,
+        encoder=encoder,
     )
     console.print(f"wrote {written} (model card: {written / 'README.md'})")
     if push_to_hub:

@@ -22,7 +22,6 @@ from polycap.errors import BadInput
 from polycap.interop.hub import resolve_model_source
 from polycap.interop.onnx_export import is_onnx_export
 from polycap.model.augmented import check_bank, open_bank
-from polycap.parts import EncoderSpec
 from polycap.plugins import get_registries
 from polycap.retrieval.bank import Bank
 from polycap.retrieval.search import check_encoder
@@ -155,15 +154,12 @@ def encoder_for(model: Any, device: str = "cpu") -> ImageEncoder:
     """The image encoder a checkpoint was trained on, loaded as recorded (its weights from
     the checkpoint's ``encoder/`` folder when it bundles them; a model that brings its own,
     such as an ONNX export, supplies it through ``image_encoder(device)``)."""
-    from polycap.model.captioner import encoder_weights_file
+    from polycap.model.checkpoint import recorded_encoder_spec
 
     own = getattr(model, "image_encoder", None)
     if own is not None:
         return own(device)
-    spec = EncoderSpec.from_json(model.config["encoder"])
-    weights = encoder_weights_file(model.config, getattr(model, "directory", None))
-    if weights is not None:  # the checkpoint's own copy when it bundles one
-        spec = dataclasses.replace(spec, pretrained=str(weights))
+    spec = recorded_encoder_spec(model.config, getattr(model, "directory", None))
     return spec.load(get_registries(), device)
 
 

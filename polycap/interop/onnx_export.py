@@ -11,6 +11,8 @@ An export is a folder::
     decoder.onnx          (prefix [N, P, D], input_ids [N, T], past [L, 2, N, H, S, d]) ->
                           (logits [N, V] for the next token, present [L, 2, N, H, S+P+T, d])
     tokenizer/            the tokenizer (save_pretrained)
+    run_onnx.py           captions image files without polycap (numpy, onnxruntime,
+    steps_polycap.py      tokenizers, Pillow): :mod:`polycap.interop.onnx_standalone`
 
 The decoder is one graph for both phases: the first call feeds the prefix with no tokens and an
 empty past; each later call feeds one token per row (an empty prefix) and the past it got back,
@@ -25,8 +27,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from polycap.data.encoding import file_digest
 from polycap.errors import BadInput
+from polycap.interop.hf_standalone import caption_text_rule
+from polycap.interop.onnx_standalone import add_standalone
+from polycap.interop.portable import portable
+from polycap.interop.targets import check_target
+from polycap.model.lm_keywords import lm_keywords
+from polycap.parts import EncoderSpec
 from polycap.util.atomic import atomic_folder, write_json
+from polycap.version import __version__
 
 MANIFEST = "polycap-onnx.json"
 FORMAT = "polycap-onnx"
@@ -73,7 +83,6 @@ def _decoder_module(lm: Any) -> Any:
     from transformers import DynamicCache
 
     from polycap.model.generation import _output_cache
-    from polycap.model.lm_keywords import lm_keywords
 
     keywords = lm_keywords(lm)
 
@@ -236,8 +245,6 @@ def export_onnx(
     the graphs' weights (:func:`quantize_int8`). ``directory`` is replaced only when it is
     empty or an earlier ONNX export, or with ``force`` another polycap model
     (:func:`polycap.interop.targets.check_target`)."""
-    from polycap.data.encoding import file_digest
-    from polycap.interop.targets import check_target
     from polycap.model.generation import GenerationConfig
 
     directory = Path(directory)
@@ -270,6 +277,8 @@ def export_onnx(
         encoder_graph = ENCODER_GRAPH if encoder is not None else None
         encoder_info = {"preprocess": preprocess, "graph_sha256": digest}
         manifest = _manifest(model, encoder_graph, encoder_info, layout, generation, int8)
+        rule = caption_text_rule(model.pack)
+        manifest |= add_standalone(work, manifest["graphs"], preprocess, rule)
         write_json(work / MANIFEST, manifest)
     return directory
 
@@ -284,10 +293,8 @@ def _manifest(
 ) -> dict[str, Any]:
     """The export's manifest: graphs, encoder spec + ``encoder_info`` (preprocess, graph
     digest), tokenizer, special ids, past-cache ``layout``, generation defaults, checkpoint."""
-    from polycap.parts import EncoderSpec
-    from polycap.version import __version__
 
-    spec = EncoderSpec.from_json(model.config["encoder"]).to_json(cache_key=False)
+    spec = portable(EncoderSpec.from_json(model.config["encoder"]).to_json(cache_key=False))
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -309,7 +316,7 @@ def _manifest(
         "past": {"shape": "[layers, 2, batch, heads, length, head_dim]", **layout},
         "quantization": "dynamic int8 weights" if int8 else None,
         "generation": asdict(generation),
-        "checkpoint": model.config,
+        "checkpoint": portable(model.config),
     }
 
 

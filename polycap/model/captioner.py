@@ -35,6 +35,7 @@ from polycap.model.checkpoint import (  # noqa: F401 - the file format's names, 
     load_mapper_weights,
     read_checkpoint,
     read_config,
+    recorded_encoder_spec,
     write_checkpoint,
 )
 from polycap.model.lm_keywords import lm_keywords

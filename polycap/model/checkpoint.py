@@ -8,8 +8,10 @@ A checkpoint is a directory::
     mapper.safetensors    the mapper's weights
     feature_stats.safetensors  mean and spread of the training features (standardised models)
     tokenizer/            the tokenizer files (save_pretrained)
-    lm/                   the LM (save_pretrained, safetensors) when it was trained or bundled;
-                          otherwise polycap.json names the hub id / path it is loaded from
+    lm/                   the LM (save_pretrained, safetensors) when it was trained or bundled
+                          (another folder when polycap.json names it as ``lm_dir``: a Hugging
+                          Face export's ``decoder/``); otherwise polycap.json names the hub id /
+                          path it is loaded from
     encoder/              the image encoder's weights file, when it was a local file (a copy,
                           never a hard link), so the checkpoint loads from any folder or machine
 
@@ -20,6 +22,7 @@ then replaces the target by rename. A reader sees the old checkpoint or the new,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -31,6 +34,7 @@ import torch
 from torch import nn
 
 from polycap.errors import BadInput, UnknownName
+from polycap.parts import EncoderSpec
 from polycap.util.atomic import atomic_folder, copy_file
 from polycap.util.decoders import lm_width
 
@@ -92,7 +96,8 @@ def _write_weights(model: Any, target: Path) -> None:
         save_file(stats, str(target / FEATURE_STATS_FILE), metadata={"format": "pt"})
     model.tokenizer.save_pretrained(str(target / TOKENIZER_DIR))
     if model.config.get("save_lm") or model.train_lm:
-        model.lm.save_pretrained(str(target / LM_DIR), safe_serialization=True)
+        lm_dir = target / model.config.get("lm_dir", LM_DIR)
+        model.lm.save_pretrained(str(lm_dir), safe_serialization=True)
 
 
 def _write_config(model: Any, target: Path, training: dict[str, Any] | None) -> None:
@@ -195,7 +200,7 @@ def _tokenizer_and_lm(
     if not tokenizer_dir.is_dir():
         raise BadInput(f"{tokenizer_dir}: missing (the checkpoint is incomplete)")
     tokenizer = pack.load_tokenizer(str(tokenizer_dir))
-    lm_dir = directory / LM_DIR
+    lm_dir = directory / config.get("lm_dir", LM_DIR)
     if config.get("save_lm") or config["train_lm"]:
         if not lm_dir.is_dir():
             raise BadInput(f"{lm_dir}: missing (the checkpoint is incomplete)")
@@ -391,3 +396,17 @@ def _bundle_encoder_weights(
     copy_file(weights, target / ENCODER_DIR / weights.name)  # a copy, never a hard link
     record["bundled"] = f"{ENCODER_DIR}/{weights.name}"
     return record
+
+
+def recorded_encoder_spec(config: dict[str, Any], directory: Path | None) -> EncoderSpec:
+    """The encoder a checkpoint records, loading from its own copies where it has them: the
+    weights file in ``encoder/`` (``bundled``), or the encoder's model folder (``bundled_model``,
+    e.g. a transformers CLIP folder in a Hugging Face export's ``image_encoder/``)."""
+    spec = EncoderSpec.from_json(config["encoder"])
+    weights = encoder_weights_file(config, directory)
+    if weights is not None:
+        return dataclasses.replace(spec, pretrained=str(weights))
+    folder = config["encoder"].get("bundled_model")
+    if folder and directory is not None and (directory / folder).is_dir():
+        return dataclasses.replace(spec, name=str(directory / folder))
+    return spec

@@ -3,6 +3,12 @@
 Files go through a temporary file beside the target and ``os.replace``; folders are written
 into a temporary folder beside the target, then swapped into place (the old folder renamed
 aside first, removed after).
+
+What lands honours the umask, as a plain ``open`` and ``mkdir`` would: files 0666 & ~umask
+(0644 under umask 022), folders 0777 & ~umask (0755). ``tempfile`` makes its files 0600 and
+its folders 0700 (and some writers, safetensors among them, write 0600 files of their own), so
+a file is given its mode before it replaces the target, and a folder's whole tree before it is
+swapped into place; a shared model store or another user can then read what polycap wrote.
 """
 
 from __future__ import annotations
@@ -19,6 +25,49 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process's umask: from /proc on Linux (nothing changes), else by setting it and
+    setting it back (Python has no getter)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode(executable: bool = False) -> int:
+    """The mode a new file gets under the umask: 0666 & ~umask (0777 for an executable)."""
+    return (0o777 if executable else 0o666) & ~current_umask()
+
+
+def honour_umask(path: Path) -> None:
+    """Give ``path`` (a file, or a folder and everything in it) the modes a plain ``open`` /
+    ``mkdir`` would have given it under the umask; executables stay executable."""
+    mask = current_umask()
+    path = Path(path)
+    if not path.is_dir():
+        os.chmod(path, _mode_for(path, mask))
+        return
+    os.chmod(path, 0o777 & ~mask)
+    for root, folders, files in os.walk(path):
+        for name in folders:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            file = os.path.join(root, name)
+            if not os.path.islink(file) and os.stat(file).st_nlink == 1:  # not a hard link's
+                os.chmod(file, _mode_for(Path(file), mask))  # source: another folder's file
+
+
+def _mode_for(path: Path, mask: int) -> int:
+    executable = bool(os.stat(path).st_mode & 0o100)
+    return (0o777 if executable else 0o666) & ~mask
+
+
 @contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, else it goes."""
@@ -29,6 +78,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
     temporary = Path(name)
     try:
         yield temporary
+        os.chmod(temporary, file_mode())
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
@@ -46,6 +96,7 @@ def replace_file(path: str, data: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
+        os.chmod(temporary, file_mode())
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -78,7 +129,9 @@ def temporary_folder(target: Path) -> Path:
 
 
 def swap_into_place(work: Path, target: Path) -> Path:
-    """Rename the finished folder ``work`` to ``target``, replacing a folder already there."""
+    """Rename the finished folder ``work`` to ``target``, replacing a folder already there
+    (``work``'s tree given the umask's modes first: :func:`honour_umask`)."""
+    honour_umask(work)
     if target.exists():
         old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(target, old)
