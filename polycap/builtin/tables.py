@@ -339,21 +339,12 @@ class WebDatasetShards:
         return path.is_file() and tarfile.is_tarfile(path)
 
     def read(self, path: Path, images_dir: Path | None) -> list[CaptionRecord]:
-        import webdataset
+        from polycap.data.embedded import shard_samples
 
-        shards = self.shards(path)
         records: list[CaptionRecord] = []
-        for shard in shards:
-            samples = webdataset.WebDataset(str(shard), shardshuffle=False, empty_check=False)
-            try:
-                for sample in samples:
-                    records.extend(_sample_records(shard, sample))
-            except BadInput:
-                raise
-            except Exception as error:  # tarfile.ReadError, ValueError, ...
-                raise BadInput(
-                    f"{shard}: not a readable webdataset shard ({first_line(error, 200)})"
-                ) from None
+        for shard in self.shards(path):
+            for sample in shard_samples(shard):
+                records.extend(_sample_records(shard, sample))
         return records
 
     @staticmethod

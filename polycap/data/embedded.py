@@ -11,10 +11,12 @@ folder). Both the caption-set readers (``builtin/tables.py``) and collections
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from polycap.data.captions import embedded_images_dir
-from polycap.errors import BadInput
+from polycap.errors import BadInput, first_line
 from polycap.util.atomic import write_bytes
 
 _MAGIC = (
@@ -55,3 +57,17 @@ def shard_files(path: Path) -> list[Path]:
     if missing:
         raise BadInput(f"{missing[0]}: no such shard ({len(missing)} of {len(shards)} missing)")
     return shards
+
+
+def shard_samples(shard: Path) -> Iterator[dict[str, Any]]:
+    """The samples of one webdataset shard, in order; an unreadable shard is one line naming
+    it (the caller's own BadInput passes through untouched)."""
+    import webdataset
+
+    samples = webdataset.WebDataset(str(shard), shardshuffle=False, empty_check=False)
+    try:
+        yield from samples
+    except Exception as error:  # tarfile.ReadError, ValueError, ...
+        raise BadInput(
+            f"{shard}: not a readable webdataset shard ({first_line(error, 200)})"
+        ) from None

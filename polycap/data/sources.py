@@ -197,22 +197,12 @@ def _image_column(path: Path, schema: Any) -> str:
 
 def shard_items(path: Path) -> Iterator[Item]:
     """The image member of each sample of webdataset shards (``KEY.jpg``, ``KEY.png``, ...)."""
-    import webdataset
-
-    from polycap.data.embedded import shard_files, store_image_bytes
+    from polycap.data.embedded import shard_files, shard_samples, store_image_bytes
 
     suffixes = [s.lstrip(".") for s in sorted(IMAGE_SUFFIXES)] + ["jpeg"]
     for shard in shard_files(path):
-        samples = webdataset.WebDataset(str(shard), shardshuffle=False, empty_check=False)
-        try:
-            for sample in samples:
-                member = next((s for s in suffixes if s in sample), None)
-                if member is not None:
-                    key = f"{shard}#{sample.get('__key__', '?')}"
-                    yield Item(key, store_image_bytes(sample[member]), writable=False)
-        except BadInput:
-            raise
-        except Exception as error:  # tarfile.ReadError, ValueError, ...
-            raise BadInput(
-                f"{shard}: not a readable webdataset shard ({first_line(error, 200)})"
-            ) from None
+        for sample in shard_samples(shard):
+            member = next((s for s in suffixes if s in sample), None)
+            if member is not None:
+                key = f"{shard}#{sample.get('__key__', '?')}"
+                yield Item(key, store_image_bytes(sample[member]), writable=False)
