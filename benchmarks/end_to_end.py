@@ -109,12 +109,17 @@ def polycap_side(name: str, pipeline: Any, run_plan: Plan, note: str = "") -> Si
     return Side(name, run, run_plan.images, note=note)
 
 
-def torch_pipeline(decoder: str, encoder: Any, workdir: Path) -> Any:
-    from benchmarks import workload
+def torch_pipeline(decoder: str, encoder: Any, workdir: Path, options: Any) -> Any:
+    """polycap's pipeline around the benchmark captioner (on ``options.device``; weights cast
+    to bf16/fp16 with ``--precision``, as :func:`benchmarks.decoding.build_model` does)."""
+    import dataclasses
+
+    from benchmarks import decoding
     from polycap.inference.pipeline import CaptionPipeline
 
-    model = workload.build_captioner(decoder, CLIP_DIM, workdir / f"tokenizer-{decoder}")
-    pipeline = CaptionPipeline(model)
+    sized = dataclasses.replace(options, decoder=decoder)
+    model = decoding.build_model(sized, workdir / f"tokenizer-{decoder}")
+    pipeline = CaptionPipeline(model, device=options.device)
     pipeline.use_encoder(encoder)
     return pipeline
 
@@ -171,7 +176,8 @@ def build_peers(run_plan: Plan, options: Any) -> list[Side]:
     for kind in ("smolvlm", "florence"):
         options.say(f"end-to-end: building {vlm_peers.PEERS[kind]} (random weights, saved)")
         folder = getattr(vlm_peers, f"build_{kind}")(run_plan.workdir / kind)
-        sides.append(peer_side(vlm_peers.Peer(folder, small_images=options.quick), run_plan))
+        peer = vlm_peers.Peer(folder, small_images=options.quick, device=options.device)
+        sides.append(peer_side(peer, run_plan))
     return sides
 
 
@@ -240,21 +246,23 @@ def cold_starts(checkpoint: Path, run_plan: Plan, options: Any) -> dict[str, dic
     threads = str(torch.get_num_threads())
     env = {"OMP_NUM_THREADS": threads, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     cli = [sys.executable, "-m", "polycap", "caption"]
+    device = options.device
     commands = {
-        "polycap caption, one image": [*cli, one, "-m", str(checkpoint), "--device", "cpu"],
+        "polycap caption, one image": [*cli, one, "-m", str(checkpoint), "--device", device],
         f"polycap caption, {run_plan.images} images": [
             *cli,
             str(run_plan.workdir / "images"),
             "-m",
             str(checkpoint),
             "--device",
-            "cpu",
+            device,
             "--batch-size",
             str(run_plan.batch),
         ],
     }
     for kind, name in (("smolvlm", "SmolVLM-256M"), ("florence", "Florence-2-base")):
-        script = [sys.executable, "-m", "benchmarks.vlm_peers", str(run_plan.workdir / kind), one]
+        folder = str(run_plan.workdir / kind)
+        script = [sys.executable, "-m", "benchmarks.vlm_peers", folder, one, device]
         commands[f"{name}, one image"] = script
     found = {}
     for label, command in commands.items():
@@ -309,35 +317,40 @@ def bounds(pipeline: Any, run_plan: Plan, machine: dict[str, float]) -> dict[str
 def bench_section(options: Any) -> Any:
     import torch
 
-    from benchmarks import machine, workload
+    from benchmarks import int8_agreement, machine, workload
     from benchmarks.report import Section
 
     workdir = Path(tempfile.mkdtemp(prefix="polycap-bench-e2e-"))
     try:
         run_plan = plan(options, workdir)
         found = machine.measure(options.say)
-        options.say(f"end-to-end: {run_plan.images} JPEGs, building ViT-B-32 + GPT-2 small")
-        encoder = workload.build_encoder()
-        small = torch_pipeline("small", encoder, workdir)
-        sides = [polycap_side("polycap, GPT-2 small, PyTorch", small, run_plan)]
-        copy = workload.build_captioner("small", CLIP_DIM, workdir / "tokenizer-export")
-        for label, pipeline in onnx_pipelines(copy, encoder, run_plan, options).items():
-            sides.append(polycap_side(f"polycap, GPT-2 small, {label}", pipeline, run_plan))
-        medium = torch_pipeline("tiny" if options.quick else "medium", encoder, workdir)
-        medium_name = "tiny (--quick)" if options.quick else "24 x 1024 (GPT-2 medium size)"
-        sides.append(polycap_side(f"polycap, GPT-2 {medium_name}, PyTorch", medium, run_plan))
+        size = "tiny" if options.quick else "small"  # --quick: a smoke run
+        options.say(f"end-to-end: {run_plan.images} JPEGs, building ViT-B-32 + GPT-2 {size}")
+        encoder = workload.build_encoder(device=options.device)
+        small = torch_pipeline(size, encoder, workdir, options)
+        sides = [polycap_side(f"polycap, GPT-2 {size}, PyTorch", small, run_plan)]
+        if options.device == "cpu":  # ONNX Runtime's CPU provider
+            copy = workload.build_captioner(size, CLIP_DIM, workdir / "tokenizer-export")
+            for label, pipeline in onnx_pipelines(copy, encoder, run_plan, options).items():
+                name = f"polycap, GPT-2 {size}, {label}"
+                sides.append(polycap_side(name, pipeline, run_plan))
+        if not options.quick:
+            medium = torch_pipeline("medium", encoder, workdir, options)
+            name = "polycap, GPT-2 medium size (24 x 1024), PyTorch"
+            sides.append(polycap_side(name, medium, run_plan))
         sides += build_peers(run_plan, options)
         checkpoint = polycap_checkpoint(small.model, encoder, workdir / "checkpoint")
         timed_rounds(sides, run_plan, options)
         profile = stage_profile(small, run_plan)
-        limits = bounds(small, run_plan, found)
+        limits = bounds(small, run_plan, found) if options.device == "cpu" else None
         cold = cold_starts(checkpoint, run_plan, options)
+        agreement = int8_agreement.measure(*((200, 3) if options.quick else ()), say=options.say)
         threads = torch.get_num_threads()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return Section(
         options.section_name("end-to-end"),
-        markdown(sides, run_plan, (profile, limits, cold, found), options, threads),
+        markdown(sides, run_plan, (profile, limits, cold, found, agreement), options, threads),
         {
             "images": run_plan.images,
             "peer_images": run_plan.peer_images,
@@ -357,6 +370,7 @@ def bench_section(options: Any) -> Any:
             "bounds": limits,
             "cold": cold,
             "machine": found,
+            "int8_agreement": agreement,
         },
     )
 
@@ -366,10 +380,10 @@ def verdict(met: bool, quick: bool) -> str:
 
 
 def markdown(sides: list[Side], run_plan: Plan, found: tuple, options: Any, threads: int) -> str:
+    from benchmarks.int8_agreement import note
     from benchmarks.report import table
 
-    profile, limits, cold, machine = found
-    rates = {side.name: side.rate for side in sides}
+    profile, limits, cold, machine, agreement = found
     smol = next((s.rate for s in sides if s.name == "SmolVLM-256M"), 0.0)
     florence = next((s.rate for s in sides if s.name == "Florence-2-base"), 0.0)
     rows = [
@@ -405,8 +419,10 @@ def markdown(sides: list[Side], run_plan: Plan, found: tuple, options: Any, thre
     text += table(["command", "first caption", "whole run", "peak RSS"], cold_rows, align="lrrr")
     notes = side_notes(run_plan, threads, options) + [
         profile_note(profile, run_plan),
-        bound_note(limits, machine, rates.get("polycap, GPT-2 small, PyTorch", 0.0)),
     ]
+    if limits:
+        notes.append(bound_note(limits, machine, sides[0].rate))
+    notes.append(note(agreement))
     notes += goal_lines(sides, cold, options.quick)
     return text + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
 
@@ -447,7 +463,7 @@ def bound_note(limits: dict[str, Any], machine: dict[str, float], rate: float) -
         f"the bound on this machine ({machine['gflops']:,.0f} GFLOP/s fp32 matmul, "
         f"{machine['copy_gb_s']:,.1f} GB/s copy, measured now with {machine['threads']} "
         f"thread(s)): ViT-B/32 costs {limits['encoder_gflops_per_image']:.1f} GFLOPs per image "
-        f"-> at most {limits['encoder_images_per_s']:,.1f} images/s encoded; a GPT-2 small "
+        f"-> at most {limits['encoder_images_per_s']:,.1f} images/s encoded; the decoder's "
         f"decode step reads {limits['decoder_mb_per_step']:,.0f} MB of weights "
         f"({limits['decoder_steps']} steps: {limits['decoder_read_s']:.2f} s at the copy "
         f"rate) and computes 2 FLOPs per weight per row ({limits['decoder_row_steps']} "
@@ -460,8 +476,15 @@ def bound_note(limits: dict[str, Any], machine: dict[str, float], rate: float) -
 
 def goal_lines(sides: list[Side], cold: dict[str, Any], quick: bool) -> list[str]:
     by = {side.name: side.rate for side in sides}
-    small = max((r for n, r in by.items() if "small" in n and "int8" not in n), default=0.0)
-    medium = next((r for n, r in by.items() if "medium" in n or "tiny" in n), 0.0)
+    small = max(
+        [
+            r
+            for n, r in by.items()
+            if n.startswith("polycap") and "medium" not in n and "int8" not in n
+        ],
+        default=0.0,
+    )
+    medium = next((r for n, r in by.items() if "medium" in n), 0.0)
     smol, florence = by.get("SmolVLM-256M", 0.0), by.get("Florence-2-base", 0.0)
     one = next(
         (

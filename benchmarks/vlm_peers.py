@@ -19,8 +19,8 @@ with :class:`ForcedEos`, a ``LogitsProcessor`` that forbids the end token before
 drawn length and forces it at that length (as :class:`benchmarks.workload.ForcedLengths` does
 for polycap): every side produces the same number of tokens per caption.
 
-``python -m benchmarks.vlm_peers FOLDER IMAGE``: a user's cold script (load the saved model and
-processor, caption one image, print it), timed by :mod:`benchmarks.end_to_end`.
+``python -m benchmarks.vlm_peers FOLDER IMAGE [DEVICE]``: a user's cold script (load the saved
+model and processor, caption one image, print it), timed by :mod:`benchmarks.end_to_end`.
 """
 
 from __future__ import annotations
@@ -255,7 +255,7 @@ def _save(folder: Path, kind: str, model: Any, processor: Any, prompt: str) -> P
 class Peer:
     """A saved peer loaded as a user's script loads it (``from_pretrained``, offline)."""
 
-    def __init__(self, folder: Path, small_images: bool = False) -> None:
+    def __init__(self, folder: Path, small_images: bool = False, device: str = "cpu") -> None:
         """``small_images`` (smoke runs only): SmolVLM without splitting images into tiles."""
         from transformers import AutoProcessor
 
@@ -269,7 +269,9 @@ class Peer:
         self.processor = AutoProcessor.from_pretrained(folder)
         if small_images and self.kind == "smolvlm":
             self.processor.image_processor.do_image_splitting = False
-        self.model = Model.from_pretrained(folder).eval()
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        self.model = Model.from_pretrained(folder, dtype=dtype).to(device).eval()
+        self.device = device
         self.eos = int(self.processor.tokenizer.eos_token_id)
         self.pad = int(self.processor.tokenizer.pad_token_id)
 
@@ -282,7 +284,9 @@ class Peer:
             images=images if self.kind == "florence" else [[image] for image in images],
             text=[self.prompt] * len(images),
             return_tensors="pt",
-        )
+        ).to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         processors = LogitsProcessorList([ForcedEos(lengths, self.eos)] if lengths else [])
         with torch.inference_mode():
             out = self.model.generate(
@@ -335,11 +339,12 @@ def ForcedEos(lengths: list[int], eos: int) -> Any:  # noqa: N802 - reads as a c
 
 
 def main(argv: list[str]) -> None:
-    """Cold script: load the peer saved in ``argv[0]``, caption the image ``argv[1]``."""
+    """Cold script: load the peer saved in ``argv[0]``, caption the image ``argv[1]`` (on
+    the device ``argv[2]``, default cpu)."""
     started = time.perf_counter()
     from PIL import Image
 
-    peer = Peer(Path(argv[0]))
+    peer = Peer(Path(argv[0]), device=argv[2] if len(argv) > 2 else "cpu")
     with Image.open(argv[1]) as image:
         caption = peer.caption([image.convert("RGB")], [12])[0]
     print(f"{Path(argv[1]).name}: {caption!r} ({time.perf_counter() - started:.2f} s)", flush=True)
