@@ -347,6 +347,8 @@ def bench_section(options: Any) -> Any:
         checkpoint = polycap_checkpoint(small.model, encoder, workdir / "checkpoint")
         timed_rounds(sides, run_plan, options)
         profile = stage_profile(small, run_plan)
+        again = machine.measure(options.say)  # the machine's best moment of the two
+        found = {key: max(value, again[key]) for key, value in found.items()}
         limits = bounds(small, run_plan, found) if options.device == "cpu" else None
         cold = cold_starts(checkpoint, run_plan, options)
         agreement = int8_agreement.measure(*((200, 3) if options.quick else ()), say=options.say)
@@ -468,8 +470,9 @@ def profile_note(profile: dict[str, float], run_plan: Plan) -> str:
 def bound_note(limits: dict[str, Any], machine: dict[str, float], rate: float) -> str:
     return (
         f"the bound on this machine ({machine['gflops']:,.0f} GFLOP/s fp32 matmul, "
-        f"{machine['copy_gb_s']:,.1f} GB/s copy, measured now with {machine['threads']} "
-        f"thread(s)): ViT-B/32 costs {limits['encoder_gflops_per_image']:.1f} GFLOPs per image "
+        f"{machine['copy_gb_s']:,.1f} GB/s copy, the better of two measurements, before and "
+        f"after the timed runs, with {machine['threads']} thread(s)): ViT-B/32 costs "
+        f"{limits['encoder_gflops_per_image']:.1f} GFLOPs per image "
         f"-> at most {limits['encoder_images_per_s']:,.1f} images/s encoded; the decoder's "
         f"decode step reads {limits['decoder_mb_per_step']:,.0f} MB of weights "
         f"({limits['decoder_steps']} steps: {limits['decoder_read_s']:.2f} s at the copy "

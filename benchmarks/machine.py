@@ -46,7 +46,7 @@ def _best(function: Callable[[], Any], repeats: int) -> float:
     return best
 
 
-def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
+def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
     """fp32 GFLOP/s of ``size`` x ``size`` matrix products (best of ``repeats``)."""
     import torch
 
