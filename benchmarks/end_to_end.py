@@ -402,6 +402,7 @@ def markdown(sides: list[Side], run_plan: Plan, found: tuple, options: Any, thre
             f"{side.rate / smol:,.1f}x" if smol else "n/a",
             f"{side.rate / florence:,.1f}x" if florence else "n/a",
             f"{min(side.cpu_seconds) / side.images:,.3f}",
+            f"{busy(side):.2f}",
         ]
         for side in sides
     ]
@@ -412,8 +413,9 @@ def markdown(sides: list[Side], run_plan: Plan, found: tuple, options: Any, thre
         "vs SmolVLM-256M",
         "vs Florence-2-base",
         "CPU s per caption",
+        "cores busy",
     ]
-    text = table(columns, rows, align="lrrrrr")
+    text = table(columns, rows, align="lrrrrrr")
     cold_rows = [
         [
             label,
@@ -434,6 +436,13 @@ def markdown(sides: list[Side], run_plan: Plan, found: tuple, options: Any, thre
     kept = int8_agreement.kept(agreement)
     notes += goal_lines(sides, cold, options.quick, kept)
     return text + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
+
+
+def busy(side: Side) -> float:
+    """Process CPU time over wall time in the best run: how many cores the side kept busy
+    (near the thread count: no idle time left for overlapping stages to fill)."""
+    best = side.seconds.index(min(side.seconds))
+    return side.cpu_seconds[best] / side.seconds[best]
 
 
 def _seconds(value: float | None) -> str:
