@@ -323,14 +323,14 @@ BENCH_PLANS = (
         types=("ivf",),
         options={"ivf": {"nlist": "2000", "train_rows": "80000"}},
         distribution="clustered",
-        nprobes=(5, 16, 32, 64, 128),
+        nprobes=(5, 16, 32, 64, 128, 256),
     ),
     Plan(
         rows=FULL_ROWS,
         types=("ivf",),
         options={"ivf": {"nlist": "2000", "train_rows": "80000"}},
         distribution="clustered",
-        nprobes=(32, 64, 128),
+        nprobes=(32, 64, 128, 256),
     ),
 )
 QUICK_CLUSTERED = Plan(
