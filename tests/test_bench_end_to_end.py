@@ -70,3 +70,38 @@ def test_with_every_int8_kept_the_fastest_way_is_judged() -> None:
 def test_cores_busy_is_cpu_over_wall_of_the_best_run() -> None:
     timed = e2e.Side("x", lambda paths, lengths: [], 4, [2.0, 1.0], [3.0, 1.8])
     assert e2e.busy(timed) == 1.8
+
+
+def test_the_section_text_has_every_part(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    run_plan = e2e.Plan(256, 4, 64, 3, tmp_path, lengths=[12] * 255 + [36])
+    profile = {"encode": 20.0, "caption": 10.0}
+    limits = {
+        "encoder_gflops_per_image": 8.7,
+        "encoder_images_per_s": 20.0,
+        "decoder_mb_per_step": 498.0,
+        "decoder_steps": 100,
+        "decoder_row_steps": 3000,
+        "decoder_read_s": 2.5,
+        "decoder_compute_s": 7.0,
+        "decoder_captions_per_s": 36.0,
+        "captions_per_s": 12.9,
+    }
+    machine = {"gflops": 200.0, "copy_gb_s": 20.0, "threads": 2}
+    found = {
+        "images": 240,
+        "runtimes": {
+            "PyTorch": {"same": 240, "seconds": 1.0},
+            "ONNX Runtime, int8 encoder": {"same": 240, "seconds": 1.0},
+            "ONNX Runtime int8": {"same": 24, "seconds": 1.0},
+        },
+    }
+    options = SimpleNamespace(quick=False)
+    text = e2e.markdown(SIDES, run_plan, (profile, limits, COLD, machine, found), options, 2)
+    assert "| polycap, GPT-2 small, PyTorch | 256 | 10.00 | 10.0x | 5.0x | 0.190 | 1.90 |" in text
+    assert "| polycap caption, one image | 6.00 s | n/a | 1,900 MB |" in text
+    assert "encoding 20.00 s (67%), captioning the features 10.00 s (33%)" in text
+    assert "8.7 GFLOPs per image" in text and "78% of the bound" in text
+    assert "ONNX Runtime int8 24/240 identical (10.0%): NOT kept" in text
+    assert text.count("- goal: ") == 6
