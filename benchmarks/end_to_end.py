@@ -355,31 +355,38 @@ def bench_section(options: Any) -> Any:
         threads = torch.get_num_threads()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    measured = (profile, limits, cold, found, agreement)
     return Section(
         options.section_name("end-to-end"),
-        markdown(sides, run_plan, (profile, limits, cold, found, agreement), options, threads),
-        {
-            "images": run_plan.images,
-            "peer_images": run_plan.peer_images,
-            "batch": run_plan.batch,
-            "threads": threads,
-            "lengths": run_plan.lengths,
-            "sides": {
-                s.name: {
-                    "images": s.images,
-                    "seconds": s.seconds,
-                    "rate": s.rate,
-                    "cpu_seconds": s.cpu_seconds,
-                }
-                for s in sides
-            },
-            "profile": profile,
-            "bounds": limits,
-            "cold": cold,
-            "machine": found,
-            "int8_agreement": agreement,
-        },
+        markdown(sides, run_plan, measured, options, threads),
+        section_data(sides, run_plan, measured, threads),
     )
+
+
+def section_data(sides: list[Side], run_plan: Plan, measured: tuple, threads: int) -> dict:
+    """The section's JSON record: sizes, every run's timings, and the measurements."""
+    profile, limits, cold, found, agreement = measured
+    return {
+        "images": run_plan.images,
+        "peer_images": run_plan.peer_images,
+        "batch": run_plan.batch,
+        "threads": threads,
+        "lengths": run_plan.lengths,
+        "sides": {
+            s.name: {
+                "images": s.images,
+                "seconds": s.seconds,
+                "rate": s.rate,
+                "cpu_seconds": s.cpu_seconds,
+            }
+            for s in sides
+        },
+        "profile": profile,
+        "bounds": limits,
+        "cold": cold,
+        "machine": found,
+        "int8_agreement": agreement,
+    }
 
 
 def verdict(met: bool, quick: bool) -> str:
