@@ -244,7 +244,15 @@ def build_florence(folder: Path, seed: int = 0) -> Path:
     return _save(folder, "florence", model, processor, FLORENCE_PROMPT)
 
 
+def quiet() -> None:
+    """No progress bars from transformers' saving and loading in the benchmark's output."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
 def _save(folder: Path, kind: str, model: Any, processor: Any, prompt: str) -> Path:
+    quiet()
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -259,6 +267,7 @@ class Peer:
         """``small_images`` (smoke runs only): SmolVLM without splitting images into tiles."""
         from transformers import AutoProcessor
 
+        quiet()
         info = json.loads((folder / "bench-peer.json").read_text())
         self.kind, self.prompt = info["kind"], info["prompt"]
         self.name = PEERS[self.kind]
