@@ -49,6 +49,10 @@ def generate_ids(
         repetition_penalty=getattr(config, "repetition_penalty", 1.0),
         no_repeat_ngram_size=getattr(config, "no_repeat_ngram_size", 0),
     )
+    if getattr(config, "cache", "dynamic") == "static":
+        # transformers' own GPU path: a StaticCache, and generate compiles the forward
+        # (torch.compile) when the cache is static and the model is on an accelerator
+        settings.cache_implementation = "static"
     if config.sample:
         settings.temperature = config.temperature
         settings.top_k = config.top_k  # 0: off (None would mean transformers' default, 50)

@@ -124,6 +124,13 @@ def provenance(command: str) -> dict[str, Any]:
     return info
 
 
+def section_provenance(info: dict[str, Any], section: Section) -> dict[str, Any]:
+    """The run's provenance with the load average taken when ``section`` finished (recorded
+    by :mod:`benchmarks.run` in its data), so that every section states its own load."""
+    load = section.data.get("load_average")
+    return info if load is None else {**info, "load_average": load}
+
+
 def provenance_line(info: dict[str, Any]) -> str:
     versions_text = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
     machine = f"{info['processor']}, {info['cpus']} CPUs"
@@ -144,9 +151,9 @@ def write(
 ) -> None:
     """Replace each section in ``doc`` and record it in ``json_path`` (atomically)."""
     info = provenance(command)
-    line = provenance_line(info)
     text = doc.read_text(encoding="utf-8") if doc.exists() else "# Benchmarks\n"
     for section in sections:
+        line = provenance_line(section_provenance(info, section))
         text = replace_section(text, section.name, f"{line}\n\n{section.markdown.strip()}")
     write_text(doc, text)
     if json_path is None:
@@ -158,7 +165,10 @@ def write(
         except (OSError, json.JSONDecodeError):
             stored = {}
     for section in sections:
-        stored[section.name] = {"provenance": info, "data": section.data}
+        stored[section.name] = {
+            "provenance": section_provenance(info, section),
+            "data": section.data,
+        }
     write_text(json_path, json.dumps(stored, indent=2, sort_keys=True, default=str) + "\n")
 
 

@@ -196,6 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     options = options_from(args, console)
+    from benchmarks.machine import load_average, overloaded
+
+    warning = overloaded()
+    if warning:
+        console.print(f"[bold yellow]Warning:[/] {warning}", highlight=False)
     started = time.perf_counter()
     sections: list[report.Section] = []
     partial: list[str] = []  # sections of a module run with only some of its benchmarks
@@ -204,8 +209,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not any(wanted):
             continue
         made = module.bench_section(options)
+        load = load_average()
         for section in made if isinstance(made, list) else [made]:
             console.print(Markdown(f"## {section.name}\n\n{section.markdown}"))
+            console.print(f"({section.name}: 1-minute load average {load} at its end)")
+            if load is not None:
+                section.data.setdefault("load_average", load)
             sections.append(section)
             if not all(wanted):
                 partial.append(section.name)

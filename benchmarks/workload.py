@@ -269,3 +269,23 @@ def batch_lengths(
     ``longest_ratio`` x its median; a batch holds it only by chance)."""
     lengths = caption_lengths(pool, median=median, longest_ratio=longest_ratio, seed=seed)
     return random.Random(seed + 1).sample(lengths, n)
+
+
+class BatchedForcedLengths:
+    """:class:`ForcedLengths` over consecutive batches of one list of images, for a caption
+    path that decodes them a batch at a time (``CaptionPipeline.caption_files``): each batch's
+    first step (step 0, every row of the batch present) moves on to the next batch's lengths."""
+
+    def __init__(self, lengths: list[int], end_token_id: int) -> None:
+        self.lengths, self.end = lengths, end_token_id
+        self.offset = self.size = 0
+        self.inner: ForcedLengths | None = None
+
+    def __call__(self, step: int, rows: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if step == 0:
+            self.offset += self.size
+            self.size = int(rows.numel())
+            batch = self.lengths[self.offset : self.offset + self.size]
+            self.inner = ForcedLengths(batch, self.end)
+        assert self.inner is not None
+        return self.inner(step, rows, scores)

@@ -86,3 +86,42 @@ def test_the_step_cost_bound_of_rows_leaving() -> None:
     assert decoding.cost_bound(lengths, linear) == pytest.approx(rows_steps)
     flat = {"prefill": 5.0, "steps": {1: 2.0, 4: 2.0}}
     assert decoding.cost_bound(lengths, flat) == pytest.approx(1.0)
+
+
+def test_each_section_states_its_own_load_average(tmp_path: Path) -> None:
+    doc, data = tmp_path / "bench.md", tmp_path / "bench.json"
+    sections = [
+        report.Section("early", "body 1", {"load_average": 0.4}),
+        report.Section("late", "body 2", {"load_average": 7.5}),
+    ]
+    report.write(sections, "cmd", doc, data)
+    text = doc.read_text(encoding="utf-8")
+    early = text[text.index("<!-- bench:early -->") : text.index("<!-- /bench:early -->")]
+    late = text[text.index("<!-- bench:late -->") : text.index("<!-- /bench:late -->")]
+    assert "load average 0.4;" in early and "load average 7.5;" in late
+    stored = json.loads(data.read_text(encoding="utf-8"))
+    assert stored["late"]["provenance"]["load_average"] == 7.5
+
+
+def test_a_busy_machine_is_warned_about(monkeypatch) -> None:
+    machine = importlib.import_module("benchmarks.machine")
+    monkeypatch.setattr(machine.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(machine.os, "getloadavg", lambda: (5.0, 4.0, 3.0))
+    warning = machine.overloaded()
+    assert warning is not None and "5.0 on 2 core(s)" in warning
+    monkeypatch.setattr(machine.os, "getloadavg", lambda: (1.5, 1.0, 1.0))
+    assert machine.overloaded() is None
+
+
+def test_the_clustered_bank_is_as_hard_as_clip_search(tmp_path: Path) -> None:
+    """Top-1 cosine about 0.3, and IVF with few probes misses (unlike planted duplicates)."""
+    import numpy as np
+
+    bank = importlib.import_module("benchmarks.bank")
+    plan = bank.Plan(rows=20_000, queries=100, distribution="clustered")
+    matrix, queries = bank.make_clustered(plan, tmp_path)
+    scores = queries @ np.asarray(matrix).T
+    exact = np.argsort(-scores, axis=1)[:, : plan.k]
+    top1 = bank.top1_cosine(matrix, queries, exact)
+    assert 0.25 < top1 < 0.35
+    assert abs(top1 - float(scores.max(axis=1).mean())) < 1e-5

@@ -318,3 +318,34 @@ def test_caption_a_hub_id_from_the_hub_cache(capsys, made, hf_folder, offline_hu
     (repo / "refs" / "main").write_text(revision)
     expected = caption_json(capsys, hf_folder, made["images"])
     assert caption_json(capsys, "someone/polycap-en", made["images"]) == expected
+
+
+def _op_types(graph: Path) -> set[str]:
+    import onnx
+
+    return {node.op_type for node in onnx.load(str(graph), load_external_data=False).graph.node}
+
+
+def test_export_onnx_int8_for_the_encoder_only(capsys, made, tmp_path) -> None:
+    out = tmp_path / "onnx-int8-encoder"
+    args = ["export", str(made["checkpoint"]), "--to", "onnx", str(out), "--int8-encoder"]
+    result = run_cli(args, capsys)
+    assert result.code == 0, result.err
+    manifest = json.loads((out / "polycap-onnx.json").read_text())
+    assert manifest["quantization"] == "dynamic int8 weights (image encoder only)"
+    quantized = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}
+    assert _op_types(out / "image_encoder.onnx") & quantized
+    assert not _op_types(out / "decoder.onnx") & quantized
+    assert not _op_types(out / "mapper.onnx") & quantized
+    captions = caption_json(capsys, out, made["images"])
+    assert len(captions) == len(list(made["images"].glob("*.png"))) and all(captions)
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [(["--no-encoder"], "--int8-encoder"), (["--int8"], "--int8-encoder")],
+)
+def test_export_int8_encoder_conflicts(capsys, made, tmp_path, extra, fragment) -> None:
+    args = ["export", str(made["checkpoint"]), "--to", "onnx", str(tmp_path / "o")]
+    result = run_cli([*args, "--int8-encoder", *extra], capsys)
+    assert_one_line_error(result, fragment)

@@ -236,18 +236,28 @@ class CaptionPipeline:
         generation: GenerationConfig | None = None,
         batch_size: int = 64,
         progress: bool = False,
+        logits_hook: Any = None,
     ) -> CaptionedFeatures:
-        """Captions for ``[B, D]`` image features of the model's encoder."""
+        """Captions for ``[B, D]`` image features of the model's encoder. ``logits_hook``
+        (:data:`polycap.model.generation.LogitsHook`, for plain and ONNX models) sees every
+        batch's scores before each pick (the benchmarks fix caption lengths with one)."""
         from polycap.model.generation import caption_features
 
         features = _finite(features).to(self.device)
         if self.bank is not None:
+            if logits_hook is not None:
+                raise BadInput("a logits hook is not supported for retrieval-augmented models")
             from polycap.model.augmented import caption_augmented
 
             found = caption_augmented(self.model, features, self.bank, generation, batch_size)
             return CaptionedFeatures(found.captions, found.retrieved)
         captions = caption_features(
-            self.model, features, generation, batch_size=batch_size, progress=progress
+            self.model,
+            features,
+            generation,
+            batch_size=batch_size,
+            progress=progress,
+            logits_hook=logits_hook,
         )
         return CaptionedFeatures(captions)
 
@@ -267,14 +277,17 @@ class CaptionPipeline:
         batch_size: int = 64,
         progress: bool = True,
         cache_dir: Path | None = None,
+        logits_hook: Any = None,
     ) -> CaptionedImages:
         """Encode image files with the model's encoder (cached; unreadable ones skipped and
-        counted) and caption them in batches."""
+        counted) and caption them in batches (``logits_hook``: see :meth:`caption_features`)."""
 
         encoded = encode_images(
             self.encoder, paths, batch_size=batch_size, cache_dir=cache_dir, progress=progress
         )
-        found = self.caption_features(encoded.features, generation, batch_size, progress)
+        found = self.caption_features(
+            encoded.features, generation, batch_size, progress, logits_hook=logits_hook
+        )
         return CaptionedImages(encoded.paths, found.captions, encoded.skipped, found.retrieved)
 
 

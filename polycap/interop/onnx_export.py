@@ -237,17 +237,22 @@ def export_onnx(
     encoder: Any | None,
     generation: Any = None,
     say: Any = None,
-    int8: bool = False,
+    int8: bool | str = False,
     force: bool = False,
 ) -> Path:
     """Write ``model`` (a Captioner) and ``encoder`` (None: features only) as an ONNX export
     into ``directory``, atomically; returns the folder. ``int8``: dynamic int8 quantisation of
-    the graphs' weights (:func:`quantize_int8`). ``directory`` is replaced only when it is
-    empty or an earlier ONNX export, or with ``force`` another polycap model
-    (:func:`polycap.interop.targets.check_target`)."""
+    the graphs' weights (:func:`quantize_int8`): True for every graph, ``"encoder"`` for the
+    image encoder's alone (the decoder, whose near-ties decide the words, stays fp32).
+    ``directory`` is replaced only when it is empty or an earlier ONNX export, or with
+    ``force`` another polycap model (:func:`polycap.interop.targets.check_target`)."""
     from polycap.model.generation import GenerationConfig
 
     directory = Path(directory)
+    if int8 not in (False, True, "encoder"):
+        raise BadInput(f"int8 must be True, False or 'encoder', not {int8!r}")
+    if int8 == "encoder" and encoder is None:
+        raise BadInput("int8 for the image encoder only needs the encoder (not --no-encoder)")
     if model.config.get("retrieval"):
         raise BadInput(
             "a retrieval-augmented model does not export to ONNX (its prompts come from a "
@@ -270,7 +275,7 @@ def export_onnx(
         graphs = [DECODER_GRAPH, MAPPER_GRAPH] + ([ENCODER_GRAPH] if encoder is not None else [])
         if int8:
             say("int8 quantisation (dynamic)")
-            quantize_int8(work, graphs)
+            quantize_int8(work, [ENCODER_GRAPH] if int8 == "encoder" else graphs)
         if encoder is not None:
             digest = file_digest(work / ENCODER_GRAPH)
         model.tokenizer.save_pretrained(str(work / TOKENIZER_DIR))
@@ -289,7 +294,7 @@ def _manifest(
     encoder_info: dict[str, Any],
     layout: dict[str, Any],
     generation: Any,
-    int8: bool,
+    int8: bool | str,
 ) -> dict[str, Any]:
     """The export's manifest: graphs, encoder spec + ``encoder_info`` (preprocess, graph
     digest), tokenizer, special ids, past-cache ``layout``, generation defaults, checkpoint."""
@@ -314,10 +319,16 @@ def _manifest(
         "lm_dim": int(model.lm.get_input_embeddings().embedding_dim),
         "vocab_size": int(model.lm.get_output_embeddings().weight.shape[0]),
         "past": {"shape": "[layers, 2, batch, heads, length, head_dim]", **layout},
-        "quantization": "dynamic int8 weights" if int8 else None,
+        "quantization": _quantization(int8),
         "generation": asdict(generation),
         "checkpoint": portable(model.config),
     }
+
+
+def _quantization(int8: bool | str) -> str | None:
+    if int8 == "encoder":
+        return "dynamic int8 weights (image encoder only)"
+    return "dynamic int8 weights" if int8 else None
 
 
 def quantize_int8(directory: Path, graphs: list[str]) -> None:

@@ -107,7 +107,7 @@ class OrtImageEncoder(ImageEncoder):
     """The exported image tower: open_clip's preprocessing (from the manifest), ORT forward."""
 
     def __init__(self, session: Any, record: dict[str, Any], cache_key: str | None) -> None:
-        from open_clip.transform import PreprocessCfg, image_transform_v2
+        from polycap.interop.clip_preprocess import fast_transform
 
         self.session = session
         self.backend = record.get("backend") or "open_clip"
@@ -119,10 +119,20 @@ class OrtImageEncoder(ImageEncoder):
         settings["size"] = tuple(settings["size"])
         for key in ("mean", "std"):
             settings[key] = tuple(settings[key])
-        self._transform = image_transform_v2(PreprocessCfg(**settings), is_train=False)
+        self._settings = settings
+        # open_clip's own transform only where the import-free one does not apply
+        self._fast = fast_transform(settings)
+        self._open_clip: Any = None
 
     def preprocess(self, image: Any) -> Any:
-        return self._transform(image)
+        if self._fast is not None and hasattr(image, "convert"):  # a PIL image
+            return self._fast(image)
+        if self._open_clip is None:
+            from open_clip.transform import PreprocessCfg, image_transform_v2
+
+            config = PreprocessCfg(**self._settings)
+            self._open_clip = image_transform_v2(config, is_train=False)
+        return self._open_clip(image)
 
     def encode_images(self, pixels: Any) -> Any:
         import torch

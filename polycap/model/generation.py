@@ -350,8 +350,10 @@ def caption_features(
     config: GenerationConfig | None = None,
     batch_size: int = 64,
     progress: bool = False,
+    logits_hook: LogitsHook | None = None,
 ) -> list[list[str]]:
-    """Captions per image (``num_captions`` each, fewer if not distinct), decoded by the pack."""
+    """Captions per image (``num_captions`` each, fewer if not distinct), decoded by the pack.
+    ``logits_hook`` (see :data:`LogitsHook`) runs in every batch; its rows are the batch's."""
     config = config or GenerationConfig()
     config.validate()
     if features.dim() == 1:
@@ -364,7 +366,8 @@ def caption_features(
     with progress_bar("captioning", features.shape[0], progress and len(starts) > 1) as advance:
         for start in starts:
             batch = features[start : start + batch_size]
-            for captions in generate_ids(model, batch, config, generator=generator):
+            found = generate_ids(model, batch, config, generator=generator, logits_hook=logits_hook)
+            for captions in found:
                 results.append(distinct_texts(model, captions, config))
             advance(batch.shape[0])
     return results
