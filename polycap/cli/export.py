@@ -63,8 +63,8 @@ def export_command(
     quantize_encoder: bool = typer.Option(
         False,
         "--int8-encoder",
-        help="onnx: int8 for the image encoder only; the decoder stays fp32 (on the demo's "
-        "trained model its captions matched fp32's, where --int8's did not).",
+        help="onnx: int8 for the image encoder only; the decoder stays fp32 (int8 can change "
+        "captions: measure the agreement on your model, see docs/sharing.md).",
     ),
 ) -> None:
     """Export a model: [bold]polycap export runs/ja --to hf shared/ja[/] (or [bold]--to onnx[/]).
