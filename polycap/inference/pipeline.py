@@ -53,18 +53,8 @@ class CaptionedFeatures:
     retrieved: list[list[str]] | None = None
 
 
-GENERATION_DEFAULTS: dict[str, Any] = {
-    "beams": None,
-    "sample": False,
-    "top_k": 0,
-    "top_p": 1.0,
-    "temperature": 1.0,
-    "num_captions": 1,
-    "max_length": 30,
-    "seed": None,
-    "repetition_penalty": 1.0,
-    "no_repeat_ngram_size": 0,
-}
+# the one default that differs from GenerationConfig's: no beam width given (see _beam_width)
+UNSET_BEAMS: dict[str, Any] = {"beams": None}
 
 
 def generation_config(options: Mapping[str, Any] | None = None, **more: Any) -> GenerationConfig:
@@ -80,13 +70,15 @@ def generation_config(options: Mapping[str, Any] | None = None, **more: Any) -> 
     from polycap.model.generation import GenerationConfig
 
     given = {**(options or {}), **more}
-    known = set(GENERATION_DEFAULTS) | {f.name for f in dataclasses.fields(GenerationConfig)}
+    fields = dataclasses.fields(GenerationConfig)
+    known = {f.name for f in fields}
     unknown = sorted(set(given) - known)
     if unknown:
         raise BadInput(
             f"unknown generation option {unknown[0]!r}; known: {', '.join(sorted(known))}"
         )
-    settings = {**GENERATION_DEFAULTS, **given}
+    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+    settings = {**defaults, **UNSET_BEAMS, **given}
     if settings["top_k"] or settings["top_p"] < 1.0 or settings["temperature"] != 1.0:
         settings["sample"] = True
     settings["beams"] = _beam_width(settings["beams"], settings["num_captions"], settings["sample"])
