@@ -49,8 +49,7 @@ class LanguagePack:
     demo: DemoLexicon | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     # retrieval-augmented captioning (polycap.model.augmented): the text put between the image
-    # prefix
-    # and the caption; ``{captions}`` is replaced by the retrieved captions joined by
+    # prefix and the caption; ``{captions}`` is replaced by the retrieved captions joined by
     # ``caption_separator``. Packs write it in their own language.
     retrieval_prompt: str = DEFAULT_RETRIEVAL_PROMPT
     caption_separator: str = DEFAULT_CAPTION_SEPARATOR
